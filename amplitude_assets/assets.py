@@ -1,0 +1,65 @@
+"""The hourly assets. `events`: an hour of Amplitude events, shaped and written by the IO manager."""
+
+
+
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+
+from amplitude_assets.destination.io_manager import HourStream
+from amplitude_assets.filters import filter_expression, parse_filter
+from amplitude_assets.resources import AmplitudeSource
+from amplitude_assets.settings import Settings
+from amplitude_assets.transform import process_hour
+
+GROUP = "amplitude_export"
+
+
+def hours_of(context: dg.AssetExecutionContext) -> list[datetime]:
+    """The UTC hours of the step's partition range, oldest first."""
+    window = context.partition_time_window
+    start = window.start.astimezone(timezone.utc)
+    count = int((window.end - window.start).total_seconds() // 3600)
+    return [start + timedelta(hours=i) for i in range(count)]
+
+
+def refuse_young_hours(hours: list[datetime], delay_minutes: int, now: datetime | None = None) -> None:
+    """An hour may be exported only `delay_minutes` after it closes (its data is still arriving)."""
+    now = now or datetime.now(timezone.utc)
+    young = [h for h in hours if h + timedelta(hours=1, minutes=delay_minutes) > now]
+    if young:
+        ready = young[0] + timedelta(hours=1, minutes=delay_minutes)
+        raise dg.Failure(
+            f"hour {young[0]:%Y-%m-%d-%H:%M} is not exportable yet: it becomes exportable at "
+            f"{ready:%Y-%m-%d %H:%M} UTC, {delay_minutes} minutes after it closes "
+            f"(AMPLITUDE_EXPORT_DELAY_MINUTES). Exporting it early would mark incomplete data complete."
+        )
+
+
+def build_events_asset(settings: Settings, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    keep = filter_expression(parse_filter(settings.event_filter)) if settings.event_filter else None
+
+    @dg.asset(
+        name="events",
+        group_name=GROUP,
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.multi_run(settings.hours_per_run),
+        io_manager_key="events_io_manager",
+        kinds={"azure", "polars"},
+        description=(
+            "Amplitude events of each UTC hour (by server_upload_time), exported as gzipped JSON "
+            "lines `{project_id}/{project_id}_{yyyy-MM-dd}_{H}#{n}.json.gz` with a `_complete` marker."
+        ),
+    )
+    def events(context: dg.AssetExecutionContext, amplitude_source: AmplitudeSource) -> HourStream:
+        hours = hours_of(context)
+        refuse_young_hours(hours, settings.export_delay_minutes)
+        source = amplitude_source.open()
+        context.log.info(f"exporting {len(hours)} hour(s) from the {source.name} source")
+        return HourStream(
+            hours=hours,
+            produce=lambda hour: process_hour(source.iter_lines(hour), hour, keep),
+            source=source.name,
+        )
+
+    return events

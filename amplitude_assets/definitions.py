@@ -1,0 +1,35 @@
+"""The one place that assembles the code location."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from amplitude_assets.assets import build_events_asset
+from amplitude_assets.destination.credentials import AzureStorage
+from amplitude_assets.destination.io_manager import EventsIOManager
+from amplitude_assets.partitions import hourly_partitions
+from amplitude_assets.resources import AmplitudeSource
+from amplitude_assets.settings import Settings
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    partitions = hourly_partitions(settings)
+    storage = AzureStorage.from_env(create_containers=settings.create_containers)
+    events = build_events_asset(settings, partitions)
+    return dg.Definitions(
+        assets=[events],
+        resources={
+            "amplitude_source": AmplitudeSource.from_settings(settings),
+            "storage": storage,
+            "events_io_manager": EventsIOManager(
+                storage=storage,
+                container=settings.events_container,
+                prefix=settings.events_prefix,
+                project_id=settings.project_id,
+                max_rows_per_file=settings.max_rows_per_file,
+            ),
+        },
+    )
+
+
+defs = build_definitions(Settings.from_env())

@@ -1,0 +1,173 @@
+"""The IO manager that writes each hour to the container in Amplitude's layout.
+
+Dagster gives an IO manager one output per step, even when a run covers many hours.
+The `events` asset therefore returns an `HourStream`: a lazy sequence of shaped hours.
+`handle_output` pulls one hour at a time, writes it (parts, stale parts, marker) and
+attaches that hour's own metadata to that hour's materialization, so memory is bounded
+by one hour and the UI's per-partition view shows per-hour counts, not the range's totals.
+"""
+
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from azure.core.exceptions import ResourceNotFoundError
+from isal import igzip
+
+from amplitude_assets.destination.credentials import AzureStorage
+from amplitude_assets.destination.layout import EventsLayout
+from amplitude_assets.destination.writer import Manifest, write_events_hour
+from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, POLARS_DTYPES, TIMESTAMP_FORMAT, Kind
+from amplitude_assets.settings import PARTITION_KEY_FORMAT
+from amplitude_assets.transform import HourResult
+
+_TABLE_TYPES = {
+    Kind.TIMESTAMP: "timestamp",
+    Kind.INT: "long",
+    Kind.FLOAT: "double",
+    Kind.BOOL: "boolean",
+    Kind.UUID: "uuid",
+    Kind.STRING: "string",
+    Kind.DICT: "object",
+}
+
+
+def partition_key(hour: datetime) -> str:
+    return hour.strftime(PARTITION_KEY_FORMAT)
+
+
+@dataclass
+class HourStream:
+    """The hours of one step, shaped lazily: `produce(hour)` runs when the writer asks."""
+
+    hours: list[datetime]
+    produce: Callable[[datetime], HourResult]
+    source: str
+
+    def shape(self, hour: datetime) -> tuple[HourResult, dict[str, float]]:
+        """Read and shape one hour; returns it with its timing."""
+        started = time.perf_counter()
+        result = self.produce(hour)
+        return result, {"read_and_shape_seconds": round(time.perf_counter() - started, 3)}
+
+
+def column_schema(frame: pl.DataFrame) -> dg.TableSchema:
+    columns = []
+    for name in frame.columns:
+        kind = EVENT_KINDS.get(name)
+        columns.append(dg.TableColumn(name, _TABLE_TYPES[kind] if kind else "json"))
+    return dg.TableSchema(columns=columns)
+
+
+def hour_metadata(
+    layout: EventsLayout, container: str, endpoint: str, result: HourResult, manifest: Manifest, timings: dict
+) -> dict[str, Any]:
+    hour = result.hour
+    paths = [f"{container}/{layout.folder}{p.name}" for p in manifest.parts]
+    counts = manifest.counts
+    return {
+        "dagster/row_count": manifest.rows,
+        "dagster/column_schema": column_schema(result.frame),
+        "parts": len(manifest.parts),
+        "compressed_bytes": sum(p.bytes for p in manifest.parts),
+        "blob_paths": dg.MetadataValue.json(paths),
+        "marker": f"{container}/{layout.marker(hour)}",
+        "endpoint": endpoint,
+        **{f"count_{name}": value for name, value in counts.items()},
+        "reconciled": counts["source_rows"]
+        == counts["exported"] + counts["duplicates"] + counts["filtered"] + counts["rejected"],
+        **{name: dg.MetadataValue.float(value) for name, value in timings.items()},
+    }
+
+
+class EventsIOManager(dg.ConfigurableIOManager):
+    """Writes each hour of `events` as Amplitude-layout parts; loads hours back as polars."""
+
+    storage: dg.ResourceDependency[AzureStorage]
+    container: str = "amplitude"
+    prefix: str = ""
+    project_id: str = "187520"
+    max_rows_per_file: int = 500_000
+
+    @property
+    def layout(self) -> EventsLayout:
+        return EventsLayout(self.prefix, self.project_id)
+
+    def handle_output(self, context: dg.OutputContext, obj: HourStream) -> None:
+        if not isinstance(obj, HourStream):
+            raise dg.Failure(f"EventsIOManager expects an HourStream, got {type(obj).__name__}")
+        client = self.storage.container(self.container)
+        failures: list[str] = []
+        rows = 0
+        for hour in obj.hours:
+            key = partition_key(hour)
+            try:
+                result, timings = obj.shape(hour)
+                started = time.perf_counter()
+                manifest = write_events_hour(
+                    client, self.layout, result, source=obj.source, max_rows_per_file=self.max_rows_per_file
+                )
+                timings["write_seconds"] = round(time.perf_counter() - started, 3)
+            except Exception as exc:  # keep going: every other hour of the range still lands
+                message = self.storage.redact(f"{type(exc).__name__}: {exc}")
+                context.log.error(f"hour {key} failed: {message}")
+                failures.append(f"{key}: {message}")
+                continue
+            rows += manifest.rows
+            metadata = hour_metadata(
+                self.layout, self.container, self.storage.endpoint, result, manifest, timings
+            )
+            # OutputContext.add_output_metadata would copy one value to every hour of a
+            # range; per-partition metadata goes through the step's asset metadata.
+            context.step_context.add_asset_metadata(metadata, partition_key=key)
+            context.log.info(
+                f"exported hour {key}: {manifest.rows} rows in {len(manifest.parts)} part(s) "
+                f"to {self.container}/{self.layout.folder} ({result.counts.as_dict()})"
+            )
+        if failures:
+            raise dg.Failure(
+                description=f"{len(failures)} of {len(obj.hours)} hour(s) failed to export",
+                metadata={"failed_hours": dg.MetadataValue.json(failures)},
+            )
+
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame:
+        client = self.storage.container(self.container)
+        window = context.asset_partitions_time_window
+        frames = []
+        hour = window.start.astimezone(timezone.utc)
+        while hour < window.end:
+            frames.append(read_events_hour(client, self.layout, hour))
+            hour += timedelta(hours=1)
+        return pl.concat(frames, how="diagonal") if frames else pl.DataFrame()
+
+
+def read_events_hour(client, layout: EventsLayout, hour: datetime) -> pl.DataFrame:
+    """An exported hour as a polars frame: the 49 typed fields, dict and extra fields as JSON text."""
+    from amplitude_assets.destination.writer import read_marker
+
+    manifest = read_marker(client, layout.marker(hour))
+    if manifest is None:
+        raise dg.Failure(f"hour {partition_key(hour)} has not been exported (no {layout.marker(hour)})")
+    schema = {name: pl.String for name, _ in EVENT_FIELDS}
+    frames = []
+    for part in manifest["parts"]:
+        try:
+            data = client.download_blob(layout.folder + part["name"]).readall()
+        except ResourceNotFoundError:
+            raise dg.Failure(f"part {layout.folder}{part['name']} listed in the marker is missing") from None
+        frames.append(pl.read_ndjson(igzip.decompress(data), schema=schema))
+    frame = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+    casts = []
+    for name, kind in EVENT_FIELDS:
+        if kind is Kind.TIMESTAMP:
+            casts.append(pl.col(name).str.to_datetime(TIMESTAMP_FORMAT, time_unit="us"))
+        elif kind in (Kind.INT, Kind.FLOAT):
+            casts.append(pl.col(name).cast(POLARS_DTYPES[kind]))
+        elif kind is Kind.BOOL:
+            casts.append(pl.col(name) == "true")
+    return frame.with_columns(casts)

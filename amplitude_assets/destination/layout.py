@@ -1,0 +1,97 @@
+"""Blob names, in Amplitude's exact layout. No other module formats a blob name.
+
+Events:      [P/]{project_id}/{project_id}_{yyyy-MM-dd}_{H}#{n}.json.gz
+Marker:      [P/]{project_id}/{project_id}_{yyyy-MM-dd}_{H}_complete
+Rejected:    [P/]_rejected/{project_id}/{project_id}_{yyyy-MM-dd}_{H}.jsonl.gz
+Merged IDs:  [Q/]{scope}/{scope}_{yyyy-MM-dd}_{H}.json.gz   (scope is -{org_id} or {project_id})
+State:       [Q/]_state/{scope}/...                          (identity state, outside reader globs)
+`H` is the UTC hour, not zero-padded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+
+def hour_stem(scope: str, hour: datetime) -> str:
+    """`187520_2020-01-25_17` for 17:00-18:00 UTC on 2020-01-25."""
+    return f"{scope}_{hour:%Y-%m-%d}_{hour.hour}"
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class EventsLayout:
+    prefix: str
+    project_id: str
+
+    @property
+    def folder(self) -> str:
+        """The folder readers glob: `[P/]{project_id}/`."""
+        return _join(self.prefix, self.project_id) + "/"
+
+    def hour_prefix(self, hour: datetime) -> str:
+        """Common prefix of an hour's parts and marker (`..._17`; callers add `#` or `_`)."""
+        return self.folder + hour_stem(self.project_id, hour)
+
+    def part(self, hour: datetime, n: int) -> str:
+        return f"{self.hour_prefix(hour)}#{n}.json.gz"
+
+    def parts_prefix(self, hour: datetime) -> str:
+        return f"{self.hour_prefix(hour)}#"
+
+    def marker(self, hour: datetime) -> str:
+        return f"{self.hour_prefix(hour)}_complete"
+
+    def rejected(self, hour: datetime) -> str:
+        return _join(self.prefix, "_rejected", self.project_id, hour_stem(self.project_id, hour)) + ".jsonl.gz"
+
+    def identities(self, hour: datetime) -> str:
+        """The hour's identity observations, written beside the export for `merged_ids`."""
+        return _join(self.prefix, "_state", self.project_id, "identities", hour_stem(self.project_id, hour)) + ".parquet"
+
+    def part_number(self, name: str, hour: datetime) -> int | None:
+        """`n` of a part blob of this hour, or None when the name is not one."""
+        match = re.fullmatch(re.escape(self.parts_prefix(hour)) + r"(\d+)\.json\.gz", name)
+        return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class MergedIdsLayout:
+    prefix: str
+    scope: str  # "-{org_id}", or "{project_id}" for a legacy org
+
+    @property
+    def folder(self) -> str:
+        return _join(self.prefix, self.scope) + "/"
+
+    def hour_prefix(self, hour: datetime) -> str:
+        return self.folder + hour_stem(self.scope, hour)
+
+    def file(self, hour: datetime) -> str:
+        return f"{self.hour_prefix(hour)}.json.gz"
+
+    def marker(self, hour: datetime) -> str:
+        return f"{self.hour_prefix(hour)}_complete"
+
+    def state(self, hour: datetime) -> str:
+        """The identity state after `hour`, one snapshot or delta per hour."""
+        return _join(self.prefix, "_state", self.scope, hour_stem(self.scope, hour)) + ".parquet"
+
+    @property
+    def state_folder(self) -> str:
+        return _join(self.prefix, "_state", self.scope) + "/"
+
+
+# Matches part names in Amplitude's layout, with or without a folder: captures the
+# scope, the date, the hour and the part number.
+PART_NAME_RE = re.compile(r"(?:^|/)(-?\d+)_(\d{4}-\d{2}-\d{2})_(\d{1,2})#(\d+)\.json\.gz$")
+
+
+def probe_blob_name(prefix: str) -> str:
+    """The blob the destination test writes, reads back and deletes."""
+    return _join(prefix, "_amplitude_assets_probe") + ".txt"

@@ -1,0 +1,338 @@
+"""Shaping an hour of events: parse -> reject -> normalize -> dedup -> filter, in pure polars.
+
+Every source hands this module the same thing: the hour's JSON lines, in source order.
+The result is the normalized frame of exported rows (the 49 fields, typed, then any
+extra fields as JSON text), the rejected lines kept verbatim with a reason, the identity
+columns that `merged_ids` needs, and the counts that reconcile:
+
+    source_rows = exported + duplicates + filtered + rejected
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+
+import duckdb
+import polars as pl
+
+from amplitude_assets.schema import (
+    DICT_FIELDS,
+    EVENT_FIELD_NAMES,
+    EVENT_FIELDS,
+    UUID_PATTERN,
+    Kind,
+)
+
+IDENTITY_COLUMNS = ("user_id", "device_id", "amplitude_id", "event_time", "server_upload_time")
+_READ_SCHEMA = {name: pl.String for name in EVENT_FIELD_NAMES}
+
+
+@dataclass(frozen=True)
+class Counts:
+    source_rows: int = 0
+    exported: int = 0
+    duplicates: int = 0
+    filtered: int = 0
+    rejected: int = 0
+    repaired: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def reconciles(self) -> bool:
+        return self.source_rows == self.exported + self.duplicates + self.filtered + self.rejected
+
+
+@dataclass
+class HourResult:
+    """One hour, shaped and counted, ready for the writer."""
+
+    hour: datetime
+    frame: pl.DataFrame  # exported rows: the 49 fields typed, then extra fields as JSON text
+    rejects: pl.DataFrame  # columns `reason`, `line` (verbatim)
+    identities: pl.DataFrame  # IDENTITY_COLUMNS of deduplicated rows before the filter
+    counts: Counts
+
+
+# -- parse ---------------------------------------------------------------------------
+
+
+def read_lines(chunks: Iterable[bytes]) -> pl.Series:
+    """The hour's non-blank lines, in source order, as one string column."""
+    frames = [pl.read_lines(io.BytesIO(chunk)) for chunk in chunks if chunk]
+    if not frames:
+        return pl.Series("line", [], dtype=pl.String)
+    lines = pl.concat(frames).to_series()
+    return lines.filter(lines.str.strip_chars() != "").rename("line")
+
+
+def _read_ndjson(lines: pl.Series, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    data = (lines.str.join("\n").item() or "").encode()
+    return pl.read_ndjson(io.BytesIO(data), schema=schema)
+
+
+def _json_path(key: str) -> str:
+    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _scan(source: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
+    """Classify lines, and list the top-level keys in order of first appearance.
+
+    DuckDB's JSON functions do this per line in C++: polars can list keys only by
+    inferring one type per key across all rows, which fails on real data (a key that
+    holds an object in one event and a number in another).
+    """
+    con = duckdb.connect()
+    con.register("source", source.to_arrow())
+    kinds = con.sql(
+        "SELECT CASE WHEN json_valid(line) THEN json_type(line) END AS kind FROM source"
+    ).pl()["kind"]
+    is_object = kinds == "OBJECT"
+    good = source.filter(is_object)
+    bad = source.filter(~is_object.fill_null(False)).with_columns(
+        pl.when(kinds.filter(~is_object.fill_null(False)).is_null())
+        .then(pl.lit("not valid JSON"))
+        .otherwise(pl.lit("not a JSON object"))
+        .alias("reason")
+    ).select("_pos", "reason", "line")
+    con.register("good", good.to_arrow())
+    keys = con.sql(
+        """
+        SELECT key FROM (
+            SELECT _pos, unnest(json_keys(line)) AS key,
+                   generate_subscripts(json_keys(line), 1) AS i
+            FROM good)
+        GROUP BY key ORDER BY min(_pos * 100000 + i)
+        """
+    ).pl()["key"].to_list()
+    con.close()
+    return good, bad, keys
+
+
+def _extract_json(lines: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Each key's value as exact JSON text (strings stay quoted, objects keep their keys)."""
+    if not keys:
+        return pl.DataFrame(schema={})
+    con = duckdb.connect()
+    con.register("good", lines.to_arrow())
+    paths = ", ".join("'" + _json_path(k).replace("'", "''") + "'" for k in keys)
+    values = con.sql(f"SELECT json_extract(line, [{paths}]) AS v FROM good").pl()["v"]
+    con.close()
+    return pl.DataFrame({key: values.list.get(i) for i, key in enumerate(keys)})
+
+
+def _readable(good: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split off the rare line that DuckDB accepts but polars cannot read (by bisection)."""
+    ok: list[pl.DataFrame] = []
+    bad: list[tuple[int, str, str]] = []
+
+    def visit(part: pl.DataFrame) -> None:
+        try:
+            _read_ndjson(part["line"], {})
+            ok.append(part)
+        except Exception:
+            if part.height == 1:
+                position, line = part.row(0)
+                bad.append((position, "not readable JSON", line))
+                return
+            mid = part.height // 2
+            visit(part.slice(0, mid))
+            visit(part.slice(mid))
+
+    visit(good)
+    rejects = pl.DataFrame(
+        bad, schema={"_pos": pl.Int64, "reason": pl.String, "line": pl.String}, orient="row"
+    )
+    return (pl.concat(ok) if ok else good.clear()), rejects
+
+
+def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
+    """Parse JSON lines into text columns (plus `_pos` and the raw `line`), and rejects.
+
+    The 49 known fields are read as text by polars. The dict fields and the extra fields
+    are taken as exact JSON text, so no event's object is widened with another's keys
+    and no value is coerced because of another row. Returns the extra field names too.
+    """
+    source = pl.DataFrame({"_pos": pl.int_range(len(lines), eager=True, dtype=pl.Int64), "line": lines})
+    good, rejects, keys = _scan(source)
+    try:
+        known = _read_ndjson(good["line"], _READ_SCHEMA) if good.height else pl.DataFrame(schema=_READ_SCHEMA)
+    except Exception:
+        good, unreadable = _readable(good)
+        rejects = pl.concat([rejects, unreadable])
+        known = _read_ndjson(good["line"], _READ_SCHEMA) if good.height else pl.DataFrame(schema=_READ_SCHEMA)
+    extras = [k for k in keys if k not in _READ_SCHEMA]
+    exact = _extract_json(good, [*DICT_FIELDS, *extras])
+    if good.height:
+        known = known.with_columns(exact.select(DICT_FIELDS)).with_columns(exact.select(extras))
+    else:
+        known = known.with_columns(pl.lit(None, pl.String).alias(k) for k in extras)
+    return known.with_columns(good["_pos"], good["line"]), rejects, extras
+
+
+# -- normalize -------------------------------------------------------------------------
+
+
+def parse_timestamp(expr: pl.Expr) -> pl.Expr:
+    """Lenient UTC timestamp parsing to Datetime(us); null when it cannot be parsed.
+
+    Accepts space or `T`, 0-6 fraction digits, `Z` or any offset (converted to UTC), epoch
+    milliseconds, and Amplitude's broken `YYYY:MM:DD HH:MM:SS.ffffff`.
+    """
+    text = (
+        expr.str.strip_chars()
+        .str.replace(r"^(\d{4}):(\d{2}):(\d{2})", "${1}-${2}-${3}")
+        .str.replace(r"^(\d{4}-\d{2}-\d{2})T", "${1} ")
+        .str.replace(r"(?i)Z$", "+00:00")
+    )
+    epoch_ms = pl.from_epoch(
+        pl.when(text.str.contains(r"^-?\d{9,}(\.\d+)?$"))
+        .then(text.cast(pl.Float64, strict=False).floor().cast(pl.Int64, strict=False)),
+        time_unit="ms",
+    ).cast(pl.Datetime("us"))
+    with_zone = (
+        text.str.to_datetime("%Y-%m-%d %H:%M:%S%.f%z", strict=False, time_unit="us", time_zone="UTC")
+        .dt.replace_time_zone(None)
+    )
+    naive = text.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", strict=False, time_unit="us")
+    return pl.coalesce(epoch_ms, with_zone, naive)
+
+
+def _integer(expr: pl.Expr) -> pl.Expr:
+    as_float = expr.cast(pl.Float64, strict=False)
+    integral = pl.when(as_float == as_float.floor()).then(as_float.cast(pl.Int64, strict=False))
+    return pl.coalesce(expr.cast(pl.Int64, strict=False), integral)
+
+
+def _boolean(expr: pl.Expr) -> pl.Expr:
+    lowered = expr.str.to_lowercase()
+    return pl.when(lowered == "true").then(True).when(lowered == "false").then(False)
+
+
+def _uuid(expr: pl.Expr) -> pl.Expr:
+    hex_only = expr.str.to_lowercase().str.strip_chars().str.replace_all(r"[{}\-]", "")
+    dashed = pl.concat_str(
+        hex_only.str.slice(0, 8), pl.lit("-"), hex_only.str.slice(8, 4), pl.lit("-"),
+        hex_only.str.slice(12, 4), pl.lit("-"), hex_only.str.slice(16, 4), pl.lit("-"),
+        hex_only.str.slice(20, 12),
+    )
+    return pl.when((hex_only.str.len_bytes() == 32) & dashed.str.contains(UUID_PATTERN)).then(dashed)
+
+
+def _dict(expr: pl.Expr) -> pl.Expr:
+    return pl.when(expr.str.starts_with("{")).then(expr).otherwise(pl.lit("{}"))
+
+
+def _string(name: str, expr: pl.Expr) -> pl.Expr:
+    if name in ("user_id", "device_id"):
+        return pl.when(expr != "").then(expr)
+    return expr
+
+
+def normalize_expr(name: str, kind: Kind) -> pl.Expr:
+    """The expression that gives field `name` its contract type from its source text."""
+    col = pl.col(name)
+    if kind is Kind.TIMESTAMP:
+        return parse_timestamp(col)
+    if kind is Kind.INT:
+        return _integer(col)
+    if kind is Kind.FLOAT:
+        return col.cast(pl.Float64, strict=False)
+    if kind is Kind.BOOL:
+        return _boolean(col)
+    if kind is Kind.UUID:
+        return _uuid(col)
+    if kind is Kind.DICT:
+        return _dict(col)
+    return _string(name, col)
+
+
+def _repaired(name: str, kind: Kind) -> pl.Expr:
+    """1 where a value the source gave could not take its field's type, else 0."""
+    source = pl.col(name)
+    if kind is Kind.DICT:
+        return (source.is_not_null() & (source != "null") & ~source.str.starts_with("{")).cast(pl.Int64)
+    if kind is Kind.STRING:
+        return pl.lit(0, pl.Int64)
+    return (source.is_not_null() & normalize_expr(name, kind).is_null()).cast(pl.Int64)
+
+
+def normalize(frame: pl.DataFrame, extras: list[str]) -> tuple[pl.DataFrame, int]:
+    """Give every field its contract type; returns the frame and the number of repairs."""
+    repairs = frame.select(
+        pl.sum_horizontal([_repaired(n, k) for n, k in EVENT_FIELDS]).sum()
+    ).item() if frame.height else 0
+    normalized = frame.select(
+        *[normalize_expr(n, k).alias(n) for n, k in EVENT_FIELDS],
+        *[pl.col(n) for n in extras],
+    )
+    return normalized, int(repairs or 0)
+
+
+# -- reject, dedup, filter ----------------------------------------------------------------
+
+
+def reject_outside_hour(frame: pl.DataFrame, hour: datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split off rows whose server_upload_time is missing, unparseable or outside the hour."""
+    start = hour.replace(tzinfo=None)
+    end = start + timedelta(hours=1)
+    uploaded = parse_timestamp(pl.col("server_upload_time"))
+    reason = (
+        pl.when(pl.col("server_upload_time").is_null())
+        .then(pl.lit("missing server_upload_time"))
+        .when(uploaded.is_null())
+        .then(pl.lit("unparseable server_upload_time"))
+        .when((uploaded < start) | (uploaded >= end))
+        .then(pl.lit(f"server_upload_time outside the hour {start:%Y-%m-%d %H}:00-{end:%H}:00 UTC"))
+    )
+    marked = frame.with_columns(reason.alias("_reason"))
+    rejected = marked.filter(pl.col("_reason").is_not_null()).select(
+        pl.col("_pos"), pl.col("_reason").alias("reason"), pl.col("line")
+    )
+    kept = marked.filter(pl.col("_reason").is_null()).drop("_reason")
+    return kept, rejected
+
+
+def dedup(frame: pl.DataFrame) -> pl.DataFrame:
+    """Keep the first row in source order: by uuid, then by ($insert_id, device_id).
+
+    A null uuid is never a duplicate; the pair counts only when both are non-null.
+    """
+    by_uuid = frame.filter(pl.col("uuid").is_null() | pl.col("uuid").is_first_distinct())
+    pair = pl.struct("$insert_id", "device_id")
+    both = pl.col("$insert_id").is_not_null() & pl.col("device_id").is_not_null()
+    # Rows without both keys get a unique stand-in so they never collide.
+    return by_uuid.filter(~both | pair.is_first_distinct().over(both))
+
+
+def process_hour(
+    chunks: Iterable[bytes], hour: datetime, keep: pl.Expr | None = None
+) -> HourResult:
+    """Shape one hour of source lines. `keep` is the compiled event filter (None: no filter)."""
+    lines = read_lines(chunks)
+    parsed, unparseable, extras = parse(lines)
+    in_hour, outside = reject_outside_hour(parsed, hour)
+    normalized, repaired = normalize(in_hour, extras)
+    unique = dedup(normalized)
+    identities = unique.select(IDENTITY_COLUMNS)
+    exported = unique.filter(keep) if keep is not None else unique
+    rejects = pl.concat([unparseable, outside]).sort("_pos").drop("_pos")
+    counts = Counts(
+        source_rows=len(lines),
+        exported=exported.height,
+        duplicates=normalized.height - unique.height,
+        filtered=unique.height - exported.height,
+        rejected=rejects.height,
+        repaired=repaired,
+    )
+    return HourResult(
+        hour=hour,
+        frame=exported,
+        rejects=rejects,
+        identities=identities,
+        counts=counts,
+    )
