@@ -1,0 +1,204 @@
+"""The command line: `python -m amplitude_assets {backfill,check-destination}`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from amplitude_assets.settings import PARTITION_KEY_FORMAT, Settings, SettingsError, parse_hour
+
+BACKFILL_TAG = "amplitude_assets/cli_backfill"
+
+
+def _hours(start: datetime, end: datetime) -> list[datetime]:
+    count = int((end - start).total_seconds() // 3600) + 1
+    return [start + timedelta(hours=i) for i in range(count)]
+
+
+def _chunks(hours: list[datetime], size: int) -> list[list[datetime]]:
+    return [hours[i : i + size] for i in range(0, len(hours), size)]
+
+
+def _hour_report(storage, settings: Settings, hour: datetime, since: datetime) -> dict:
+    """What landed for an hour, read from its markers (the container is the truth)."""
+    from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
+    from amplitude_assets.destination.writer import read_marker
+
+    events = read_marker(
+        storage.container(settings.events_container),
+        EventsLayout(settings.events_prefix, settings.project_id).marker(hour),
+    )
+    merged = read_marker(
+        storage.container(settings.merged_ids_container),
+        MergedIdsLayout(settings.merged_ids_prefix, settings.merged_ids_scope).marker(hour),
+    )
+
+    def fresh(manifest: dict | None) -> bool:
+        if not manifest:
+            return False
+        exported = datetime.strptime(manifest["exported_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        return exported >= since.replace(microsecond=0)
+
+    return {"events": events if fresh(events) else None, "merged_ids": merged if fresh(merged) else None}
+
+
+def backfill(args: argparse.Namespace) -> int:
+    import dagster as dg
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    console = Console(stderr=False)
+    settings = Settings.from_env()
+    start = parse_hour(args.start, "--start")
+    end = parse_hour(args.end, "--end")
+    if end < start:
+        raise SettingsError(f"--end {args.end} is before --start {args.start}")
+    if start < settings.start_hour:
+        raise SettingsError(
+            f"--start {args.start} is before the first partition {settings.start} (AMPLITUDE_START)"
+        )
+    if not os.environ.get("DAGSTER_HOME"):
+        raise SettingsError(
+            "DAGSTER_HOME is not set: the backfill records its runs in the Dagster instance there, "
+            "so that the UI shows them"
+        )
+
+    from amplitude_assets.definitions import defs
+
+    instance = dg.DagsterInstance.get()
+    job = defs.resolve_implicit_global_asset_job_def()
+    available = defs.resolve_asset_graph().get_all_asset_keys()
+    selection = [k for k in (dg.AssetKey("events"), dg.AssetKey("merged_ids")) if k in available]
+    hours = _hours(start, end)
+    chunks = _chunks(hours, settings.hours_per_run)
+    started_at = datetime.now(timezone.utc)
+    backfill_id = uuid.uuid4().hex[:8]
+    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    names = " and ".join(k.to_user_string() for k in selection)
+    console.print(
+        f"Exporting {len(hours)} hour(s) of {names}, {args.start} to {args.end}, "
+        f"in {len(chunks)} run(s) of up to {settings.hours_per_run} hours (AMPLITUDE_HOURS_PER_RUN)"
+    )
+    failed_runs = []
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("hours"),
+        TimeElapsedColumn(), console=console, transient=False,
+    ) as progress:
+        task = progress.add_task("exporting", total=len(hours))
+        done = 0
+        for chunk in chunks:
+            run_id = str(uuid.uuid4())
+            keys = (chunk[0].strftime(PARTITION_KEY_FORMAT), chunk[-1].strftime(PARTITION_KEY_FORMAT))
+            tags = {
+                "dagster/asset_partition_range_start": keys[0],
+                "dagster/asset_partition_range_end": keys[1],
+                BACKFILL_TAG: backfill_id,
+            }
+            outcome: dict = {}
+
+            def run() -> None:
+                try:
+                    outcome["result"] = job.execute_in_process(
+                        run_config=quiet, instance=instance, asset_selection=selection, tags=tags,
+                        run_id=run_id, raise_on_error=False,
+                    )
+                except Exception as exc:  # reported in the summary, never a traceback of secrets
+                    outcome["error"] = exc
+
+            worker = threading.Thread(target=run, daemon=True)
+            worker.start()
+            while worker.is_alive():
+                worker.join(0.5)
+                exported = sum(
+                    1
+                    for record in instance.all_logs(run_id)
+                    if record.dagster_event is None and record.user_message.startswith("exported hour")
+                ) if instance.has_run(run_id) else 0
+                progress.update(task, completed=done + min(exported, len(chunk)), description=f"run {keys[0]} .. {keys[1]}")
+            done += len(chunk)
+            progress.update(task, completed=done)
+            result = outcome.get("result")
+            if outcome.get("error") or not (result and result.success):
+                failed_runs.append(run_id)
+
+    storage = defs.resources["storage"].process_config_and_initialize()  # resolves the EnvVars
+    table = Table(title=f"What landed ({settings.events_container}/{settings.events_prefix or ''})")
+    table.add_column("hour", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for column in ("rows", "parts", "bytes", "dups", "filtered", "rejected", "merges"):
+        table.add_column(column, justify="right")
+    failures = 0
+    for hour in hours:
+        report = _hour_report(storage, settings, hour, started_at)
+        events, merged = report["events"], report["merged_ids"]
+        ok = events is not None and (merged is not None or len(selection) == 1)
+        failures += not ok
+        counts = (events or {}).get("counts", {})
+        table.add_row(
+            hour.strftime(PARTITION_KEY_FORMAT),
+            "[green]ok" if ok else "[red]FAILED",
+            str(events["rows"]) if events else "-",
+            str(len(events["parts"])) if events else "-",
+            str(sum(p["bytes"] for p in events["parts"])) if events else "-",
+            str(counts.get("duplicates", "-")),
+            str(counts.get("filtered", "-")),
+            str(counts.get("rejected", "-")),
+            str(merged["rows"]) if merged else "-",
+        )
+    console.print(table)
+    if failed_runs:
+        console.print(f"[red]{len(failed_runs)} run(s) failed: {', '.join(failed_runs)}; open them in the Dagster UI (Runs) for the errors")
+    if failures:
+        console.print(f"[red]{failures} of {len(hours)} hour(s) did not export")
+        return 1
+    console.print(f"[green]All {len(hours)} hour(s) exported.")
+    return 0
+
+
+def check_destination(args: argparse.Namespace) -> int:
+    from amplitude_assets.definitions import defs
+    from amplitude_assets.jobs import run_check_destination
+
+    settings = Settings.from_env()
+    storage = defs.resources["storage"].process_config_and_initialize()  # resolves the EnvVars
+    return 0 if run_check_destination(settings, storage) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
+    parser = argparse.ArgumentParser(
+        prog="python -m amplitude_assets",
+        description="Amplitude's Azure Blob Storage export as a Dagster code location.",
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    check = verbs.add_parser(
+        "check-destination",
+        help="write, read, list and delete a probe blob in each destination, as Amplitude's test upload does",
+    )
+    check.set_defaults(run=check_destination)
+    fill = verbs.add_parser(
+        "backfill",
+        help="export an inclusive range of hours (events, then merged_ids, with their checks) "
+        "in the DAGSTER_HOME instance, replacing hours already exported",
+    )
+    fill.add_argument("--start", required=True, help="first hour, e.g. 2024-01-01-00:00")
+    fill.add_argument("--end", required=True, help="last hour (included), e.g. 2024-01-01-23:00")
+    fill.set_defaults(run=backfill)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
