@@ -1,0 +1,124 @@
+"""Range runs, the export delay, the command-line backfill, and a downstream reader."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import duckdb
+import pytest
+
+from tests.conftest import ROOT
+from tests.helpers import definitions, lines_of, materialize
+
+PROJECT = "187520"
+
+
+@pytest.fixture
+def env(container, clean_env):
+    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
+    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "200")
+    return container
+
+
+def materializations(instance: dg.DagsterInstance, key: str = "events") -> dict[str, dict]:
+    records = instance.fetch_materializations(dg.AssetKey(key), limit=1000).records
+    return {r.partition_key: r.asset_materialization.metadata for r in records}
+
+
+def test_range_run_writes_each_hour_with_its_own_metadata(env, blobs):
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize(definitions(), ["events"], start="2020-01-25-20:00", end="2020-01-25-23:00", instance=instance)
+    assert result.success
+    stored = blobs(env)
+    metadata = materializations(instance)
+    assert sorted(metadata) == [f"2020-01-25-{h}:00" for h in (20, 21, 22, 23)]
+    for hour in (20, 21, 22, 23):
+        manifest = json.loads(stored[f"{PROJECT}/{PROJECT}_2020-01-25_{hour}_complete"])
+        md = metadata[f"2020-01-25-{hour}:00"]
+        # Each hour's materialization carries that hour's own counts, not the range's totals.
+        assert md["dagster/row_count"].value == manifest["rows"]
+        assert md["count_duplicates"].value == manifest["counts"]["duplicates"]
+        assert md["count_source_rows"].value == manifest["counts"]["source_rows"]
+        assert md["parts"].value == len(manifest["parts"]) == 1
+        assert md["blob_paths"].value == [f"{env}/{PROJECT}/{PROJECT}_2020-01-25_{hour}#0.json.gz"]
+        columns = [c.name for c in md["dagster/column_schema"].schema.columns]
+        assert columns[:3] == ["server_received_time", "app", "device_carrier"]
+    duplicates = [metadata[k]["count_duplicates"].value for k in sorted(metadata)]
+    assert len(set(duplicates)) > 1, "every hour shows the same count: the range's value was copied"
+
+
+def test_hour_in_a_range_equals_the_hour_alone(env, blobs):
+    materialize(definitions(), ["events"], start="2020-01-25-02:00", end="2020-01-25-04:00")
+    in_range = blobs(env)[f"{PROJECT}/{PROJECT}_2020-01-25_3#0.json.gz"]
+    materialize(definitions(), ["events"], partition="2020-01-25-03:00")
+    alone = blobs(env)[f"{PROJECT}/{PROJECT}_2020-01-25_3#0.json.gz"]
+    assert in_range == alone
+
+
+def test_young_hour_is_refused_with_the_time_it_becomes_exportable(env, blobs, clean_env):
+    now = datetime.now(timezone.utc)
+    clean_env.setenv("AMPLITUDE_START", f"{now - timedelta(days=1):%Y-%m-%d}-00:00")
+    clean_env.setenv("AMPLITUDE_EXPORT_DELAY_MINUTES", "120")
+    young = (now - timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    result = materialize(definitions(), ["events"], partition=f"{young:%Y-%m-%d-%H:%M}", raise_on_error=False)
+    assert not result.success
+    failure = result.failure_data_for_node("events").error.message
+    ready = young + timedelta(hours=1, minutes=120)
+    assert f"becomes exportable at {ready:%Y-%m-%d %H:%M} UTC" in failure
+    assert "AMPLITUDE_EXPORT_DELAY_MINUTES" in failure
+    assert not [n for n in blobs(env) if n.endswith("_complete")]
+
+
+def test_downstream_reader_globs_the_parts_with_duckdb(env, blobs, tmp_path):
+    materialize(definitions(), ["events"], start="2020-01-25-10:00", end="2020-01-25-11:00")
+    for name, data in blobs(env).items():
+        target = tmp_path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    # What a reader does: glob *.json.gz under the project folder (markers are skipped).
+    rows = duckdb.sql(
+        f"SELECT count(*), count(DISTINCT uuid), min(server_upload_time), max(server_upload_time), "
+        f"any_value(typeof(event_properties)) FROM read_json_auto('{tmp_path}/{PROJECT}/*.json.gz')"
+    ).fetchall()[0]
+    manifests = [json.loads((tmp_path / PROJECT / f"{PROJECT}_2020-01-25_{h}_complete").read_bytes()) for h in (10, 11)]
+    assert rows[0] == rows[1] == sum(m["rows"] for m in manifests)
+    assert str(rows[2]).startswith("2020-01-25 10:") and str(rows[3]).startswith("2020-01-25 11:")
+
+
+def test_command_line_backfill_records_runs_in_dagster_home(env, tmp_path, clean_env, blobs):
+    home = tmp_path / "home"
+    home.mkdir()
+    clean_env.setenv("DAGSTER_HOME", str(home))
+    clean_env.setenv("AMPLITUDE_HOURS_PER_RUN", "2")
+    done = subprocess.run(
+        [sys.executable, "-m", "amplitude_assets", "backfill", "--start", "2020-01-25-05:00", "--end", "2020-01-25-09:00"],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "in 3 run(s)" in done.stdout
+    assert "All 5 hour(s) exported." in done.stdout
+    for hour in range(5, 10):
+        assert lines_of(blobs(env)[f"{PROJECT}/{PROJECT}_2020-01-25_{hour}#0.json.gz"])
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert sorted(materializations(instance)) == [f"2020-01-25-0{h}:00" for h in range(5, 10)]
+        runs = instance.get_runs()
+        assert len(runs) == 3
+        assert all(r.tags.get("amplitude_assets/cli_backfill") for r in runs)
+
+
+def test_command_line_backfill_fails_when_an_hour_fails(env, tmp_path, clean_env):
+    clean_env.setenv("DAGSTER_HOME", str(tmp_path))
+    clean_env.setenv("AZURE_EVENTS_CONTAINER", "no-such-container")  # not created: every write fails
+    done = subprocess.run(
+        [sys.executable, "-m", "amplitude_assets", "backfill", "--start", "2020-01-25-05:00", "--end", "2020-01-25-06:00"],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 1
+    assert "2 of 2 hour(s) did not export" in done.stdout
+    assert "FAILED" in done.stdout
+    assert "AccountKey" not in done.stdout + done.stderr
