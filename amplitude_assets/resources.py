@@ -65,5 +65,10 @@ class AmplitudeSource(dg.ConfigurableResource):
 
             if not self.files_url:
                 raise SettingsError("AMPLITUDE_FILES_URL is not set; the files source needs it")
+            if storage is None and self.files_url.startswith("az://"):
+                # The destination's credentials, resolved from their EnvVars at run time.
+                from amplitude_assets.destination.credentials import AzureStorage
+
+                storage = AzureStorage.from_env().process_config_and_initialize()
             return FilesSource(self.files_url, self.project_id, storage=storage)
         raise SettingsError(f"AMPLITUDE_SOURCE must be synthetic, export_api or files, got {self.kind!r}")

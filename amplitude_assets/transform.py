@@ -316,6 +316,8 @@ def process_hour(
     lines = read_lines(chunks)
     parsed, unparseable, extras = parse(lines)
     in_hour, outside = reject_outside_hour(parsed, hour)
+    # An extra key carried only by rejected rows is not a key of the hour's events.
+    extras = [k for k in extras if in_hour[k].is_not_null().any()]
     normalized, repaired = normalize(in_hour, extras)
     unique = dedup(normalized)
     identities = unique.select(IDENTITY_COLUMNS)

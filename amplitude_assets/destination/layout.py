@@ -92,6 +92,16 @@ class MergedIdsLayout:
 PART_NAME_RE = re.compile(r"(?:^|/)(-?\d+)_(\d{4}-\d{2}-\d{2})_(\d{1,2})#(\d+)\.json\.gz$")
 
 
+def split_az_url(url: str) -> tuple[str, str]:
+    """`az://container/some/prefix` -> ("container", "some/prefix"); the prefix may be empty."""
+    path = url[len("az://"):] if url.startswith("az://") else url
+    container, _, prefix = path.strip("/").partition("/")
+    prefix = prefix.strip("/")
+    if not container or any(s in ("", ".", "..") for s in prefix.split("/") if prefix):
+        raise ValueError(f"expected az://container/prefix with no empty or '..' segment, got {url!r}")
+    return container, prefix
+
+
 def probe_blob_name(prefix: str) -> str:
     """The blob the destination test writes, reads back and deletes."""
     return _join(prefix, "_amplitude_assets_probe") + ".txt"
