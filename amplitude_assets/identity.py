@@ -1,0 +1,223 @@
+"""Merged Amplitude IDs: the identity rule, and the state it carries from hour to hour.
+
+`derive_merges(identities, state, scope)` is pure. It takes one hour's identity columns
+(the deduplicated events before any filter, in source order) and the state after the hour
+before, and returns the hour's merged-ID rows and the state after this hour.
+
+The rule, applied to events in order of `server_upload_time`, then source order
+(A = amplitude_id, U = user_id, D = device_id):
+
+    no U:   if A not in identified: anonymous[D] = A
+    with U: O = original.setdefault(U, A)
+            X = anonymous.get(D); if X and X != O and X not in identified | merged:
+                emit (X -> O); merged.add(X)
+            if A != O and A not in merged: emit (A -> O); merged.add(A)
+            identified |= {O, A}
+
+It is evaluated with polars expressions, not an event loop. What makes that exact:
+- `O` depends only on the first `A` seen with `U` (or the carried `original[U]`);
+- `original[U]` is always in `identified`, so `A` is identified before event `i` exactly
+  when an earlier event with a user_id carried it (or it was identified before the hour);
+- so `anonymous[D]` before event `i` is the last earlier qualifying update on `D`, an
+  as-of join;
+- `merged` only decides which candidate emission of an ID comes first: every step-2 or
+  step-3 condition except "not in merged" is independent of it, so an ID is emitted at
+  its first candidate (in event order, step 2 before step 3) unless it was merged before.
+
+Events with a null `amplitude_id` carry no identity and are skipped. A null `device_id`
+takes no part in step 2 and sets no `anonymous` entry. A null `event_time` gives a
+`merge_time` equal to `merge_server_time`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from amplitude_assets.schema import MERGED_ID_FIELDS
+
+ID = pl.Int64
+STATE_KINDS = ("original", "identified", "anonymous", "merged")
+STATE_SCHEMA = {"kind": pl.String, "key": pl.String, "amplitude_id": ID}
+ROW_SCHEMA = {name: ID for name in MERGED_ID_FIELDS}
+
+
+@dataclass(frozen=True)
+class IdentityState:
+    """What the rule remembers after an hour; every frame sorted, so equal states are equal frames.
+
+    - original:   user_id, amplitude_id: the first amplitude_id seen with each user_id;
+    - identified: amplitude_id: every ID ever seen on an event with a user_id;
+    - anonymous:  device_id, amplitude_id: the last anonymous ID of each device. Entries
+      whose ID is identified or merged can never merge again, so they are dropped: the
+      state then holds only live anonymous devices, with the same results;
+    - merged:     amplitude_id: the IDs already merged away.
+    """
+
+    original: pl.DataFrame
+    identified: pl.DataFrame
+    anonymous: pl.DataFrame
+    merged: pl.DataFrame
+
+    @staticmethod
+    def empty() -> IdentityState:
+        return IdentityState(
+            original=pl.DataFrame(schema={"user_id": pl.String, "amplitude_id": ID}),
+            identified=pl.DataFrame(schema={"amplitude_id": ID}),
+            anonymous=pl.DataFrame(schema={"device_id": pl.String, "amplitude_id": ID}),
+            merged=pl.DataFrame(schema={"amplitude_id": ID}),
+        )
+
+    def sizes(self) -> dict[str, int]:
+        return {kind: getattr(self, kind).height for kind in STATE_KINDS}
+
+    def to_frame(self) -> pl.DataFrame:
+        """One long frame (`kind`, `key`, `amplitude_id`), in a canonical order, for Parquet."""
+        return pl.concat(
+            [
+                self.original.select(pl.lit("original").alias("kind"), pl.col("user_id").alias("key"), "amplitude_id"),
+                self.identified.select(pl.lit("identified").alias("kind"), pl.lit(None, pl.String).alias("key"), "amplitude_id"),
+                self.anonymous.select(pl.lit("anonymous").alias("kind"), pl.col("device_id").alias("key"), "amplitude_id"),
+                self.merged.select(pl.lit("merged").alias("kind"), pl.lit(None, pl.String).alias("key"), "amplitude_id"),
+            ]
+        ).cast(STATE_SCHEMA)
+
+    @staticmethod
+    def from_frame(frame: pl.DataFrame) -> IdentityState:
+        frame = frame.cast(STATE_SCHEMA)
+
+        def of(kind: str) -> pl.DataFrame:
+            return frame.filter(pl.col("kind") == kind)
+
+        return IdentityState(
+            original=_sorted(of("original").select(pl.col("key").alias("user_id"), "amplitude_id"), "user_id"),
+            identified=_sorted(of("identified").select("amplitude_id"), "amplitude_id"),
+            anonymous=_sorted(of("anonymous").select(pl.col("key").alias("device_id"), "amplitude_id"), "device_id"),
+            merged=_sorted(of("merged").select("amplitude_id"), "amplitude_id"),
+        )
+
+
+def _sorted(frame: pl.DataFrame, by: str) -> pl.DataFrame:
+    return frame.sort(by)
+
+
+def _epoch_ms(column: str) -> pl.Expr:
+    """Epoch milliseconds, fractions dropped (floored)."""
+    return pl.col(column).dt.epoch("us").floordiv(1000)
+
+
+def empty_rows() -> pl.DataFrame:
+    return pl.DataFrame(schema=ROW_SCHEMA)
+
+
+def derive_merges(identities: pl.DataFrame, state: IdentityState, scope: int) -> tuple[pl.DataFrame, IdentityState]:
+    """The hour's merged-ID rows (MERGED_ID_FIELDS, all Int64) and the state after the hour.
+
+    `identities` has the columns user_id, device_id, amplitude_id, event_time and
+    server_upload_time, in source order. Rows are ordered by merge_server_time, then by
+    the order in which the rule emits them.
+    """
+    events = (
+        identities.select(
+            pl.col("user_id").cast(pl.String),
+            pl.col("device_id").cast(pl.String),
+            pl.col("amplitude_id").cast(ID),
+            pl.col("event_time").cast(pl.Datetime("us")),
+            pl.col("server_upload_time").cast(pl.Datetime("us")),
+        )
+        .with_row_index("source_order")
+        .filter(pl.col("amplitude_id").is_not_null())
+        # Hour order: server_upload_time, then source order (a stable sort keeps it).
+        .sort("server_upload_time", "source_order", nulls_last=True)
+        .with_row_index("seq")
+        .with_columns(pl.col("seq").cast(ID))
+        .drop("source_order")
+    )
+    known = events.filter(pl.col("user_id").is_not_null())
+
+    # Step 1: O = original.setdefault(U, A).
+    first_seen = known.group_by("user_id", maintain_order=True).agg(pl.col("amplitude_id").first())
+    known = (
+        known.join(state.original.rename({"amplitude_id": "carried_original"}), on="user_id", how="left")
+        .join(first_seen.rename({"amplitude_id": "first_original"}), on="user_id", how="left")
+        .with_columns(pl.coalesce("carried_original", "first_original").alias("original"))
+        .drop("carried_original", "first_original")
+        .sort("seq")
+    )
+
+    # When each ID became identified: -1 before the hour, else its first event with a user_id.
+    identified_at = (
+        pl.concat(
+            [
+                state.identified.select("amplitude_id", pl.lit(-1, ID).alias("identified_at")),
+                known.select("amplitude_id", pl.col("seq").alias("identified_at")),
+            ]
+        )
+        .group_by("amplitude_id")
+        .agg(pl.col("identified_at").min())
+    )
+
+    # anonymous[D] = A for events with no user_id whose A is not identified at that moment.
+    updates = (
+        events.filter(pl.col("user_id").is_null() & pl.col("device_id").is_not_null())
+        .join(identified_at, on="amplitude_id", how="left")
+        .filter(pl.col("identified_at").is_null() | (pl.col("identified_at") > pl.col("seq")))
+        .select("seq", "device_id", pl.col("amplitude_id").alias("anonymous"))
+        .sort("seq")
+    )
+
+    # Step 2: X = anonymous.get(D) just before each event with a user_id (an as-of join).
+    with_device = known.filter(pl.col("device_id").is_not_null())
+    step2 = (
+        with_device.join_asof(updates, on="seq", by="device_id", strategy="backward", check_sortedness=False)
+        .join(state.anonymous.rename({"amplitude_id": "carried_anonymous"}), on="device_id", how="left")
+        .with_columns(pl.coalesce("anonymous", "carried_anonymous").alias("x"))
+        .join(identified_at.rename({"amplitude_id": "x", "identified_at": "x_identified_at"}), on="x", how="left")
+        .filter(
+            pl.col("x").is_not_null()
+            & (pl.col("x") != pl.col("original"))
+            # identified is updated in step 4, so the event's own A is not identified yet.
+            & (pl.col("x_identified_at").is_null() | (pl.col("x_identified_at") >= pl.col("seq")))
+        )
+        .select("seq", pl.lit(2, ID).alias("step"), pl.col("x").alias("amplitude_id"), "original",
+                "event_time", "server_upload_time")
+    )
+    # Step 3: the event's own A, when it is not the user's original.
+    step3 = known.filter(pl.col("amplitude_id") != pl.col("original")).select(
+        "seq", pl.lit(3, ID).alias("step"), "amplitude_id", "original", "event_time", "server_upload_time"
+    )
+
+    # "Not in merged": each ID is merged away at its first candidate, unless it already was.
+    emitted = (
+        pl.concat([step2, step3])
+        .join(state.merged, on="amplitude_id", how="anti")
+        .sort("seq", "step")
+        .unique("amplitude_id", keep="first", maintain_order=True)
+    )
+    rows = (
+        emitted.with_columns(
+            pl.lit(scope, ID).alias("scope"),
+            pl.coalesce(_epoch_ms("event_time"), _epoch_ms("server_upload_time")).alias("merge_time"),
+            _epoch_ms("server_upload_time").alias("merge_server_time"),
+            pl.col("original").alias("merged_amplitude_id"),
+        )
+        .sort("merge_server_time", "seq", "step", maintain_order=True)
+        .select(MERGED_ID_FIELDS)
+        .cast(ROW_SCHEMA)
+    )
+
+    identified = pl.concat([state.identified, known.select("amplitude_id")]).unique().sort("amplitude_id")
+    merged = pl.concat([state.merged, rows.select("amplitude_id")]).unique().sort("amplitude_id")
+    original = pl.concat(
+        [state.original, first_seen.join(state.original, on="user_id", how="anti")]
+    ).sort("user_id")
+    last_anonymous = updates.group_by("device_id").agg(pl.col("anonymous").sort_by("seq").last().alias("amplitude_id"))
+    dead = pl.concat([identified, merged])
+    anonymous = (
+        pl.concat([state.anonymous.join(last_anonymous, on="device_id", how="anti"), last_anonymous])
+        .join(dead, on="amplitude_id", how="anti")
+        .sort("device_id")
+    )
+    new_state = IdentityState(original=original, identified=identified, anonymous=anonymous, merged=merged)
+    return rows, new_state
