@@ -1,0 +1,210 @@
+"""process_hour as a pure function: lenient parsing, rejects, dedup, exact round trips, counts."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import polars as pl
+import pytest
+
+from amplitude_assets.destination.writer import encode_lines, jsonl_bytes
+from amplitude_assets.schema import DICT_FIELDS, EVENT_FIELD_NAMES
+from amplitude_assets.transform import parse_timestamp, process_hour
+
+HOUR = datetime(2020, 1, 25, 17, tzinfo=timezone.utc)
+
+
+def pairs(text: str):
+    """JSON with every object as a list of (key, value) pairs: key order and types count."""
+    return json.loads(text, object_pairs_hook=list)
+
+
+def exported(result) -> list[str]:
+    """The hour's exported lines exactly as the writer serializes them."""
+    return jsonl_bytes(encode_lines(result.frame)).decode().splitlines()
+
+
+def dumps(row: dict) -> str:
+    return json.dumps(row, ensure_ascii=False)
+
+
+# A messy hour, in source order. `expect` lists the uuids exported, in order.
+GOOD_UUID = "0a6e8a48-6c5e-4a1d-9d7a-0f0b7a1e2c01"
+MESSY = [
+    # 0: a full, clean row with extra fields and unicode/escapes in its properties
+    dumps({"server_received_time": "2020-01-25 17:00:01.000001", "app": 187520, "uuid": GOOD_UUID,
+           "event_time": "2020-01-25 16:59:59.5", "server_upload_time": "2020-01-25 17:00:01.123456",
+           "user_id": "ユーザー1", "device_id": "d-1", "$insert_id": "i-1", "amplitude_id": 11,
+           "event_type": "Search", "event_properties": {"query": "café ☕ \"quoted\" \\ back\nslash\ttab",
+                                                        "results": 3, "emoji": "🎧"},
+           "$insert_key": "k-0", "plan": {"branch": "main", "version": "7"}}),
+    # 1: the same uuid again: a duplicate
+    dumps({"server_upload_time": "2020-01-25 17:05:00", "uuid": GOOD_UUID, "event_type": "dup"}),
+    # 2: T separator, Z suffix, no fraction; colon-date processed_time; epoch ms; an offset
+    dumps({"server_upload_time": "2020-01-25T17:10:00Z", "uuid": "0a6e8a48-6c5e-4a1d-9d7a-0f0b7a1e2c02",
+           "processed_time": "2020:01:25 17:10:02.047099", "client_upload_time": 1579972199123,
+           "event_time": "2020-01-25T18:09:58.25+01:00", "user_creation_time": "2020-01-25T17:00:00+00:00",
+           "data_type": "event", "user_id": "", "device_id": "", "app": "12x"}),
+    # 3: an uppercase uuid that matches no other row
+    dumps({"server_upload_time": "2020-01-25 17:20:00.1", "uuid": "0A6E8A48-6C5E-4A1D-9D7A-0F0B7A1E2C03",
+           "device_id": "d-2", "$insert_id": "i-2"}),
+    # 4: a malformed line
+    '{"server_upload_time": "2020-01-25 17:30:00", "uuid": ',
+    # 5: an out-of-hour row, with an extra key no in-hour row has
+    dumps({"server_upload_time": "2020-01-25 18:00:00", "uuid": "0a6e8a48-6c5e-4a1d-9d7a-0f0b7a1e2c05",
+           "only_outside": 1}),
+    # 6: most keys absent
+    dumps({"server_upload_time": "2020-01-25 17:40:00"}),
+    # 7: the ($insert_id, device_id) pair of row 3 with a new uuid: a duplicate
+    dumps({"server_upload_time": "2020-01-25 17:45:00", "uuid": "0a6e8a48-6c5e-4a1d-9d7a-0f0b7a1e2c07",
+           "device_id": "d-2", "$insert_id": "i-2"}),
+    # 8: the same uppercase uuid as row 3, uppercased differently: a duplicate
+    dumps({"server_upload_time": "2020-01-25 17:50:00", "uuid": "0a6e8a48-6c5e-4a1d-9d7a-0F0B7A1E2C03"}),
+    # 9: missing and unparseable server_upload_time
+    dumps({"uuid": "0a6e8a48-6c5e-4a1d-9d7a-0f0b7a1e2c09"}),
+    dumps({"server_upload_time": "yesterday", "uuid": "0a6e8a48-6c5e-4a1d-9d7a-0f0b7a1e2c10"}),
+    # 11: a JSON value that is not an object
+    "[1, 2, 3]",
+    # 12: the last in-hour row, 59:59.999999
+    dumps({"server_upload_time": "2020-01-25 17:59:59.999999", "uuid": "0a6e8a48-6c5e-4a1d-9d7a-0f0b7a1e2c12",
+           "$insert_key": "k-12"}),
+]
+
+
+def messy_bytes() -> bytes:
+    return ("\n".join(MESSY) + "\n").encode()
+
+
+def test_messy_hour_exports_what_the_contract_says():
+    result = process_hour([messy_bytes()], HOUR)
+    lines = exported(result)
+    rows = [json.loads(line) for line in lines]
+
+    assert [r["server_upload_time"] for r in rows] == [
+        "2020-01-25 17:00:01.123456", "2020-01-25 17:10:00.000000", "2020-01-25 17:20:00.100000",
+        "2020-01-25 17:40:00.000000", "2020-01-25 17:59:59.999999",
+    ]
+    assert [r["uuid"] for r in rows] == [
+        GOOD_UUID, "0a6e8a48-6c5e-4a1d-9d7a-0f0b7a1e2c02", "0a6e8a48-6c5e-4a1d-9d7a-0f0b7a1e2c03", None,
+        "0a6e8a48-6c5e-4a1d-9d7a-0f0b7a1e2c12",
+    ]
+    # Every line has the 49 fields, then the extras in order of first appearance in the
+    # hour's own rows (the key only a rejected row had is not one of them).
+    for line in lines:
+        assert [k for k, _ in pairs(line)] == [*EVENT_FIELD_NAMES, "$insert_key", "plan", "data_type"]
+
+    lenient = rows[1]
+    assert lenient["processed_time"] == "2020-01-25 17:10:02.047099"
+    assert lenient["client_upload_time"] == "2020-01-25 17:09:59.123000"
+    assert lenient["event_time"] == "2020-01-25 17:09:58.250000"
+    assert lenient["user_creation_time"] == "2020-01-25 17:00:00.000000"
+    assert lenient["user_id"] is None and lenient["device_id"] is None
+    assert lenient["app"] is None  # "12x" cannot be an integer: a repair
+    assert lenient["data_type"] == "event" and lenient["$insert_key"] is None
+
+    sparse = rows[3]
+    assert {k: v for k, v in sparse.items() if v not in (None, {})} == {
+        "server_upload_time": "2020-01-25 17:40:00.000000"
+    }
+    assert all(sparse[f] == {} for f in DICT_FIELDS)
+
+    first = pairs(lines[0])
+    original = pairs(MESSY[0])
+    assert dict(first)["event_properties"] == dict(original)["event_properties"]
+    assert dict(first)["plan"] == dict(original)["plan"]
+    assert rows[0]["event_properties"]["query"] == "café ☕ \"quoted\" \\ back\nslash\ttab"
+    assert rows[0]["user_id"] == "ユーザー1"
+
+    # Rejected lines are kept verbatim, in source order, each with its reason.
+    rejects = result.rejects.to_dicts()
+    assert [r["line"] for r in rejects] == [MESSY[4], MESSY[5], MESSY[9], MESSY[10], MESSY[11]]
+    reasons = [r["reason"] for r in rejects]
+    assert reasons[0] == "not valid JSON"
+    assert "outside the hour" in reasons[1]
+    assert reasons[2] == "missing server_upload_time"
+    assert reasons[3] == "unparseable server_upload_time"
+    assert reasons[4] == "not a JSON object"
+
+    counts = result.counts
+    assert counts.source_rows == len(MESSY) == 13
+    assert (counts.exported, counts.duplicates, counts.filtered, counts.rejected) == (5, 3, 0, 5)
+    assert counts.repaired == 1
+    assert counts.reconciles()
+
+
+def test_the_event_filter_counts_as_filtered_and_still_reconciles():
+    keep = pl.col("event_type").is_null() | (pl.col("event_type") != "Search")
+    counts = process_hour([messy_bytes()], HOUR, keep).counts
+    assert (counts.exported, counts.duplicates, counts.filtered, counts.rejected) == (4, 3, 1, 5)
+    assert counts.reconciles()
+
+
+def test_chunking_does_not_change_the_result():
+    data = messy_bytes()
+    lines = data.splitlines(keepends=True)
+    whole = process_hour([data], HOUR)
+    per_line = process_hour(lines, HOUR)
+    assert exported(whole) == exported(per_line)
+    assert whole.counts == per_line.counts
+    assert whole.rejects.equals(per_line.rejects)
+
+
+def test_property_objects_round_trip_exactly_per_event():
+    """Events whose objects differ in keys and value types come out as they went in."""
+    props = [
+        {"z": 1, "a": "x", "nested": {"b": [1, "two", None, {"c": 1.5}], "a": True}},
+        {"results": "many", "a": 2.0},
+        {"results": 7, "empty_list": [], "empty_obj": {}, "null": None},
+        {},
+        {"big": 12345678901234567890, "neg": -0.5, "exp": 1e-07, "unicode": "東京 \u00e9 \\u00e9 😀", "bool": False},
+    ]
+    extras = [
+        {"$insert_key": "k", "plan": {"version": "7", "branch": "main"}},
+        {"plan": None, "partner_id": 42},
+        {"partner_id": "p-42", "global_user_properties": {"x": [1]}},
+        {"source_id": ["a", 1]},
+        {"$insert_key": {"odd": "object"}},
+    ]
+    rows = []
+    for i, (p, extra) in enumerate(zip(props, extras)):
+        row = {"server_upload_time": f"2020-01-25 17:0{i}:00", "uuid": f"0a6e8a48-6c5e-4a1d-9d7a-0f0b7a1e2d0{i}",
+               "event_properties": p, "user_properties": {"n": i} if i % 2 else {"s": str(i), "l": [i]},
+               "groups": {"company": [f"c{i}"]} if i else {}, "group_properties": {"company": {"c0": {"plan": i}}},
+               "data": {"path": "/2/httpapi", "i": i}, **extra}
+        rows.append(dumps(row))
+    result = process_hour([("\n".join(rows) + "\n").encode()], HOUR)
+    out = exported(result)
+    assert len(out) == len(rows)
+    extra_keys = ["$insert_key", "plan", "partner_id", "global_user_properties", "source_id"]
+    for line, source in zip(out, rows):
+        got, sent = dict(pairs(line)), dict(pairs(source))
+        for name in DICT_FIELDS:
+            assert got[name] == sent[name], name
+        for name in extra_keys:
+            assert got[name] == sent.get(name), name  # absent keys are null
+        assert [k for k, _ in pairs(line)][49:] == extra_keys
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("2020-01-25 17:03:01.123456", "2020-01-25 17:03:01.123456"),
+    ("2020-01-25 17:03:01", "2020-01-25 17:03:01.000000"),
+    ("2020-01-25T17:03:01.1", "2020-01-25 17:03:01.100000"),
+    ("2020-01-25T17:03:01.12345Z", "2020-01-25 17:03:01.123450"),
+    ("2020-01-25 17:03:01.123+00:00", "2020-01-25 17:03:01.123000"),
+    ("2020-01-25T19:03:01+02:00", "2020-01-25 17:03:01.000000"),
+    ("2020-01-25T12:33:01.5-04:30", "2020-01-25 17:03:01.500000"),
+    ("2020:01:25 17:03:01.047099", "2020-01-25 17:03:01.047099"),
+    ("1579971781123", "2020-01-25 17:03:01.123000"),
+    ("not a time", None),
+    ("2020-13-45 17:03:01", None),
+])
+def test_lenient_timestamps(text, expected):
+    parsed = pl.DataFrame({"t": [text]}).select(parse_timestamp(pl.col("t")).dt.strftime("%Y-%m-%d %H:%M:%S%.6f"))
+    assert parsed.item() == expected
+
+
+def test_empty_input_is_an_empty_hour():
+    result = process_hour([], HOUR)
+    assert result.frame.height == 0 and result.rejects.height == 0
+    assert result.counts.source_rows == 0 and result.counts.reconciles()
