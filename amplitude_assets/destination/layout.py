@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 
 def hour_stem(scope: str, hour: datetime) -> str:
@@ -79,12 +79,22 @@ class MergedIdsLayout:
         return f"{self.hour_prefix(hour)}_complete"
 
     def state(self, hour: datetime) -> str:
-        """The identity state after `hour`, one snapshot or delta per hour."""
+        """The identity state after `hour`: one full snapshot per hour (Parquet)."""
         return _join(self.prefix, "_state", self.scope, hour_stem(self.scope, hour)) + ".parquet"
 
     @property
     def state_folder(self) -> str:
         return _join(self.prefix, "_state", self.scope) + "/"
+
+    def state_hour(self, name: str) -> datetime | None:
+        """The hour of a state snapshot blob, or None when `name` is not one."""
+        match = re.fullmatch(
+            re.escape(self.state_folder + self.scope) + r"_(\d{4}-\d{2}-\d{2})_(\d{1,2})\.parquet", name
+        )
+        if not match:
+            return None
+        day = datetime.strptime(match.group(1), "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        return day.replace(hour=int(match.group(2)))
 
 
 # Matches part names in Amplitude's layout, with or without a folder: captures the
