@@ -7,6 +7,7 @@ import dagster as dg
 from amplitude_assets.assets import build_events_asset
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.io_manager import EventsIOManager
+from amplitude_assets.merged_ids import build_merged_ids_asset
 from amplitude_assets.partitions import hourly_partitions
 from amplitude_assets.resources import AmplitudeSource
 from amplitude_assets.settings import Settings
@@ -16,8 +17,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     partitions = hourly_partitions(settings)
     storage = AzureStorage.from_env(create_containers=settings.create_containers)
     events = build_events_asset(settings, partitions)
+    merged_ids = build_merged_ids_asset(settings, partitions)
     return dg.Definitions(
-        assets=[events],
+        assets=[events, merged_ids],
         resources={
             "amplitude_source": AmplitudeSource.from_settings(settings),
             "storage": storage,

@@ -1,0 +1,251 @@
+"""The hourly `merged_ids` asset: merged Amplitude IDs, derived hour by hour from the events.
+
+For each hour of the step, oldest first:
+  1. read the hour's identity columns, which `events` wrote beside its export (Parquet
+     under `[P/]_state/`), so the source is never read twice;
+  2. take the identity state after the hour before: carried in memory inside a range run,
+     else one Parquet snapshot read from `[Q/]_state/{scope}/`;
+  3. derive the hour's merges (`identity.derive_merges`, pure polars);
+  4. write in the four-step order: delete the marker, write the file (only when the hour
+     has merges) with its Content-MD5, delete a stale file, write the marker. The hour's
+     state snapshot is written just before the marker, so a marker means the state is there.
+
+The asset writes in its body and returns a `MaterializeResult`: an IO manager would get
+one output for the whole range, but every hour needs the state of the hour before it,
+written before that hour's marker, and its own metadata.
+"""
+
+import hashlib
+import io
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.blob import ContainerClient, ContentSettings
+
+from amplitude_assets.assets import GROUP, hours_of, refuse_young_hours
+from amplitude_assets.destination.credentials import AzureStorage
+from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
+from amplitude_assets.destination.writer import (
+    GZIP_CONTENT,
+    Manifest,
+    PartInfo,
+    delete_if_exists,
+    encode_records,
+    md5_hex,
+    parquet_bytes,
+    upload,
+)
+from amplitude_assets.identity import IdentityState, derive_merges
+from amplitude_assets.schema import MERGED_ID_FIELDS
+from amplitude_assets.settings import PARTITION_KEY_FORMAT, Settings
+
+PARQUET_CONTENT = ContentSettings(content_type="application/vnd.apache.parquet")
+JSON_CONTENT = ContentSettings(content_type="application/json")
+COLUMN_SCHEMA = dg.TableSchema(
+    columns=[dg.TableColumn(name, "int" if name == "scope" else "long") for name in MERGED_ID_FIELDS]
+)
+
+
+def key_of(hour: datetime) -> str:
+    return hour.strftime(PARTITION_KEY_FORMAT)
+
+
+def iso_hour(hour: datetime) -> str:
+    return hour.strftime("%Y-%m-%dT%H:00:00Z")
+
+
+@dataclass(frozen=True)
+class Carried:
+    """The identity state an hour starts from, and where it came from."""
+
+    state: IdentityState
+    name: str | None  # the snapshot blob; None when the history starts at this hour
+    md5: str | None
+
+    @property
+    def history_starts(self) -> bool:
+        return self.name is None
+
+
+def read_identities(client: ContainerClient, layout: EventsLayout, hour: datetime) -> pl.DataFrame:
+    """The identity columns `events` wrote for the hour; fails naming the hour to export first."""
+    name = layout.identities(hour)
+    try:
+        data = client.download_blob(name).readall()
+    except ResourceNotFoundError:
+        raise dg.Failure(
+            f"merged_ids {key_of(hour)}: the hour's identities ({name}) are missing. merged_ids reads "
+            f"what events wrote: materialize events for {key_of(hour)} first."
+        ) from None
+    return pl.read_parquet(io.BytesIO(data))
+
+
+def read_carried_state(client: ContainerClient, layout: MergedIdsLayout, hour: datetime) -> Carried:
+    """The state after the hour before `hour`: its snapshot, or empty where the history starts.
+
+    Normally one download. Only when that snapshot is missing is the state folder listed,
+    to tell a first export (no state before `hour`: start empty) from a gap (refuse).
+    """
+    previous = hour - timedelta(hours=1)
+    name = layout.state(previous)
+    try:
+        data = client.download_blob(name).readall()
+    except ResourceNotFoundError:
+        earlier = [
+            h for h in (layout.state_hour(b.name) for b in client.list_blobs(name_starts_with=layout.state_folder))
+            if h is not None and h < hour
+        ]
+        if earlier:
+            latest = max(earlier)
+            first = latest + timedelta(hours=1)
+            span = key_of(first) if first == previous else f"{key_of(first)} ... {key_of(previous)}"
+            raise dg.Failure(
+                f"merged_ids {key_of(hour)}: the identity state of the hour before ({key_of(previous)}) is "
+                f"missing, and the latest earlier state is for {key_of(latest)}. Merged IDs are derived "
+                f"hour by hour: export merged_ids for {key_of(first)} first ({span}), then {key_of(hour)}."
+            ) from None
+        return Carried(IdentityState.empty(), None, None)
+    return Carried(IdentityState.from_frame(pl.read_parquet(io.BytesIO(data))), name, hashlib.md5(data).hexdigest())
+
+
+def existing_md5(client: ContainerClient, name: str) -> str | None:
+    try:
+        return md5_hex(client.get_blob_client(name).get_blob_properties().content_settings.content_md5) or ""
+    except ResourceNotFoundError:
+        return None
+
+
+def write_merged_ids_hour(
+    client: ContainerClient,
+    layout: MergedIdsLayout,
+    hour: datetime,
+    rows: pl.DataFrame,
+    state: bytes,
+    *,
+    source: str,
+    counts: dict[str, int],
+    extra: dict[str, Any],
+) -> Manifest:
+    """Export one hour in the four-step order; the state snapshot goes in just before the marker."""
+    delete_if_exists(client, layout.marker(hour))
+    parts = []
+    if rows.height:
+        info = upload(client, layout.file(hour), encode_records(rows), GZIP_CONTENT)
+        parts.append(PartInfo(name=info.name, rows=rows.height, bytes=info.bytes, md5=info.md5))
+    else:
+        delete_if_exists(client, layout.file(hour))  # a stale file from an earlier export
+    upload(client, layout.state(hour), state, PARQUET_CONTENT)
+    manifest = Manifest(hour=hour, source=source, parts=parts, counts=counts, extra=extra)
+    upload(client, layout.marker(hour), manifest.to_json(), JSON_CONTENT)
+    return manifest
+
+
+def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    scope = settings.merged_ids_scope
+    events_layout = EventsLayout(settings.events_prefix, settings.project_id)
+    layout = MergedIdsLayout(settings.merged_ids_prefix, scope)
+
+    @dg.asset(
+        name="merged_ids",
+        group_name=GROUP,
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.multi_run(settings.hours_per_run),
+        deps=[
+            dg.AssetDep("events"),
+            # Each hour starts from the identity state of the hour before. The self-dependency
+            # makes Dagster's backfills run the chunks of a range in order; the asset itself
+            # refuses a gap, so single-partition runs and sensor runs stay safe too.
+            dg.AssetDep("merged_ids", partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)),
+        ],
+        kinds={"azure", "polars"},
+        description=(
+            "Merged Amplitude IDs of each UTC hour, derived from the hour's events and the identity "
+            f"state of the hour before: `{layout.folder}{{scope}}_{{yyyy-MM-dd}}_{{H}}.json.gz` "
+            "with a `_complete` marker. Re-exporting an hour makes later hours stale: re-run them."
+        ),
+    )
+    def merged_ids(context: dg.AssetExecutionContext, storage: AzureStorage) -> dg.MaterializeResult:
+        hours = hours_of(context)
+        refuse_young_hours(hours, settings.export_delay_minutes)
+        events_client = storage.container(settings.events_container)
+        client = storage.container(settings.merged_ids_container)
+        carried: Carried | None = None
+        done: list[str] = []
+        for hour in hours:
+            key = key_of(hour)
+            try:
+                started = time.perf_counter()
+                identities = read_identities(events_client, events_layout, hour)
+                if carried is None:  # the first hour of the step; later ones carry it in memory
+                    carried = read_carried_state(client, layout, hour)
+                read_seconds = time.perf_counter() - started
+                started = time.perf_counter()
+                rows, state = derive_merges(identities, carried.state, int(scope))
+                state_bytes = parquet_bytes(state.to_frame())
+                derive_seconds = time.perf_counter() - started
+                state_md5 = hashlib.md5(state_bytes).hexdigest()
+                before = existing_md5(client, layout.state(hour)) if hour == hours[-1] else None
+                extra: dict[str, Any] = {}
+                if carried.history_starts:
+                    extra["identity_history_starts"] = iso_hour(hour)
+                extra["state"] = {"name": layout.state(hour), "bytes": len(state_bytes), "md5": state_md5,
+                                  "sizes": state.sizes()}
+                extra["previous_state"] = {"name": carried.name, "md5": carried.md5} if carried.name else None
+                started = time.perf_counter()
+                manifest = write_merged_ids_hour(
+                    client, layout, hour, rows, state_bytes, source=settings.source,
+                    counts={"identity_rows": identities.height, "merges": rows.height}, extra=extra,
+                )
+                write_seconds = time.perf_counter() - started
+            except Exception as exc:
+                message = exc.description if isinstance(exc, dg.Failure) else storage.redact(f"{type(exc).__name__}: {exc}")
+                not_run = [key_of(h) for h in hours[hours.index(hour) + 1:]]
+                raise dg.Failure(
+                    description=f"merged_ids {key} failed: {message}",
+                    metadata={
+                        "exported_hours": dg.MetadataValue.json(done),
+                        "not_attempted": dg.MetadataValue.json(not_run),
+                    },
+                ) from None
+            carried = Carried(state, layout.state(hour), state_md5)
+            done.append(key)
+            later = hour + timedelta(hours=1)
+            stale_from = None
+            if before and before != state_md5 and existing_md5(client, layout.state(later)) is not None:
+                stale_from = key_of(later)
+                context.log.warning(
+                    f"merged_ids {key}: the identity state changed, and merged_ids from {stale_from} on was "
+                    f"derived from the old one: re-run merged_ids from {stale_from} to the latest exported hour."
+                )
+            metadata: dict[str, Any] = {
+                "dagster/row_count": rows.height,
+                "dagster/column_schema": COLUMN_SCHEMA,
+                "compressed_bytes": sum(p.bytes for p in manifest.parts),
+                "marker": f"{settings.merged_ids_container}/{layout.marker(hour)}",
+                "identity_rows": identities.height,
+                "state": f"{settings.merged_ids_container}/{layout.state(hour)}",
+                "state_bytes": len(state_bytes),
+                **{f"state_{kind}": size for kind, size in state.sizes().items()},
+                "read_seconds": dg.MetadataValue.float(round(read_seconds, 3)),
+                "derive_seconds": dg.MetadataValue.float(round(derive_seconds, 3)),
+                "write_seconds": dg.MetadataValue.float(round(write_seconds, 3)),
+            }
+            if rows.height:
+                metadata["file"] = f"{settings.merged_ids_container}/{layout.file(hour)}"
+            if "identity_history_starts" in extra:
+                metadata["identity_history_starts"] = extra["identity_history_starts"]
+            if stale_from:
+                metadata["later_hours_stale_from"] = stale_from
+            context.add_asset_metadata(metadata, partition_key=key)
+            context.log.info(
+                f"merged_ids {key}: {rows.height} merge(s) from {identities.height} identity rows"
+                + (" (identity history starts here)" if "identity_history_starts" in extra else "")
+            )
+        return dg.MaterializeResult()
+
+    return merged_ids
