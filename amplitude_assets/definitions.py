@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from amplitude_assets.assets import build_events_asset
-from amplitude_assets.checks import build_events_checks
+from amplitude_assets.checks import build_events_checks, build_merged_ids_checks
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.io_manager import EventsIOManager
 from amplitude_assets.merged_ids import build_merged_ids_asset
@@ -21,7 +21,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     merged_ids = build_merged_ids_asset(settings, partitions)
     return dg.Definitions(
         assets=[events, merged_ids],
-        asset_checks=[*build_events_checks(settings, partitions)],
+        asset_checks=[*build_events_checks(settings, partitions), *build_merged_ids_checks(settings, partitions)],
         resources={
             "amplitude_source": AmplitudeSource.from_settings(settings),
             "storage": storage,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 
 import dagster as dg
@@ -37,10 +38,10 @@ def check_key(name: str, asset: str = "events") -> dg.AssetCheckKey:
     return dg.AssetCheckKey(dg.AssetKey(asset), name)
 
 
-def run_checks(defs, names=EVENTS_CHECKS, *, partition=None, start=None, end=None, instance=None):
+def run_checks(defs, names=EVENTS_CHECKS, *, partition=None, start=None, end=None, instance=None, asset="events"):
     """Run only the checks (no materialization) through Dagster, as the UI's "Execute checks" does."""
     job = defs.resolve_implicit_global_asset_job_def().get_subset(
-        asset_selection=set(), asset_check_selection={check_key(n) for n in names}
+        asset_selection=set(), asset_check_selection={check_key(n, asset) for n in names}
     )
     instance = instance or dg.DagsterInstance.ephemeral()
     tags = {RANGE_START: start, RANGE_END: end} if start else None
@@ -61,7 +62,6 @@ def rewrite_part(client, name: str, edit) -> None:
     """Replace a part with edited lines, keeping Content-MD5 right so only the content changes."""
     lines = gzip.decompress(client.download_blob(name).readall()).decode().splitlines()
     data = gzip.compress(("\n".join(edit(lines)) + "\n").encode(), mtime=0)
-    import hashlib
 
     client.upload_blob(name, data, overwrite=True, content_settings=ContentSettings(
         content_type="application/gzip", content_md5=bytearray(hashlib.md5(data).digest())))
@@ -235,3 +235,53 @@ def test_range_run_records_one_evaluation_per_hour(env, client):
     assert status["2020-01-25-12:00"] == AssetCheckExecutionRecordStatus.SUCCEEDED
     history = instance.event_log_storage.get_asset_check_execution_history(check_key("schema"), limit=20)
     assert len(history) >= 1
+
+
+# -- merged_ids -------------------------------------------------------------------------
+
+ORG = "4242"
+MERGED = f"merged_ids/-{ORG}/-{ORG}_2020-01-25_0.json.gz"
+
+
+@pytest.fixture
+def merged_env(env, clean_env):
+    clean_env.setenv("AMPLITUDE_ORG_ID", ORG)
+    return env
+
+
+def test_merged_ids_checks_pass_then_catch_damage(merged_env, client):
+    defs = definitions()
+    instance = dg.DagsterInstance.ephemeral()
+    exported = materialize(defs, ["events", "merged_ids"], partition="2020-01-25-00:00", instance=instance)
+    assert exported.success
+    evals = by_name(e for e in evaluations(instance, exported.run_id) if e.asset_key == dg.AssetKey("merged_ids"))
+    assert set(evals) == {"schema", "unique"} and all(e.passed for e in evals.values())
+
+    def damage(lines):
+        repeated = lines[0]
+        as_string = json.loads(lines[1])
+        as_string["merge_time"] = str(as_string["merge_time"])
+        other_scope = json.loads(lines[2])
+        other_scope["scope"] = 7
+        return [lines[0], json.dumps(as_string, separators=(",", ":")), json.dumps(other_scope), *lines[3:], repeated]
+
+    count = len(gzip.decompress(client.download_blob(MERGED).readall()).splitlines())
+    rewrite_part(client, MERGED, damage)
+    result, instance = run_checks(defs, ["schema", "unique"], partition="2020-01-25-00:00", asset="merged_ids")
+    evals = by_name(evaluations(instance, result.run_id))
+    schema, unique = evals["schema"], evals["unique"]
+    assert not schema.passed and schema.partition == "2020-01-25-00:00"
+    assert schema.metadata["problems"].value[0] == {
+        "file": MERGED, "line": 2, "field": "merge_time", "value": json.loads(
+            gzip.decompress(client.download_blob(MERGED).readall()).splitlines()[1])["merge_time"],
+        "problem": "must be an integer or null"}
+    assert not unique.passed
+    assert unique.metadata["problems"].value[0]["line"] == count + 1
+    assert unique.metadata["problems"].value[0]["field"] == "amplitude_id"
+    assert unique.metadata["problems"].value[0]["problem"] == f"repeats {MERGED} line 1"
+
+    # the scope must be the configured one
+    rewrite_part(client, MERGED, lambda lines: [json.dumps({**json.loads(lines[0]), "scope": 7}, separators=(",", ":"))])
+    result, instance = run_checks(defs, ["schema"], partition="2020-01-25-00:00", asset="merged_ids")
+    problem = by_name(evaluations(instance, result.run_id))["schema"].metadata["problems"].value[0]
+    assert problem == {"file": MERGED, "line": 1, "field": "scope", "value": "7", "problem": f"must be -{ORG}"}
