@@ -45,6 +45,7 @@ class Oracle:
         self.identified: set[int] = set()
         self.anonymous: dict[str, int] = {}
         self.merged: set[int] = set()
+        self.steps: list[int] = []  # which step emitted each row
 
     def hour(self, events: pl.DataFrame) -> list[tuple]:
         ordered = events.with_row_index("pos").sort("server_upload_time", "pos")
@@ -62,9 +63,11 @@ class Oracle:
             if x is not None and x != o and x not in self.identified and x not in self.merged:
                 out.append((e, x, o))
                 self.merged.add(x)
+                self.steps.append(2)
             if a != o and a not in self.merged:
                 out.append((e, a, o))
                 self.merged.add(a)
+                self.steps.append(3)
             self.identified |= {o, a}
         return [
             (SCOPE, ms(e["event_time"] or e["server_upload_time"]), ms(e["server_upload_time"]), x, o)
@@ -225,3 +228,24 @@ def test_matches_the_sequential_rule_over_many_hours(seed):
         assert dict(state.anonymous.rows()) == live
         state = IdentityState.from_frame(state.to_frame())  # as if read back from Parquet
     assert total >= 0
+
+
+def test_the_synthetic_source_merges_anonymous_installs_that_log_in():
+    from datetime import timezone
+
+    from amplitude_assets.sources.synthetic import SyntheticSource
+    from amplitude_assets.transform import process_hour
+
+    source = SyntheticSource("187520", 300, 0)
+    oracle, state = Oracle(), IdentityState.empty()
+    start = datetime(2020, 1, 25, tzinfo=timezone.utc)
+    per_hour = []
+    for k in range(12):
+        hour = start + timedelta(hours=k)
+        identities = process_hour(source.iter_lines(hour), hour).identities
+        rows, state = derive_merges(identities, state, SCOPE)
+        assert rows.rows() == oracle.hour(identities)
+        per_hour.append(rows.height)
+    assert all(n > 0 for n in per_hour[6:])  # merges keep coming, not only at the start of history
+    assert oracle.steps.count(2) > 20  # anonymous installs that log in (step 2)
+    assert oracle.steps.count(3) > 0  # logged-in events that carry another ID (step 3)

@@ -97,7 +97,10 @@ class SyntheticSource:
             device = (hour_index * 10_000 + i) if fresh else rng.randrange(devices)
             owner = (device * 7919) % users
             logged_in = (not fresh and (hour_index + device) % 6 >= 2) or (fresh and rng.random() < 0.3)
-            anonymous_id = base_id * 10 + device
+            # A known device slot is reinstalled once a day: a new device_id with a new anonymous
+            # amplitude_id, so anonymous installs keep logging in (and merging) hour after hour.
+            install = (hour_index + device) // 24
+            anonymous_id = base_id * 10 + device if fresh else base_id * 100 + install * devices + device
             user_original = base_id + owner
             if logged_in:
                 user_id = f"user-{owner}@example.com" if owner % 3 else f"ユーザー{owner}"
@@ -111,7 +114,7 @@ class SyntheticSource:
             city, region, country, dma, lat, lng = rng.choice(CITIES)
             platform, os_name, os_version, brand, model, family, device_type, library = rng.choice(PLATFORMS)
             event_type = rng.choice(EVENT_TYPES)
-            device_id = f"{uuid.UUID(int=rng.getrandbits(128)) if fresh else f'device-{device:08d}'}"
+            device_id = f"{uuid.UUID(int=rng.getrandbits(128)) if fresh else f'device-{device:08d}-{install}'}"
             row = {
                 "server_received_time": _fmt(upload - timedelta(milliseconds=rng.randint(1, 900))),
                 "app": self.project_id,
