@@ -234,12 +234,13 @@ def _key_problems(objects: pl.DataFrame, expected_head: tuple[str, ...], allow_e
     return Found(problems, bad.height)
 
 
-def _type_problems(objects: pl.DataFrame, fields: tuple[tuple[str, Kind], ...]) -> Found:
+def _type_problems(objects: pl.DataFrame, fields: tuple[tuple[str, Kind], ...], nullable: bool = True) -> Found:
     """Each field's JSON type; timestamp and uuid strings also by pattern."""
     checks = []
     for name, kind in fields:
         jtype = pl.col(f"t:{name}")
-        wrong = ~jtype.is_in(list(_JSON_TYPES[kind]))  # an absent key is a key problem, not a type one
+        allowed = [t for t in _JSON_TYPES[kind] if nullable or t != "NULL"]
+        wrong = ~jtype.is_in(allowed)  # an absent key is a key problem, not a type one
         if kind in (Kind.TIMESTAMP, Kind.UUID):
             pattern = TIMESTAMP_PATTERN if kind is Kind.TIMESTAMP else UUID_PATTERN
             wrong = wrong | ((jtype == "VARCHAR") & ~pl.col(f"s:{name}").str.contains(pattern))
@@ -255,19 +256,24 @@ def _type_problems(objects: pl.DataFrame, fields: tuple[tuple[str, Kind], ...]) 
     for r in long.head(MAX_REPORTED).iter_rows(named=True):
         value = json.loads(r["text"]).get(r["field"], "(absent)")
         problems.append({"file": r["file"], "line": r["line"], "field": r["field"], "value": _short(value),
-                         "problem": f"must be {_TYPE_WORDS[kinds[r['field']]]}"})
+                         "problem": f"must be {_type_words(kinds[r['field']], nullable)}"})
     return Found(problems, long.height)
 
 
+def _type_words(kind: Kind, nullable: bool) -> str:
+    words = _TYPE_WORDS[kind]
+    return words if nullable else words.removesuffix(" or null")
+
+
 def schema_outcome(files: list[tuple[str, bytes]], head: tuple[str, ...], fields: tuple[tuple[str, Kind], ...],
-                   allow_extras: bool) -> Outcome:
+                   allow_extras: bool, nullable: bool = True) -> Outcome:
     """Every line parses, has the keys in order (then the hour's extras) and the contract's JSON types."""
     lines, problems = read_lines(files)
     strings = [n for n, k in fields if k in (Kind.TIMESTAMP, Kind.UUID)]
     scanned = json_columns(lines, [n for n, _ in fields], strings)
     objects, structure = _structure_problems(scanned)
     found = [Found(problems, len(problems)), structure, _key_problems(objects, head, allow_extras),
-             _type_problems(objects, fields)]
+             _type_problems(objects, fields, nullable)]
     return _combine(found, {"files_checked": len(files), "lines_checked": lines.height})
 
 
@@ -477,13 +483,13 @@ def build_merged_ids_checks(settings: Settings, partitions: dg.PartitionsDefinit
 
     @dg.asset_check(asset="merged_ids", name="schema", partitions_def=partitions, blocking=True,
                     description="Every line parses, has scope, merge_time, merge_server_time, amplitude_id, "
-                                "merged_amplitude_id in order, all integers, and the configured scope.")
+                                "merged_amplitude_id in order, all integers (never null), and the configured scope.")
     def merged_ids_schema(context: dg.AssetCheckExecutionContext, storage: AzureStorage) -> dg.AssetCheckResult:
         client = storage.container(container)
 
         def run(hour: datetime) -> Outcome:
             files = merged_ids_files(client, layout, hour)
-            return scoped(schema_outcome(files, MERGED_ID_FIELDS, fields, allow_extras=False), files)
+            return scoped(schema_outcome(files, MERGED_ID_FIELDS, fields, allow_extras=False, nullable=False), files)
 
         return evaluate_hours(context, "merged_ids", "schema", True, storage, run)
 

@@ -274,7 +274,7 @@ def test_merged_ids_checks_pass_then_catch_damage(merged_env, client):
     assert schema.metadata["problems"].value[0] == {
         "file": MERGED, "line": 2, "field": "merge_time", "value": json.loads(
             gzip.decompress(client.download_blob(MERGED).readall()).splitlines()[1])["merge_time"],
-        "problem": "must be an integer or null"}
+        "problem": "must be an integer"}
     assert not unique.passed
     assert unique.metadata["problems"].value[0]["line"] == count + 1
     assert unique.metadata["problems"].value[0]["field"] == "amplitude_id"
