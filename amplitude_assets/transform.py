@@ -63,11 +63,21 @@ class HourResult:
 
 def read_lines(chunks: Iterable[bytes]) -> pl.Series:
     """The hour's non-blank lines, in source order, as one string column."""
-    frames = [pl.read_lines(io.BytesIO(chunk)) for chunk in chunks if chunk]
+    frames = [_read_chunk(chunk) for chunk in chunks if chunk]
     if not frames:
         return pl.Series("line", [], dtype=pl.String)
     lines = pl.concat(frames).to_series()
     return lines.filter(lines.str.strip_chars() != "").rename("line")
+
+
+def _read_chunk(chunk: bytes) -> pl.DataFrame:
+    try:
+        return pl.read_lines(io.BytesIO(chunk))
+    except pl.exceptions.ComputeError:
+        # Invalid UTF-8: show the bad bytes as `\xff`, which no JSON parser accepts, so the
+        # line is rejected (and kept) instead of failing the whole hour.
+        text = chunk.decode("utf-8", errors="backslashreplace")
+        return pl.read_lines(io.BytesIO(text.encode()))
 
 
 def _read_ndjson(lines: pl.Series, schema: dict[str, pl.DataType]) -> pl.DataFrame:

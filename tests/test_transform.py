@@ -208,3 +208,14 @@ def test_empty_input_is_an_empty_hour():
     result = process_hour([], HOUR)
     assert result.frame.height == 0 and result.rejects.height == 0
     assert result.counts.source_rows == 0 and result.counts.reconciles()
+
+
+def test_invalid_utf8_rejects_the_line_not_the_hour():
+    good = b'{"server_upload_time": "2020-01-25 17:00:00", "city": "ok"}'
+    bad = b'{"server_upload_time": "2020-01-25 17:00:00", "city": "\xff"}'
+    result = process_hour([good + b"\r\n" + bad + b"\r\n"], HOUR)
+    assert result.frame["city"].to_list() == ["ok"]
+    assert result.rejects.to_dicts() == [
+        {"reason": "not valid JSON", "line": '{"server_upload_time": "2020-01-25 17:00:00", "city": "\\xff"}'}
+    ]
+    assert result.counts.reconciles() and result.counts.rejected == 1
