@@ -230,11 +230,92 @@ def test_400_halves_a_multi_hour_window_without_overlap(server):
 
     server.fallback = reply
     api = source(server)
-    lines = b"".join(b"".join(api.read_archive(a)) for a in api.fetch(Window(hours[0], hours[-1])) if a)
+    lines = b"".join(b"".join(api.read_archive(a)) for _, a in api.fetch(Window(hours[0], hours[-1])) if a)
     assert lines == b"".join(b'{"hour": %d}\n' % h.hour for h in hours)
     single = [s for s, e in server.windows if s == e]
     assert single == [h.strftime("%Y%m%dT%H") for h in hours]  # each hour once, in order
     assert server.windows[0] == ("20200125T17", "20200125T21")
+
+
+def window_server(server: ExportServer, extra: Callable[[datetime], list[str]] = lambda h: []) -> None:
+    """Answer any window with one entry per hour, as Amplitude does (`#0` per hour here)."""
+
+    def reply(start: str, end: str) -> Reply:
+        first = datetime.strptime(start, "%Y%m%dT%H").replace(tzinfo=timezone.utc)
+        last = datetime.strptime(end, "%Y%m%dT%H").replace(tzinfo=timezone.utc)
+        entries = {}
+        hour = first
+        while hour <= last:
+            rows = [json.dumps({"server_upload_time": f"{hour:%Y-%m-%d %H}:{m:02d}:00.5", "m": m}) for m in (1, 2)]
+            entries[entry(hour, 0)] = "\n".join(rows + extra(hour)).encode()
+            hour += timedelta(hours=1)
+        return Reply(200, make_zip(dict(reversed(entries.items()))))
+
+    server.fallback = reply
+
+
+def test_prefetch_fetches_non_overlapping_windows_and_splits_them_by_hour(server):
+    hours = [HOUR + timedelta(hours=i) for i in range(5)]
+    window_server(server)
+    alone = {h: b"".join(source(server).iter_lines(h)) for h in hours}
+    server.requests.clear()
+
+    api = source(server, window_hours=3)
+    api.prefetch(reversed(hours))
+    ranged = {h: b"".join(api.iter_lines(h)) for h in hours}
+    assert ranged == alone  # an hour in a range run is the same hour exported alone
+    assert server.windows == [("20200125T17", "20200125T19"), ("20200125T20", "20200125T21")]
+    assert not api._spools and not api._plan
+
+
+def test_prefetch_routes_rows_by_server_upload_time(server):
+    hours = [HOUR + timedelta(hours=i) for i in range(3)]
+    late = json.dumps({"server_upload_time": "2020-01-25T19:59:59Z", "m": "late"})
+    broken = json.dumps({"server_upload_time": "garbage", "m": "broken"})
+    outside = json.dumps({"server_upload_time": "2020-01-26 03:00:00", "m": "outside"})
+    window_server(server, lambda h: [late, broken, outside] if h == HOUR else [])
+    api = source(server)
+    api.prefetch(hours)
+    got = {h: [json.loads(line)["m"] for line in b"".join(api.iter_lines(h)).splitlines()] for h in hours}
+    assert got == {hours[0]: [1, 2, "broken", "outside"], hours[1]: [1, 2], hours[2]: ["late", 1, 2]}  # entry order, then line order
+    assert len(server.requests) == 1
+
+
+def test_prefetch_halves_too_large_windows_and_fails_only_the_hour_that_cannot_split(server):
+    hours = [HOUR + timedelta(hours=i) for i in range(4)]
+    window_server(server)
+    answer = server.fallback
+
+    def reply(start: str, end: str) -> Reply:
+        if start != end or start == "20200125T18":
+            return Reply(400, b"Raw data files too large")
+        return answer(start, end)
+
+    server.fallback = reply
+    api = source(server)
+    api.prefetch(hours)
+    assert len(b"".join(api.iter_lines(hours[0])).splitlines()) == 2
+    with pytest.raises(ExportApiError, match="hour 2020-01-25-18:00 failed with HTTP 400"):
+        list(api.iter_lines(hours[1]))
+    assert [len(b"".join(api.iter_lines(h)).splitlines()) for h in hours[2:]] == [2, 2]
+    singles = [s for s, e in server.windows if s == e]
+    assert sorted(singles) == sorted(set(singles)) == [h.strftime("%Y%m%dT%H") for h in hours]
+
+
+def test_prefetch_of_an_empty_window_and_of_refused_credentials(server):
+    hours = [HOUR + timedelta(hours=i) for i in range(3)]
+    api = source(server)
+    api.prefetch(hours)
+    assert [list(api.iter_lines(h)) for h in hours] == [[], [], []]  # 404 for the window
+    assert len(server.requests) == 1
+
+    server.fallback = lambda start, end: Reply(401)
+    api = source(server)
+    api.prefetch(hours)
+    for h in hours:
+        with pytest.raises(ExportApiAuthError):
+            list(api.iter_lines(h))
+    assert len(server.requests) == 2
 
 
 def test_window_halves_never_overlap():

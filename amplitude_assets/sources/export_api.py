@@ -20,7 +20,7 @@ import tempfile
 import time
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
@@ -28,7 +28,9 @@ from typing import IO
 
 import dagster as dg
 import requests
+from isal import igzip
 
+from amplitude_assets.destination.layout import PART_NAME_RE
 from amplitude_assets.sources.files import CHUNK_BYTES, gzip_line_chunks, is_gzip, line_chunks
 
 HOUR_FORMAT = "%Y%m%dT%H"
@@ -131,6 +133,7 @@ class ExportApiSource:
         max_retry_after: float = 900.0,
         connect_timeout: float = 30.0,
         chunk_bytes: int = CHUNK_BYTES,
+        window_hours: int = 24,
         session: requests.Session | None = None,
     ):
         self.base_url = base_url.rstrip("/")
@@ -141,7 +144,13 @@ class ExportApiSource:
         self.max_delay = max_delay
         self.max_retry_after = max_retry_after
         self.chunk_bytes = chunk_bytes
+        self.window_hours = max(1, int(window_hours))
         self._session = session or requests.Session()
+        # Range runs (see prefetch): the planned window of each hour, and the split results.
+        self._plan: dict[datetime, Window] = {}
+        self._split_windows: set[Window] = set()
+        self._spools: dict[datetime, IO[bytes]] = {}
+        self._errors: dict[datetime, ExportApiError] = {}
 
     def __repr__(self) -> str:  # never show the credentials
         return f"ExportApiSource(base_url={self.base_url!r})"
@@ -154,37 +163,121 @@ class ExportApiSource:
 
     def iter_lines(self, hour: datetime) -> Iterator[bytes]:
         """The hour's JSON lines, in ZIP entry order (`#0`, `#1`, ...), in line-aligned chunks."""
-        window = Window(_utc_hour(hour), _utc_hour(hour))
-        for archive in self.fetch(window):
-            if archive is None:
-                continue
-            with archive:
-                yield from self.read_archive(archive)
+        hour = _utc_hour(hour)
+        window = self._plan.pop(hour, None)
+        if window is None or window.hours == 1:
+            for _, archive in self.fetch(Window(hour, hour)):
+                if archive is not None:
+                    with archive:
+                        yield from self.read_archive(archive)
+            return
+        if window not in self._split_windows:
+            self._split(window)
+        if hour in self._errors:
+            self._discard(hour)
+            raise self._errors.pop(hour)
+        spool = self._spools.pop(hour, None)
+        if spool is not None:
+            with spool:
+                spool.seek(0)
+                yield from gzip_line_chunks(spool, self.chunk_bytes)
+
+    # -- range runs -------------------------------------------------------------------
+
+    def prefetch(self, hours: Iterable[datetime]) -> None:
+        """Plan a range run: consecutive hours go in windows of at most `window_hours`.
+
+        Windows never overlap (`end` is inclusive). A window is fetched once, when its
+        first hour is read, and its rows are split by server_upload_time into per-hour
+        gzip spools on disk; each hour's rows keep their entry and line order. A row whose
+        server_upload_time is unparseable or outside the window stays with the hour its
+        ZIP entry is named after, where the transform rejects (and keeps) it.
+        """
+        ordered = sorted({_utc_hour(h) for h in hours})
+        group: list[datetime] = []
+        for hour in [*ordered, None]:
+            if group and (hour is None or hour != group[-1] + timedelta(hours=1) or len(group) == self.window_hours):
+                window = Window(group[0], group[-1])
+                self._plan.update((h, window) for h in group)
+                group = []
+            if hour is not None:
+                group.append(hour)
+
+    def _split(self, window: Window) -> None:
+        self._split_windows.add(window)
+        writers: dict[datetime, IO[bytes]] = {}
+
+        def fail(sub: Window, error: ExportApiError) -> None:
+            for i in range(sub.hours):
+                self._errors[sub.first + timedelta(hours=i)] = error
+
+        try:
+            for _, archive in self.fetch(window, on_error=fail):
+                if archive is None:
+                    continue
+                with archive:
+                    for name, chunks in self.archive_entries(archive):
+                        default = entry_hour(name)
+                        if default is None or not window.first <= default <= window.last:
+                            default = window.first
+                        for chunk in chunks:
+                            for hour, lines in split_by_upload_hour(chunk, window, default).items():
+                                if hour not in writers:
+                                    self._spools[hour] = tempfile.TemporaryFile(prefix="amplitude-hour-")
+                                    writers[hour] = igzip.IGzipFile(fileobj=self._spools[hour], mode="wb", compresslevel=1)
+                                writers[hour].write(lines)
+        except ExportApiAuthError as error:
+            fail(window, error)
+        except Exception as error:  # a broken entry: every hour of the window fails with it
+            fail(window, ExportApiError(f"Export API: reading {window} failed: {type(error).__name__}: {error}"))
+        finally:
+            for writer in writers.values():
+                writer.close()
+
+    def _discard(self, hour: datetime) -> None:
+        spool = self._spools.pop(hour, None)
+        if spool is not None:
+            spool.close()
 
     # -- fetching ---------------------------------------------------------------------
 
-    def fetch(self, window: Window) -> Iterable[IO[bytes] | None]:
-        """Temporary files holding the ZIPs that cover `window` (None for a 404), in order.
+    def fetch(
+        self, window: Window, on_error: Callable[[Window, ExportApiError], None] | None = None
+    ) -> Iterator[tuple[Window, IO[bytes] | None]]:
+        """(sub-window, temporary ZIP file or None for a 404) covering `window`, in order.
 
         A window the API refuses as too large (400) or too slow (504) is halved until it
-        is one hour; a one-hour window it still refuses fails, naming the hour.
+        is one hour; a one-hour window it still refuses fails, naming the hour. With
+        `on_error`, a sub-window that fails is reported there and the rest still come.
         """
         try:
-            yield self.download(window)
+            archive = self.download(window)
         except _TooLarge as exc:
-            if window.hours == 1:
-                reason = (
-                    "the export is over Amplitude's 4 GB limit" if exc.status == 400
-                    else "the Export API timed out (504) even for one hour"
-                )
-                raise ExportApiError(
-                    f"Export API: {window} failed with HTTP {exc.status} ({reason}); "
-                    "it cannot be split further, try again later or export it from Amplitude's UI"
-                ) from None
-            first, second = window.halves()
-            log.warning(f"Export API: {window} answered HTTP {exc.status}; splitting into {first} and {second}")
-            yield from self.fetch(first)
-            yield from self.fetch(second)
+            if window.hours > 1:
+                first, second = window.halves()
+                log.warning(f"Export API: {window} answered HTTP {exc.status}; splitting into {first} and {second}")
+                yield from self.fetch(first, on_error)
+                yield from self.fetch(second, on_error)
+                return
+            reason = (
+                "the export is over Amplitude's 4 GB limit" if exc.status == 400
+                else "the Export API timed out (504) even for one hour"
+            )
+            error = ExportApiError(
+                f"Export API: {window} failed with HTTP {exc.status} ({reason}); "
+                "it cannot be split further, try again later or export it from Amplitude's UI"
+            )
+            if on_error is None:
+                raise error from None
+            on_error(window, error)
+        except ExportApiAuthError:
+            raise
+        except ExportApiError as error:
+            if on_error is None:
+                raise
+            on_error(window, error)
+        else:
+            yield window, archive
 
     def download(self, window: Window) -> IO[bytes] | None:
         """One window's ZIP in a temporary file (None when the API has no data), with retries."""
@@ -273,8 +366,8 @@ class ExportApiSource:
 
     # -- reading ----------------------------------------------------------------------
 
-    def read_archive(self, archive: IO[bytes]) -> Iterator[bytes]:
-        """Every entry's lines, entries in part order, chunks ending at line boundaries."""
+    def archive_entries(self, archive: IO[bytes]) -> Iterator[tuple[str, Iterator[bytes]]]:
+        """(name, line-aligned chunks) of every entry, in part order (`#2` before `#10`)."""
         archive.seek(0)
         with zipfile.ZipFile(archive) as zf:
             for info in sorted(zf.infolist(), key=lambda i: entry_order(i.filename)):
@@ -282,9 +375,53 @@ class ExportApiSource:
                     continue
                 with zf.open(info) as entry:
                     if is_gzip(entry.peek(2)):
-                        yield from gzip_line_chunks(entry, self.chunk_bytes)
+                        yield info.filename, gzip_line_chunks(entry, self.chunk_bytes)
                     else:  # a plain JSON-lines entry
-                        yield from line_chunks(entry, self.chunk_bytes)
+                        yield info.filename, line_chunks(entry, self.chunk_bytes)
+
+    def read_archive(self, archive: IO[bytes]) -> Iterator[bytes]:
+        """Every entry's lines, entries in part order, chunks ending at line boundaries."""
+        for _, chunks in self.archive_entries(archive):
+            yield from chunks
+
+
+# The hour of a line's server_upload_time in its usual forms (`2024-01-01 05:00:00.123456`,
+# with `T`, `Z` or `+00:00`); anything else is left to the entry's hour and the transform.
+_UPLOAD_HOUR = re.compile(
+    rb'"server_upload_time"\s*:\s*"(\d{4}-\d{2}-\d{2})[ T](\d{2}):\d{2}:\d{2}(?:\.\d{0,9})?(?:Z|\+00:00)?"'
+)
+
+
+def entry_hour(name: str) -> datetime | None:
+    """The hour a ZIP entry is named after (`..._2020-01-25_17#0.json.gz`), if it is."""
+    match = PART_NAME_RE.search(name)
+    if not match:
+        return None
+    day = datetime.strptime(match.group(2), "%Y-%m-%d").replace(tzinfo=timezone.utc)
+    return day + timedelta(hours=int(match.group(3)))
+
+
+def split_by_upload_hour(chunk: bytes, window: Window, default: datetime) -> dict[datetime, bytes]:
+    """A chunk's lines grouped by the hour of their server_upload_time, in line order.
+
+    Lines whose hour cannot be read, or falls outside `window`, go to `default`.
+    """
+    hours: dict[bytes, datetime | None] = {}
+    groups: dict[datetime, list[bytes]] = {}
+    for line in chunk.split(b"\n")[:-1]:
+        match = _UPLOAD_HOUR.search(line)
+        hour = None
+        if match:
+            key = match.group(1) + match.group(2)
+            if key not in hours:
+                try:
+                    hour = datetime.strptime(key.decode(), "%Y-%m-%d%H").replace(tzinfo=timezone.utc)
+                except ValueError:
+                    hour = None
+                hours[key] = hour if hour is not None and window.first <= hour <= window.last else None
+            hour = hours[key]
+        groups.setdefault(hour or default, []).append(line)
+    return {hour: b"\n".join(lines) + b"\n" for hour, lines in groups.items()}
 
 
 def check_archive(archive: IO[bytes]) -> int:
