@@ -11,6 +11,7 @@ from amplitude_assets.destination.io_manager import EventsIOManager
 from amplitude_assets.merged_ids import build_merged_ids_asset
 from amplitude_assets.partitions import hourly_partitions
 from amplitude_assets.resources import AmplitudeSource
+from amplitude_assets.sensors import build_hourly_export_sensor
 from amplitude_assets.settings import Settings
 
 
@@ -22,6 +23,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=[events, merged_ids],
         asset_checks=[*build_events_checks(settings, partitions), *build_merged_ids_checks(settings, partitions)],
+        sensors=[build_hourly_export_sensor(settings, partitions)],
         resources={
             "amplitude_source": AmplitudeSource.from_settings(settings),
             "storage": storage,

@@ -44,6 +44,10 @@ class EventsLayout:
     def parts_prefix(self, hour: datetime) -> str:
         return f"{self.hour_prefix(hour)}#"
 
+    def day_prefix(self, hour: datetime) -> str:
+        """Common prefix of every blob of the hour's UTC day: one listing finds a day's markers."""
+        return f"{self.folder}{self.project_id}_{hour:%Y-%m-%d}_"
+
     def marker(self, hour: datetime) -> str:
         return f"{self.hour_prefix(hour)}_complete"
 
@@ -77,6 +81,10 @@ class MergedIdsLayout:
 
     def marker(self, hour: datetime) -> str:
         return f"{self.hour_prefix(hour)}_complete"
+
+    def day_prefix(self, hour: datetime) -> str:
+        """Common prefix of every blob of the hour's UTC day: one listing finds a day's markers."""
+        return f"{self.folder}{self.scope}_{hour:%Y-%m-%d}_"
 
     def state(self, hour: datetime) -> str:
         """The identity state after `hour`: one full snapshot per hour (Parquet)."""

@@ -1,0 +1,210 @@
+"""`hourly_export_sensor`: requests the closed hours that are not in the container yet.
+
+On each tick it:
+  1. takes the hours that closed at least AMPLITUDE_EXPORT_DELAY_MINUTES ago, from the later
+     of AMPLITUDE_START and AMPLITUDE_CATCH_UP_HOURS ago (from the partitions definition);
+  2. lists the events and merged-IDs markers, one listing per day and destination;
+  3. drops hours that a queued or running run already covers (sensor, backfill or UI);
+  4. requests the rest, oldest first, consecutive hours batched into range runs of at most
+     AMPLITUDE_HOURS_PER_RUN hours.
+
+The cursor (JSON) counts the runs requested per hour since the hour was last seen exported.
+An hour whose marker is still missing once its run is over is requested again, up to
+AMPLITUDE_SENSOR_MAX_ATTEMPTS runs; then the sensor gives up on it and says so in the tick's
+log and as an observation on the hour. Run keys are unique forever, so they carry a sequence
+number from the cursor.
+"""
+
+import json
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+from azure.core.exceptions import ResourceNotFoundError
+
+from amplitude_assets.destination.credentials import AzureStorage
+from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
+from amplitude_assets.settings import Settings, parse_hour
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+PARTITION = "dagster/partition"
+ASSETS = (dg.AssetKey("events"), dg.AssetKey("merged_ids"))
+UNFINISHED = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def floor_hour(moment: datetime) -> datetime:
+    return moment.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def due_hours(settings: Settings, partitions: dg.TimeWindowPartitionsDefinition, now: datetime) -> list[str]:
+    """Partition keys of the closed hours the sensor looks at, oldest first."""
+    ready = now - timedelta(minutes=settings.export_delay_minutes)  # an hour must have closed before this
+    lower = max(settings.start_hour, floor_hour(now) - timedelta(hours=settings.catch_up_hours))
+    upper = floor_hour(ready)
+    if upper <= lower:
+        return []
+    keys = partitions.get_partition_keys_in_time_window(dg.TimeWindow(lower, upper))
+    return [
+        k for k in keys
+        if partitions.time_window_for_partition_key(k).end <= ready
+        and partitions.time_window_for_partition_key(k).start >= lower
+    ]
+
+
+def present_markers(client, prefixes: Iterable[str], markers: set[str]) -> set[str]:
+    """Which of `markers` exist: one listing per prefix; a missing container holds none."""
+    found: set[str] = set()
+    for prefix in sorted(set(prefixes)):
+        try:
+            found |= {b.name for b in client.list_blobs(name_starts_with=prefix) if b.name in markers}
+        except ResourceNotFoundError:
+            return set()
+    return found
+
+
+def exported_hours(settings: Settings, storage: AzureStorage, keys: list[str]) -> set[str]:
+    """The hours among `keys` whose events marker and merged-IDs marker are both in the container."""
+    hours = {k: parse_hour(k) for k in keys}
+    destinations = [
+        (settings.events_container, EventsLayout(settings.events_prefix, settings.project_id)),
+        (settings.merged_ids_container, MergedIdsLayout(settings.merged_ids_prefix, settings.merged_ids_scope)),
+    ]
+    done = set(keys)
+    for container, layout in destinations:
+        markers = {layout.marker(h): k for k, h in hours.items()}
+        found = present_markers(
+            storage.container(container), (layout.day_prefix(h) for h in hours.values()), set(markers)
+        )
+        done &= {markers[name] for name in found}
+    return done
+
+
+def hours_in_flight(instance: dg.DagsterInstance, partitions: dg.PartitionsDefinition) -> set[str]:
+    """Hours that a queued or running run of events or merged_ids already covers."""
+    busy: set[str] = set()
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED)):
+        if run.asset_selection is not None and not set(run.asset_selection) & set(ASSETS):
+            continue
+        tags = run.tags
+        if RANGE_START in tags and RANGE_END in tags:
+            busy |= set(partitions.get_partition_keys_in_range(dg.PartitionKeyRange(tags[RANGE_START], tags[RANGE_END])))
+        elif PARTITION in tags:
+            busy.add(tags[PARTITION])
+    return busy
+
+
+def batches(keys: list[str], size: int) -> list[list[str]]:
+    """Consecutive hours in runs of at most `size` hours."""
+    runs: list[list[str]] = []
+    for key in keys:
+        hour = parse_hour(key)
+        if runs and len(runs[-1]) < size and parse_hour(runs[-1][-1]) + timedelta(hours=1) == hour:
+            runs[-1].append(key)
+        else:
+            runs.append([key])
+    return runs
+
+
+def load_cursor(text: str | None) -> dict:
+    cursor = json.loads(text) if text else {}
+    return {"attempts": dict(cursor.get("attempts", {})), "given_up": list(cursor.get("given_up", [])),
+            "seq": int(cursor.get("seq", 0))}
+
+
+def build_hourly_export_sensor(
+    settings: Settings,
+    partitions: dg.TimeWindowPartitionsDefinition,
+    now: Callable[[], datetime] = utc_now,
+) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="hourly_export_sensor",
+        target=[key.to_user_string() for key in ASSETS],
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        minimum_interval_seconds=300,
+        description=(
+            "Exports every closed hour that is not in the container yet (events and merged IDs), "
+            f"{settings.export_delay_minutes} min after it closes, looking back "
+            f"{settings.catch_up_hours} h; batches up to {settings.hours_per_run} hours per run and "
+            f"gives up on an hour after {settings.sensor_max_attempts} failed runs."
+        ),
+    )
+    def hourly_export_sensor(context: dg.SensorEvaluationContext, storage: AzureStorage):
+        cursor = load_cursor(context.cursor)
+        due = due_hours(settings, partitions, now())
+        if not due:
+            return dg.SkipReason("no closed hour is old enough to export yet")
+        exported = exported_hours(settings, storage, due)
+        missing = [k for k in due if k not in exported]
+        busy = hours_in_flight(context.instance, partitions)
+
+        # An hour seen exported starts afresh (a marker that vanishes later is requested
+        # again); hours that fell out of the catch-up window are forgotten.
+        attempts = {k: n for k, n in cursor["attempts"].items() if k in set(missing)}
+        given_up = [k for k in cursor["given_up"] if k in set(missing)]
+
+        wanted, newly_given_up = [], []
+        for key in missing:
+            if key in busy:
+                continue
+            if attempts.get(key, 0) >= settings.sensor_max_attempts:
+                if key not in given_up:
+                    given_up.append(key)
+                    newly_given_up.append(key)
+                continue
+            wanted.append(key)
+
+        requests = []
+        seq = cursor["seq"]
+        for run in batches(wanted, settings.hours_per_run):
+            seq += 1
+            for key in run:
+                attempts[key] = attempts.get(key, 0) + 1
+            attempt = max(attempts[k] for k in run)
+            requests.append(dg.RunRequest(
+                run_key=f"{run[0]}...{run[-1]}#attempt{attempt}#{seq}",
+                asset_selection=list(ASSETS),
+                tags={RANGE_START: run[0], RANGE_END: run[-1], "amplitude_assets/attempt": str(attempt)},
+            ))
+
+        notes = []
+        if given_up:
+            notes.append(
+                f"gave up on {len(given_up)} hour(s) after {settings.sensor_max_attempts} failed runs each: "
+                f"{', '.join(sorted(given_up))}; re-run them by hand (the sensor tries again once one is exported)"
+            )
+            context.log.warning(notes[-1])
+        skipped_busy = [k for k in missing if k in busy]
+        if skipped_busy:
+            notes.append(f"{len(skipped_busy)} hour(s) already have a run queued or in progress")
+        if requests:
+            context.log.info(
+                f"requesting {len(wanted)} hour(s) in {len(requests)} run(s): "
+                + ", ".join(f"{r.tags[RANGE_START]}...{r.tags[RANGE_END]}" for r in requests)
+            )
+        observations = [
+            dg.AssetObservation(
+                asset_key=asset, partition=key,
+                metadata={"sensor_gave_up": dg.MetadataValue.text(
+                    f"hourly_export_sensor gave up after {settings.sensor_max_attempts} failed runs; "
+                    "re-run this hour by hand")},
+            )
+            for key in newly_given_up for asset in ASSETS
+        ]
+        new_cursor = json.dumps({"attempts": attempts, "given_up": sorted(given_up), "seq": seq}, sort_keys=True)
+        if not requests:
+            summary = "; ".join(notes) or f"all {len(due)} hour(s) since {due[0]} are exported"
+            return dg.SensorResult(skip_reason=dg.SkipReason(summary), cursor=new_cursor, asset_events=observations)
+        return dg.SensorResult(run_requests=requests, cursor=new_cursor, asset_events=observations)
+
+    return hourly_export_sensor
