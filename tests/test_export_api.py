@@ -382,25 +382,41 @@ def test_messy_hour_end_to_end_through_dagster(api_env, server, blobs):
     assert KEY not in everything and SECRET not in everything
 
 
+def hours_between(start: str, end: str) -> list[datetime]:
+    first = datetime.strptime(start, "%Y%m%dT%H").replace(tzinfo=timezone.utc)
+    last = datetime.strptime(end, "%Y%m%dT%H").replace(tzinfo=timezone.utc)
+    return [first + timedelta(hours=i) for i in range(int((last - first).total_seconds() // 3600) + 1)]
+
+
 def test_range_run_fetches_each_hour_once_with_an_inclusive_end(api_env, server, blobs):
     def reply(start: str, end: str) -> Reply:
-        hour = datetime.strptime(start, "%Y%m%dT%H").replace(tzinfo=timezone.utc)
-        if hour.hour == 16:
-            return Reply(404, b"Raw data files were not found.")
-        line = {"server_upload_time": f"{hour:%Y-%m-%d %H}:30:00", "uuid": None, "event_type": f"h{hour.hour}"}
-        return Reply(200, make_zip({entry(hour, 0): json.dumps(line).encode()}))
+        entries = {}
+        for hour in hours_between(start, end):
+            if hour.hour != 16:  # hour 16 has no events
+                line = {"server_upload_time": f"{hour:%Y-%m-%d %H}:30:00", "event_type": f"h{hour.hour}"}
+                entries[entry(hour, 0)] = json.dumps(line).encode()
+        return Reply(200, make_zip(entries)) if entries else Reply(404, b"Raw data files were not found.")
 
     server.fallback = reply
     result = materialize(definitions(), ["events"], start="2020-01-25-16:00", end="2020-01-25-18:00")
     assert result.success
-    assert server.windows == [("20200125T16", "20200125T16"), ("20200125T17", "20200125T17"),
-                              ("20200125T18", "20200125T18")]
+    # Whether hours are fetched one by one or in windows, no hour is fetched twice.
+    fetched = [h.strftime("%Y%m%dT%H") for s, e in server.windows for h in hours_between(s, e)]
+    assert fetched == ["20200125T16", "20200125T17", "20200125T18"]
     stored = blobs(api_env)
     empty = json.loads(stored[f"{PROJECT}/{PROJECT}_2020-01-25_16_complete"])
     assert empty["parts"] == [] and empty["counts"]["source_rows"] == 0
     assert not any(n.startswith(f"{PROJECT}/{PROJECT}_2020-01-25_16#") for n in stored)
     for h in (17, 18):
         assert [r["event_type"] for r in lines_of(stored[f"{PROJECT}/{PROJECT}_2020-01-25_{h}#0.json.gz"])] == [f"h{h}"]
+
+
+def test_requests_use_an_inclusive_end_hour_by_hour(server):
+    api = source(server)
+    for i in range(3):
+        list(api.iter_lines(HOUR + timedelta(hours=i)))
+    assert server.windows == [("20200125T17", "20200125T17"), ("20200125T18", "20200125T18"),
+                              ("20200125T19", "20200125T19")]
 
 
 def test_a_failing_hour_fails_the_run_naming_the_hour(api_env, server):
