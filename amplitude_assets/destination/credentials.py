@@ -103,6 +103,7 @@ class AzureStorage(dg.ConfigurableResource):
     create_containers: bool = False
 
     _clients: dict = PrivateAttr(default_factory=dict)
+    _token_credential: object = PrivateAttr(default=None)
 
     @classmethod
     def from_env(cls, create_containers: bool = False) -> "AzureStorage":
@@ -117,6 +118,13 @@ class AzureStorage(dg.ConfigurableResource):
         }
         bound = {f: dg.EnvVar(v) for f, v in fields.items() if os.environ.get(v, "").strip()}
         return cls(create_containers=create_containers, **bound)
+
+    def use_token_credential(self, credential) -> "AzureStorage":
+        """Authenticate with this azure-core TokenCredential instead of the service principal or
+        DefaultAzureCredential (another identity library, or a stand-in for Entra ID in tests)."""
+        self._token_credential = credential
+        self._clients.clear()
+        return self
 
     @property
     def method(self) -> str:
@@ -176,13 +184,15 @@ class AzureStorage(dg.ConfigurableResource):
                 )
             from azure.identity import ClientSecretCredential
 
-            credential = ClientSecretCredential(self.tenant_id, self.client_id, self.client_secret)
+            credential = self._token_credential or ClientSecretCredential(
+                self.tenant_id, self.client_id, self.client_secret
+            )
             return BlobServiceClient(url, credential=credential)
         if self.sas_token:
             return BlobServiceClient(url, credential=self.sas_token.lstrip("?"))
         from azure.identity import DefaultAzureCredential
 
-        return BlobServiceClient(url, credential=DefaultAzureCredential())
+        return BlobServiceClient(url, credential=self._token_credential or DefaultAzureCredential())
 
     def container(self, name: str) -> ContainerClient:
         """A client for one container, created first when AZURE_CREATE_CONTAINERS is true."""
