@@ -9,13 +9,13 @@ marker is still read: Amplitude writes its markers only sometimes.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
+import dagster as dg
 from azure.core.exceptions import ResourceNotFoundError
 from isal import igzip
 
@@ -25,7 +25,7 @@ from amplitude_assets.settings import SettingsError
 CHUNK_BYTES = 8 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 
-log = logging.getLogger(__name__)
+log = dg.get_dagster_logger("amplitude_assets.files")
 
 
 def line_chunks(stream: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
