@@ -183,6 +183,14 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
                 identities = read_identities(events_client, events_layout, hour)
                 if carried is None:  # the first hour of the step; later ones carry it in memory
                     carried = read_carried_state(client, layout, hour)
+                    before_hour = hour - timedelta(hours=1)
+                    if carried.history_starts and existing_md5(events_client, events_layout.identities(before_hour)) is not None:
+                        context.log.warning(
+                            f"merged_ids {key}: no identity state exists before this hour, so the identity "
+                            f"history starts here, although events of {key_of(before_hour)} were exported. If "
+                            f"merged_ids of earlier hours is meant to run (or is running), run it first and "
+                            f"then re-run merged_ids from {key}."
+                        )
                 read_seconds = time.perf_counter() - started
                 started = time.perf_counter()
                 rows, state = derive_merges(identities, carried.state, int(scope))
