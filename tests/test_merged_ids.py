@@ -227,3 +227,22 @@ def test_asset_shape(env):
     deps = {dep.asset_key: dep.partition_mapping for dep in asset.specs_by_key[key].deps}
     assert deps[dg.AssetKey("events")] is None
     assert deps[key] == dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
+
+
+def test_re_exporting_an_hour_flags_later_hours_as_stale(env, blobs, clean_env):
+    assert run(start="2020-01-25-00:00", end="2020-01-25-01:00").success
+    clean_env.setenv("AMPLITUDE_SYNTHETIC_SEED", "7")  # the source changed its mind about hour 0
+    result = run(partition="2020-01-25-00:00")
+    assert result.success
+    [materialization] = [
+        e.event_specific_data.materialization for e in result.get_asset_materialization_events()
+        if e.event_specific_data.materialization.asset_key == dg.AssetKey("merged_ids")
+    ]
+    assert materialization.metadata["later_hours_stale_from"].value == "2020-01-25-01:00"
+    stored = blobs(env)
+    hour_0 = json.loads(stored[f"merged_ids/-{ORG}/-{ORG}_2020-01-25_0_complete"])
+    hour_1 = json.loads(stored[f"merged_ids/-{ORG}/-{ORG}_2020-01-25_1_complete"])
+    assert hour_1["previous_state"]["md5"] != hour_0["state"]["md5"]  # readers can tell, too
+    assert run(partition="2020-01-25-01:00").success  # re-running it brings the chain back in line
+    hour_1 = json.loads(blobs(env)[f"merged_ids/-{ORG}/-{ORG}_2020-01-25_1_complete"])
+    assert hour_1["previous_state"]["md5"] == hour_0["state"]["md5"]
