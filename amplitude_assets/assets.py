@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
+from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.io_manager import HourStream
 from amplitude_assets.filters import filter_expression, parse_filter
 from amplitude_assets.resources import AmplitudeSource
@@ -51,10 +52,14 @@ def build_events_asset(settings: Settings, partitions: dg.PartitionsDefinition) 
             "lines `{project_id}/{project_id}_{yyyy-MM-dd}_{H}#{n}.json.gz` with a `_complete` marker."
         ),
     )
-    def events(context: dg.AssetExecutionContext, amplitude_source: AmplitudeSource) -> HourStream:
+    def events(
+        context: dg.AssetExecutionContext, amplitude_source: AmplitudeSource, storage: AzureStorage
+    ) -> HourStream:
         hours = hours_of(context)
         refuse_young_hours(hours, settings.export_delay_minutes)
-        source = amplitude_source.open()
+        source = amplitude_source.open(storage)
+        if hasattr(source, "prefetch"):  # the Export API fetches a range in a few windows
+            source.prefetch(hours)
         context.log.info(f"exporting {len(hours)} hour(s) from the {source.name} source")
         return HourStream(
             hours=hours,

@@ -43,6 +43,7 @@ class AmplitudeSource(dg.ConfigurableResource):
         )
 
     def open(self, storage=None) -> Source:
+        """The source; `storage` (the destination's AzureStorage) serves `az://` file roots."""
         if self.kind == "synthetic":
             from amplitude_assets.sources.synthetic import SyntheticSource
 
@@ -65,10 +66,5 @@ class AmplitudeSource(dg.ConfigurableResource):
 
             if not self.files_url:
                 raise SettingsError("AMPLITUDE_FILES_URL is not set; the files source needs it")
-            if storage is None and self.files_url.startswith("az://"):
-                # The destination's credentials, resolved from their EnvVars at run time.
-                from amplitude_assets.destination.credentials import AzureStorage
-
-                storage = AzureStorage.from_env().process_config_and_initialize()
             return FilesSource(self.files_url, self.project_id, storage=storage)
         raise SettingsError(f"AMPLITUDE_SOURCE must be synthetic, export_api or files, got {self.kind!r}")

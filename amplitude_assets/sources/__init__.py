@@ -14,3 +14,8 @@ class Source(Protocol):
     def iter_lines(self, hour: datetime) -> Iterator[bytes]:
         """The hour's lines (bucketed by server_upload_time), in source order."""
         ...
+
+
+# A source may also offer `prefetch(hours)`: a hint, before the first `iter_lines`, that a
+# range run will read these hours, so it can fetch them in fewer requests (the Export API
+# fetches non-overlapping multi-hour windows).
