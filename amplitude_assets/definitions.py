@@ -8,6 +8,7 @@ from amplitude_assets.assets import build_events_asset
 from amplitude_assets.checks import build_events_checks, build_merged_ids_checks
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.io_manager import EventsIOManager
+from amplitude_assets.jobs import build_check_destination_job
 from amplitude_assets.merged_ids import build_merged_ids_asset
 from amplitude_assets.partitions import hourly_partitions
 from amplitude_assets.resources import AmplitudeSource
@@ -24,6 +25,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=[events, merged_ids],
         asset_checks=[*build_events_checks(settings, partitions), *build_merged_ids_checks(settings, partitions)],
         sensors=[build_hourly_export_sensor(settings, partitions)],
+        jobs=[build_check_destination_job(settings)],
         resources={
             "amplitude_source": AmplitudeSource.from_settings(settings),
             "storage": storage,
