@@ -29,6 +29,8 @@ from amplitude_assets.settings import Settings, parse_hour
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 PARTITION = "dagster/partition"
+DESTINATION = "amplitude_assets/destination"  # for per-destination tag concurrency limits
+ATTEMPT = "amplitude_assets/attempt"
 ASSETS = (dg.AssetKey("events"), dg.AssetKey("merged_ids"))
 UNFINISHED = [
     dg.DagsterRunStatus.QUEUED,
@@ -127,6 +129,8 @@ def build_hourly_export_sensor(
     partitions: dg.TimeWindowPartitionsDefinition,
     now: Callable[[], datetime] = utc_now,
 ) -> dg.SensorDefinition:
+    destination = settings.events_container + "/" + EventsLayout(settings.events_prefix, settings.project_id).folder
+
     @dg.sensor(
         name="hourly_export_sensor",
         target=[key.to_user_string() for key in ASSETS],
@@ -174,7 +178,7 @@ def build_hourly_export_sensor(
             requests.append(dg.RunRequest(
                 run_key=f"{run[0]}...{run[-1]}#attempt{attempt}#{seq}",
                 asset_selection=list(ASSETS),
-                tags={RANGE_START: run[0], RANGE_END: run[-1], "amplitude_assets/attempt": str(attempt)},
+                tags={RANGE_START: run[0], RANGE_END: run[-1], ATTEMPT: str(attempt), DESTINATION: destination},
             ))
 
         notes = []

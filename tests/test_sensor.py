@@ -92,6 +92,7 @@ def test_first_tick_requests_the_closed_unexported_hours_in_range_runs(env, inst
     assert ranges(result) == [(DUE[0], DUE[3]), (DUE[4], DUE[4])]
     for request in result.run_requests:
         assert set(request.asset_selection) == {dg.AssetKey("events"), dg.AssetKey("merged_ids")}
+        assert request.tags["amplitude_assets/destination"] == f"{env}/{PROJECT}/"
     assert len({r.run_key for r in result.run_requests}) == 2
     assert json.loads(result.cursor)["attempts"] == {k: 1 for k in DUE}
 
