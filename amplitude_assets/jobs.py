@@ -194,7 +194,7 @@ def run_check_destination(settings: Settings, storage: AzureStorage) -> bool:
 
 
 def build_check_destination_job(settings: Settings) -> dg.JobDefinition:
-    @dg.op(name="check_destination", description="Write, read back, list and delete a probe blob in each destination.")
+    @dg.op(name="probe_destinations", description="Write, read back, list and delete a probe blob in each destination.")
     def check_destination_op(context: dg.OpExecutionContext, storage: AzureStorage) -> None:
         reports = check_destinations(settings, storage)
         text = format_report(reports, storage)
