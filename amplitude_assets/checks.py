@@ -174,15 +174,27 @@ def json_columns(lines: pl.DataFrame, types: list[str], strings: list[str]) -> p
     con = duckdb.connect()
     try:
         con.register("lines", lines.select("text").with_row_index("_i").to_arrow())
+        # The list forms parse each line once for all paths.
+        # Invalid lines become an empty object, so no JSON function sees them.
         columns = [
-            "CASE WHEN json_valid(text) THEN json_type(text) END AS kind",
-            "CASE WHEN json_valid(text) AND json_type(text) = 'OBJECT' THEN json_keys(text) END AS keys",
-            *(f"CASE WHEN json_valid(text) THEN json_type(text, {_path(k)}) END AS \"t:{k}\"" for k in types),
-            *(f"CASE WHEN json_valid(text) THEN json_extract_string(text, {_path(k)}) END AS \"s:{k}\"" for k in strings),
+            "CASE WHEN valid THEN json_type(j) END AS kind",
+            "CASE WHEN valid AND json_type(j) = 'OBJECT' THEN json_keys(j) END AS keys",
         ]
-        found = con.sql(f"SELECT {', '.join(columns)} FROM lines ORDER BY _i").pl()
+        if types:
+            paths = ", ".join(_path(k) for k in types)
+            columns.append(f"CASE WHEN valid AND json_type(j) = 'OBJECT' THEN json_type(j, [{paths}]) END AS types")
+        if strings:
+            paths = ", ".join(_path(k) for k in strings)
+            columns.append(f"CASE WHEN valid AND json_type(j) = 'OBJECT' THEN json_extract_string(j, [{paths}]) END AS strings")
+        checked = "SELECT _i, valid, CASE WHEN valid THEN text ELSE '{}' END AS j FROM (SELECT _i, text, json_valid(text) AS valid FROM lines)"
+        found = con.sql(f"SELECT {', '.join(columns)} FROM ({checked}) ORDER BY _i").pl()
     finally:
         con.close()
+    found = found.select(
+        "kind", "keys",
+        *(pl.col("types").list.get(i).alias(f"t:{k}") for i, k in enumerate(types)),
+        *(pl.col("strings").list.get(i).alias(f"s:{k}") for i, k in enumerate(strings)),
+    )
     return pl.concat([lines, found], how="horizontal")
 
 
