@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 import dagster as dg
 from azure.core.exceptions import (
     ClientAuthenticationError,
-    HttpResponseError,
     ResourceNotFoundError,
     ServiceRequestError,
 )

@@ -148,7 +148,13 @@ def build_hourly_export_sensor(
         due = due_hours(settings, partitions, now())
         if not due:
             return dg.SkipReason("no closed hour is old enough to export yet")
-        exported = exported_hours(settings, storage, due)
+        try:
+            exported = exported_hours(settings, storage, due)
+        except Exception as exc:  # fail the tick with a message that carries no secret
+            raise Exception(
+                f"could not list the markers at {storage.endpoint}: "
+                + storage.redact(f"{type(exc).__name__}: {exc}")
+            ) from None
         missing = [k for k in due if k not in exported]
         busy = hours_in_flight(context.instance, partitions)
 

@@ -16,12 +16,7 @@ import dagster as dg
 import pytest
 from azure.core.credentials import AccessToken, TokenCredential
 from azure.identity import ClientSecretCredential
-from azure.storage.blob import (
-    AccountSasPermissions,
-    BlobServiceClient,
-    ResourceTypes,
-    generate_account_sas,
-)
+from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.jobs import ACTIONS, check_destinations, run_check_destination
