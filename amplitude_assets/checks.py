@@ -266,8 +266,9 @@ def _type_problems(objects: pl.DataFrame, fields: tuple[tuple[str, Kind], ...], 
     kinds = dict(fields)
     problems = []
     for r in long.head(MAX_REPORTED).iter_rows(named=True):
-        value = json.loads(r["text"]).get(r["field"], "(absent)")
-        problems.append({"file": r["file"], "line": r["line"], "field": r["field"], "value": _short(value),
+        value = json.loads(r["text"]).get(r["field"])  # as JSON text: "12" (a string) is not 12
+        problems.append({"file": r["file"], "line": r["line"], "field": r["field"],
+                         "value": _short(json.dumps(value, ensure_ascii=False)),
                          "problem": f"must be {_type_words(kinds[r['field']], nullable)}"})
     return Found(problems, long.height)
 

@@ -131,9 +131,9 @@ def test_wrong_keys_and_types_fail_schema_precisely(env, client):
     assert {"file": PART0, "line": 6, "value": "not json", "problem": "not valid JSON"} in problems
     assert {"file": PART0, "line": 5, "field": "city", "value": json.dumps(["user_id", "uuid", "event_time"]),
             "problem": "key 'city' is missing"} in problems
-    assert {"file": PART0, "line": 2, "field": "amplitude_id", "value": "12",
+    assert {"file": PART0, "line": 2, "field": "amplitude_id", "value": '"12"',
             "problem": "must be an integer or null"} in problems
-    assert {"file": PART0, "line": 2, "field": "event_time", "value": "2020-01-25T17:00:00Z",
+    assert {"file": PART0, "line": 2, "field": "event_time", "value": '"2020-01-25T17:00:00Z"',
             "problem": "must be a timestamp string YYYY-MM-DD HH:MM:SS.ffffff or null"} in problems
     assert schema.metadata["problem_count"].value == 4
     assert schema.metadata["first_problem"].value.startswith(PART0)
@@ -272,8 +272,8 @@ def test_merged_ids_checks_pass_then_catch_damage(merged_env, client):
     schema, unique = evals["schema"], evals["unique"]
     assert not schema.passed and schema.partition == "2020-01-25-00:00"
     assert schema.metadata["problems"].value[0] == {
-        "file": MERGED, "line": 2, "field": "merge_time", "value": json.loads(
-            gzip.decompress(client.download_blob(MERGED).readall()).splitlines()[1])["merge_time"],
+        "file": MERGED, "line": 2, "field": "merge_time", "value": json.dumps(json.loads(
+            gzip.decompress(client.download_blob(MERGED).readall()).splitlines()[1])["merge_time"]),
         "problem": "must be an integer"}
     assert not unique.passed
     assert unique.metadata["problems"].value[0]["line"] == count + 1
