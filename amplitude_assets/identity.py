@@ -73,33 +73,95 @@ class IdentityState:
         return {kind: getattr(self, kind).height for kind in STATE_KINDS}
 
     def to_frame(self) -> pl.DataFrame:
-        """One long frame (`kind`, `key`, `amplitude_id`), in a canonical order, for Parquet."""
+        """The whole state as one long frame (`kind`, `key`, `amplitude_id`), in a canonical order."""
         return pl.concat(
             [
-                self.original.select(pl.lit("original").alias("kind"), pl.col("user_id").alias("key"), "amplitude_id"),
-                self.identified.select(pl.lit("identified").alias("kind"), pl.lit(None, pl.String).alias("key"), "amplitude_id"),
-                self.anonymous.select(pl.lit("anonymous").alias("kind"), pl.col("device_id").alias("key"), "amplitude_id"),
-                self.merged.select(pl.lit("merged").alias("kind"), pl.lit(None, pl.String).alias("key"), "amplitude_id"),
+                _long("original", self.original, "user_id"),
+                _long("identified", self.identified, None),
+                _long("anonymous", self.anonymous, "device_id"),
+                _long("merged", self.merged, None),
             ]
-        ).cast(STATE_SCHEMA)
+        )
 
     @staticmethod
     def from_frame(frame: pl.DataFrame) -> IdentityState:
-        frame = frame.cast(STATE_SCHEMA)
+        return IdentityState.empty().apply(frame)
 
-        def of(kind: str) -> pl.DataFrame:
-            return frame.filter(pl.col("kind") == kind)
+    def apply(self, changes: pl.DataFrame) -> IdentityState:
+        """This state with the rows of a long frame added; `anonymous_removed` rows drop a device."""
+        changes = changes.cast(STATE_SCHEMA)
 
+        def of(kind: str, key: str | None) -> pl.DataFrame:
+            rows = changes.filter(pl.col("kind") == kind)
+            return rows.select(pl.col("key").alias(key), "amplitude_id") if key else rows.select("amplitude_id")
+
+        anonymous = of("anonymous", "device_id")
+        gone = pl.concat([of("anonymous_removed", "device_id").select("device_id"), anonymous.select("device_id")])
         return IdentityState(
-            original=_sorted(of("original").select(pl.col("key").alias("user_id"), "amplitude_id"), "user_id"),
-            identified=_sorted(of("identified").select("amplitude_id"), "amplitude_id"),
-            anonymous=_sorted(of("anonymous").select(pl.col("key").alias("device_id"), "amplitude_id"), "device_id"),
-            merged=_sorted(of("merged").select("amplitude_id"), "amplitude_id"),
+            original=pl.concat([self.original, of("original", "user_id")]).sort("user_id"),
+            identified=pl.concat([self.identified, of("identified", None)]).sort("amplitude_id"),
+            anonymous=pl.concat([self.anonymous.join(gone, on="device_id", how="anti"), anonymous]).sort("device_id"),
+            merged=pl.concat([self.merged, of("merged", None)]).sort("amplitude_id"),
+        )
+
+    def delta_from(self, before: IdentityState) -> pl.DataFrame:
+        """The long frame that turns `before` into this state (`before.apply(delta) == self`).
+
+        `original`, `identified` and `merged` only grow; `anonymous` entries are replaced
+        (a device's newer anonymous ID) or removed (an ID that can no longer merge).
+        """
+        anonymous_removed = before.anonymous.join(self.anonymous, on="device_id", how="anti").select(
+            "device_id", pl.lit(None, ID).alias("amplitude_id")
+        )
+        return pl.concat(
+            [
+                _long("original", self.original.join(before.original, on="user_id", how="anti"), "user_id"),
+                _long("identified", self.identified.join(before.identified, on="amplitude_id", how="anti"), None),
+                _long("anonymous", self.anonymous.join(before.anonymous, on=["device_id", "amplitude_id"], how="anti"), "device_id"),
+                _long("anonymous_removed", anonymous_removed, "device_id"),
+                _long("merged", self.merged.join(before.merged, on="amplitude_id", how="anti"), None),
+            ]
         )
 
 
-def _sorted(frame: pl.DataFrame, by: str) -> pl.DataFrame:
-    return frame.sort(by)
+def _long(kind: str, frame: pl.DataFrame, key: str | None) -> pl.DataFrame:
+    return frame.select(
+        pl.lit(kind).alias("kind"),
+        (pl.col(key) if key else pl.lit(None, pl.String)).alias("key"),
+        "amplitude_id",
+    ).cast(STATE_SCHEMA)
+
+
+# -- the state as stored: a snapshot, or a delta on the state of the hour before ------------
+SNAPSHOT, DELTA = "snapshot", "delta"
+
+
+def encode_state(state: IdentityState, before: IdentityState | None) -> pl.DataFrame:
+    """The frame stored for an hour: a header row (`snapshot` or `delta`), then its rows.
+
+    With `before` None it is a full snapshot; otherwise only the changes since `before`.
+    """
+    header = pl.DataFrame({"kind": [SNAPSHOT if before is None else DELTA], "key": [None], "amplitude_id": [None]})
+    body = state.to_frame() if before is None else state.delta_from(before)
+    return pl.concat([header.cast(STATE_SCHEMA), body])
+
+
+def stored_kind(frame: pl.DataFrame) -> str:
+    """`snapshot` or `delta`, from a stored frame's header row."""
+    kind = frame["kind"][0] if frame.height else None
+    if kind not in (SNAPSHOT, DELTA):
+        raise ValueError(f"not an identity state frame (header {kind!r})")
+    return kind
+
+
+def decode_state(frames: list[pl.DataFrame]) -> IdentityState:
+    """The state from stored frames, oldest first: a snapshot, then the deltas after it."""
+    if not frames or stored_kind(frames[0]) != SNAPSHOT:
+        raise ValueError("an identity state chain starts with a snapshot")
+    state = IdentityState.empty()
+    for frame in frames:
+        state = state.apply(frame.slice(1))
+    return state
 
 
 def _epoch_ms(column: str) -> pl.Expr:

@@ -4,11 +4,11 @@ For each hour of the step, oldest first:
   1. read the hour's identity columns, which `events` wrote beside its export (Parquet
      under `[P/]_state/`), so the source is never read twice;
   2. take the identity state after the hour before: carried in memory inside a range run,
-     else one Parquet snapshot read from `[Q/]_state/{scope}/`;
+     else read from `[Q/]_state/{scope}/` (the day's snapshot plus at most 23 hourly deltas);
   3. derive the hour's merges (`identity.derive_merges`, pure polars);
   4. write in the four-step order: delete the marker, write the file (only when the hour
      has merges) with its Content-MD5, delete a stale file, write the marker. The hour's
-     state snapshot is written just before the marker, so a marker means the state is there.
+     state (a delta, or a snapshot after hour 23) is written just before the marker.
 
 The asset writes in its body and returns a `MaterializeResult`: an IO manager would get
 one output for the whole range, but every hour needs the state of the hour before it,
@@ -40,10 +40,11 @@ from amplitude_assets.destination.writer import (
     parquet_bytes,
     upload,
 )
-from amplitude_assets.identity import IdentityState, derive_merges
+from amplitude_assets.identity import DELTA, IdentityState, decode_state, derive_merges, encode_state, stored_kind
 from amplitude_assets.schema import MERGED_ID_FIELDS
 from amplitude_assets.settings import PARTITION_KEY_FORMAT, Settings
 
+MAX_DELTAS = 23  # a snapshot is stored at least once a day
 PARQUET_CONTENT = ContentSettings(content_type="application/vnd.apache.parquet")
 JSON_CONTENT = ContentSettings(content_type="application/json")
 COLUMN_SCHEMA = dg.TableSchema(
@@ -86,10 +87,12 @@ def read_identities(client: ContainerClient, layout: EventsLayout, hour: datetim
 
 
 def read_carried_state(client: ContainerClient, layout: MergedIdsLayout, hour: datetime) -> Carried:
-    """The state after the hour before `hour`: its snapshot, or empty where the history starts.
+    """The state after the hour before `hour`, or empty where the history starts.
 
-    Normally one download. Only when that snapshot is missing is the state folder listed,
-    to tell a first export (no state before `hour`: start empty) from a gap (refuse).
+    The state of an hour is stored as a snapshot (after hour 23 of each UTC day, and where
+    a history starts) or as a delta on the hour before, so this reads one snapshot and at
+    most 23 small deltas. Only when the hour before has no state at all is the state folder
+    listed, to tell a first export (no state before `hour`: start empty) from a gap (refuse).
     """
     previous = hour - timedelta(hours=1)
     name = layout.state(previous)
@@ -110,7 +113,26 @@ def read_carried_state(client: ContainerClient, layout: MergedIdsLayout, hour: d
                 f"hour by hour: export merged_ids for {key_of(first)} first ({span}), then {key_of(hour)}."
             ) from None
         return Carried(IdentityState.empty(), None, None)
-    return Carried(IdentityState.from_frame(pl.read_parquet(io.BytesIO(data))), name, hashlib.md5(data).hexdigest())
+    frames = [pl.read_parquet(io.BytesIO(data))]
+    at = previous
+    while stored_kind(frames[-1]) == DELTA:
+        if len(frames) > MAX_DELTAS:
+            raise dg.Failure(f"merged_ids {key_of(hour)}: no identity snapshot within {MAX_DELTAS} hours before {key_of(previous)}")
+        at -= timedelta(hours=1)
+        try:
+            frames.append(pl.read_parquet(io.BytesIO(client.download_blob(layout.state(at)).readall())))
+        except ResourceNotFoundError:
+            raise dg.Failure(
+                f"merged_ids {key_of(hour)}: the identity state of {key_of(previous)} is a delta on "
+                f"{key_of(at)}, whose state is missing. Re-export merged_ids from the last snapshot on: "
+                f"export merged_ids for {key_of(at)} ... {key_of(previous)} first."
+            ) from None
+    return Carried(decode_state(frames[::-1]), name, hashlib.md5(data).hexdigest())
+
+
+def is_snapshot_hour(hour: datetime, history_starts: bool) -> bool:
+    """Where a snapshot is stored instead of a delta: the last hour of each UTC day, and history starts."""
+    return history_starts or hour.hour == 23
 
 
 def existing_md5(client: ContainerClient, name: str) -> str | None:
@@ -194,15 +216,16 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
                 read_seconds = time.perf_counter() - started
                 started = time.perf_counter()
                 rows, state = derive_merges(identities, carried.state, int(scope))
-                state_bytes = parquet_bytes(state.to_frame())
+                snapshot = is_snapshot_hour(hour, carried.history_starts)
+                state_bytes = parquet_bytes(encode_state(state, None if snapshot else carried.state))
                 derive_seconds = time.perf_counter() - started
                 state_md5 = hashlib.md5(state_bytes).hexdigest()
                 before = existing_md5(client, layout.state(hour)) if hour == hours[-1] else None
                 extra: dict[str, Any] = {}
                 if carried.history_starts:
                     extra["identity_history_starts"] = iso_hour(hour)
-                extra["state"] = {"name": layout.state(hour), "bytes": len(state_bytes), "md5": state_md5,
-                                  "sizes": state.sizes()}
+                extra["state"] = {"name": layout.state(hour), "stored_as": "snapshot" if snapshot else "delta",
+                                  "bytes": len(state_bytes), "md5": state_md5, "sizes": state.sizes()}
                 extra["previous_state"] = {"name": carried.name, "md5": carried.md5} if carried.name else None
                 started = time.perf_counter()
                 manifest = write_merged_ids_hour(

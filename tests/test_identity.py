@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import polars as pl
 import pytest
 
-from amplitude_assets.identity import IdentityState, derive_merges
+from amplitude_assets.identity import IdentityState, decode_state, derive_merges, encode_state, stored_kind
 from amplitude_assets.schema import MERGED_ID_FIELDS
 
 SCOPE = -4242
@@ -148,12 +148,25 @@ def test_chains_across_hours_use_the_carried_state():
     assert sorted(after_4.merged["amplitude_id"]) == [300, 900]
 
 
-def test_state_round_trips_through_its_frame():
-    _, state = merges([(None, "d1", 900), (None, "d2", 901), ("u1", "d1", 100), ("u2", "d3", 200), ("u2", "d4", 201)])
-    again = IdentityState.from_frame(state.to_frame())
-    for kind in ("original", "identified", "anonymous", "merged"):
-        assert getattr(again, kind).equals(getattr(state, kind))
-    assert state.sizes() == {"original": 2, "identified": 3, "anonymous": 1, "merged": 2}
+def equal(a: IdentityState, b: IdentityState) -> bool:
+    return all(getattr(a, k).equals(getattr(b, k)) for k in ("original", "identified", "anonymous", "merged"))
+
+
+def test_state_round_trips_as_a_snapshot_and_as_deltas():
+    _, s1 = merges([(None, "d1", 900), (None, "d2", 901), ("u1", "d1", 100), ("u2", "d3", 200), ("u2", "d4", 201)])
+    assert s1.sizes() == {"original": 2, "identified": 3, "anonymous": 1, "merged": 2}
+    assert equal(IdentityState.from_frame(s1.to_frame()), s1)
+    # Hour 2 replaces d2's anonymous ID, and hour 3 merges it away (so d2 leaves the state).
+    _, s2 = merges([(None, "d2", 902), ("u3", "d5", 300)], s1)
+    _, s3 = merges([("u1", "d2", 100)], s2)
+    assert dict(s2.anonymous.rows()) == {"d2": 902} and s3.anonymous.height == 0
+    stored = [encode_state(s1, None), encode_state(s2, s1), encode_state(s3, s2)]
+    assert [stored_kind(f) for f in stored] == ["snapshot", "delta", "delta"]
+    assert stored[2].height < stored[0].height  # a delta holds only what changed
+    assert equal(decode_state(stored[:2]), s2)
+    assert equal(decode_state(stored), s3)
+    with pytest.raises(ValueError):
+        decode_state(stored[1:])
 
 
 def test_rows_are_ordered_by_server_time_then_emission_and_floored_to_ms():
@@ -209,8 +222,8 @@ def test_matches_the_sequential_rule_over_many_hours(seed):
     users = [f"u{i}" for i in range(rng.randint(2, 8))]
     devices = [f"d{i}" for i in range(rng.randint(2, 10))] + [None]
     ids = list(range(100, 100 + rng.randint(4, 25))) + [None]
-    total = 0
-    for _ in range(6):
+    total, stored, previous = 0, [], None
+    for hour_number in range(6):
         events = [
             (rng.choice(users) if rng.random() < 0.5 else None, rng.choice(devices), rng.choice(ids),
              float(rng.randint(0, 40)))
@@ -226,7 +239,11 @@ def test_matches_the_sequential_rule_over_many_hours(seed):
         assert set(state.merged["amplitude_id"]) == oracle.merged
         live = {d: a for d, a in oracle.anonymous.items() if a not in oracle.identified | oracle.merged}
         assert dict(state.anonymous.rows()) == live
-        state = IdentityState.from_frame(state.to_frame())  # as if read back from Parquet
+        # As stored: a snapshot every third hour, deltas between; read back through the chain.
+        stored.append(encode_state(state, None if hour_number % 3 == 0 else previous))
+        snapshot = max(i for i, f in enumerate(stored) if stored_kind(f) == "snapshot")
+        state = decode_state(stored[snapshot:])
+        previous = state
     assert total >= 0
 
 

@@ -95,9 +95,11 @@ def test_org_layout_rows_and_manifest(env, blobs):
     assert not props.content_settings.content_encoding
     assert bytes(props.content_settings.content_md5) == hashlib.md5(stored[name]).digest()
 
-    # The state is Parquet outside the folder readers glob.
+    # The state is Parquet outside the folder readers glob: a full snapshot where the history starts.
     frame = pl.read_parquet(io.BytesIO(stored[state]))
-    assert set(frame["kind"]) <= {"original", "identified", "anonymous", "merged"}
+    assert frame["kind"][0] == "snapshot"
+    assert set(frame["kind"][1:]) <= {"original", "identified", "anonymous", "merged"}
+    assert manifest["state"]["stored_as"] == "snapshot"
 
 
 def test_legacy_layout_uses_the_project_id(env, blobs, clean_env):
@@ -210,6 +212,9 @@ def test_a_range_run_equals_single_hour_runs_byte_for_byte(env, blobs, clean_env
     singles = merged_blobs(blobs(single), "merged_ids/")
     assert sorted(ranged) == sorted(singles)
     assert len([n for n in ranged if n.endswith("_complete")]) == 24
+    stored_as = [json.loads(ranged[f"merged_ids/-{ORG}/-{ORG}_2020-01-25_{h}_complete"])["state"]["stored_as"]
+                 for h in range(24)]
+    assert stored_as == ["snapshot"] + ["delta"] * 22 + ["snapshot"]  # single runs read the deltas back
     for name in ranged:
         if name.endswith("_complete"):
             assert without_time(ranged[name]) == without_time(singles[name]), name

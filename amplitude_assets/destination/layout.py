@@ -87,7 +87,7 @@ class MergedIdsLayout:
         return f"{self.folder}{self.scope}_{hour:%Y-%m-%d}_"
 
     def state(self, hour: datetime) -> str:
-        """The identity state after `hour`: one full snapshot per hour (Parquet)."""
+        """The identity state after `hour` (Parquet): a snapshot, or a delta on the hour before."""
         return _join(self.prefix, "_state", self.scope, hour_stem(self.scope, hour)) + ".parquet"
 
     @property
