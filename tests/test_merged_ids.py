@@ -251,3 +251,12 @@ def test_re_exporting_an_hour_flags_later_hours_as_stale(env, blobs, clean_env):
     assert run(partition="2020-01-25-01:00").success  # re-running it brings the chain back in line
     hour_1 = json.loads(blobs(env)[f"merged_ids/-{ORG}/-{ORG}_2020-01-25_1_complete"])
     assert hour_1["previous_state"]["md5"] == hour_0["state"]["md5"]
+
+
+def test_a_broken_delta_chain_names_the_hours_to_re_export(env, blobs):
+    assert run(start="2020-01-25-00:00", end="2020-01-25-03:00").success
+    blobs.service.get_container_client(env).delete_blob(f"merged_ids/_state/-{ORG}/-{ORG}_2020-01-25_1.parquet")
+    result = run(partition="2020-01-25-04:00", raise_on_error=False)
+    assert not result.success
+    assert "export merged_ids for 2020-01-25-01:00 ... 2020-01-25-03:00 first" in failure_message(result)
+    assert run(start="2020-01-25-01:00", end="2020-01-25-04:00").success
