@@ -92,10 +92,11 @@ def export(config: dict) -> dict:
     started = time.perf_counter()
     chunks = Timed(iter(_source(config).iter_lines(hour)), timings, "source")
     if hasattr(writer, "export_events_hour"):
-        manifest, counts = writer.export_events_hour(
+        manifest, result = writer.export_events_hour(
             container, layout, chunks, hour, keep=None, source="export_api",
             max_rows_per_file=config["max_rows_per_file"], timings=timings,
         )
+        counts = result.counts.as_dict()
     else:  # the whole-hour path
         from amplitude_assets.transform import process_hour
 

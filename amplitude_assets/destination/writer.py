@@ -13,8 +13,14 @@ import base64
 import hashlib
 import io
 import json
-from collections.abc import Callable, Sequence
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -25,8 +31,16 @@ from isal import igzip
 
 from amplitude_assets import __version__
 from amplitude_assets.destination.layout import EventsLayout
-from amplitude_assets.schema import EVENT_KINDS, TIMESTAMP_FORMAT, Kind
-from amplitude_assets.transform import HourResult
+from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, TIMESTAMP_FORMAT, Kind, event_schema
+from amplitude_assets.transform import (
+    IDENTITY_COLUMNS,
+    Counts,
+    HourResult,
+    normalize,
+    parse,
+    read_lines,
+    reject_outside_hour,
+)
 
 GZIP_LEVEL = 2  # isal igzip: level 2 compresses about as well as zlib 6, ten times faster
 GZIP_CONTENT = ContentSettings(content_type="application/gzip")
@@ -237,3 +251,274 @@ def existing_markers(container: ContainerClient, prefix: str, names: Sequence[st
     """Which of `names` exist, from one listing under `prefix`."""
     wanted = set(names)
     return {b.name for b in container.list_blobs(name_starts_with=prefix) if b.name in wanted}
+
+
+# -- streaming export: big hours in bounded memory ------------------------------------------
+#
+# An hour of millions of events does not fit in memory as one frame. `export_events_hour`
+# reads it in chunks of about CHUNK_LINES lines and shapes each chunk with the same
+# transform functions `process_hour` uses. Each chunk's 49 fields are serialized right
+# away and spilled with its extra fields (as JSON text) to a temporary Arrow IPC file.
+# What needs the whole hour comes after the last chunk, from small columns only: the
+# dedup mask (first row in source order wins, so it is one pass over the hour's keys) and
+# the hour's extra keys. The parts are then assembled from the spill, compressed and
+# uploaded, two at a time. The bytes are the same as `write_events_hour` writes for
+# `process_hour` of the same input: same rows, order, split, keys and compressor.
+
+CHUNK_LINES = 250_000
+_KEY_COLUMNS = ("uuid", "$insert_id", "device_id")
+
+
+def _event_prefix() -> pl.Expr:
+    """`{"server_received_time":...,"client_event_time":...` (the 49 fields, no closing brace)."""
+    pieces: list[pl.Expr] = []
+    for i, (name, kind) in enumerate(EVENT_FIELDS):
+        pieces.append(pl.lit(("{" if i == 0 else ",") + json.dumps(name, ensure_ascii=False) + ":"))
+        pieces.append(json_fragment(name, kind))
+    return pl.concat_str(pieces)
+
+
+def _line_chunks(chunks: Iterable[bytes], lines_per_chunk: int) -> Iterator[bytes]:
+    """Regroup line-aligned source chunks into chunks of about `lines_per_chunk` lines."""
+    pending: list[bytes] = []
+    count = 0
+    for chunk in chunks:
+        if not chunk:
+            continue
+        pending.append(chunk)
+        count += chunk.count(b"\n")
+        if count >= lines_per_chunk:
+            yield b"".join(pending)
+            pending, count = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+def _prefetch(items: Iterator, depth: int = 1) -> Iterator:
+    """Produce the next items in a background thread while the caller works on this one."""
+    done = object()
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for item in items:
+                buffer.put(item)
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+        finally:
+            buffer.put(done)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    while (item := buffer.get()) is not done:
+        yield item
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+@dataclass
+class _Spilled:
+    path: str
+    rows: int
+    extras: dict[str, str]  # extra key -> its column in the spill file
+
+
+class _Timer:
+    def __init__(self, timings: dict | None):
+        self.timings = timings if timings is not None else {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def __call__(self, stage: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
+
+
+def unique_mask(keys: pl.DataFrame) -> pl.Series:
+    """`transform.dedup` as a mask over the hour's rows: first by uuid, then by ($insert_id, device_id)."""
+    first = keys.select(pl.col("uuid").is_null() | pl.col("uuid").is_first_distinct()).to_series()
+    both = pl.col("$insert_id").is_not_null() & pl.col("device_id").is_not_null()
+    pair = pl.struct("$insert_id", "device_id")
+    kept = keys.with_row_index("_row").filter(first).filter(~both | pair.is_first_distinct().over(both))["_row"]
+    return pl.zeros(keys.height, dtype=pl.Boolean, eager=True).scatter(kept, True).rename("unique")
+
+
+def export_events_hour(
+    container: ContainerClient,
+    layout: EventsLayout,
+    chunks: Iterable[bytes],
+    hour: datetime,
+    *,
+    keep: pl.Expr | None,
+    source: str,
+    max_rows_per_file: int,
+    lines_per_chunk: int = CHUNK_LINES,
+    timings: dict | None = None,
+    on_part: Callable[[PartInfo], None] | None = None,
+) -> tuple[Manifest, HourResult]:
+    """Shape and export one hour from its source chunks, in bounded memory.
+
+    Same blobs, bytes and order of steps as `write_events_hour(process_hour(chunks))`.
+    Returns the manifest and the hour's result; its `frame` is empty (the rows went to
+    the parts) but has the exported columns.
+    """
+    timer = _Timer(timings)
+    with tempfile.TemporaryDirectory(prefix="amplitude-hour-") as spill_dir:
+        spilled, rejects, order, present, source_rows, repaired = _shape_and_spill(
+            chunks, hour, keep, spill_dir, lines_per_chunk, timer
+        )
+        extras = [k for k in order if k in present]
+        with timer("dedup"):
+            keys = pl.concat([pl.read_ipc(s.path, columns=[*_KEY_COLUMNS, "_keep"]) for s in spilled]) if spilled \
+                else pl.DataFrame(schema={**{k: pl.String for k in _KEY_COLUMNS}, "_keep": pl.Boolean})
+            unique = unique_mask(keys.select(_KEY_COLUMNS))
+            exported = unique & keys["_keep"]
+            del keys
+            identities = (
+                pl.concat([pl.read_ipc(s.path, columns=list(IDENTITY_COLUMNS)) for s in spilled]).filter(unique)
+                if spilled else pl.DataFrame(schema={c: pl.String for c in IDENTITY_COLUMNS})
+            )
+        counts = Counts(
+            source_rows=source_rows,
+            exported=int(exported.sum()),
+            duplicates=len(unique) - int(unique.sum()),
+            filtered=int(unique.sum()) - int(exported.sum()),
+            rejected=rejects.height,
+            repaired=repaired,
+        )
+
+        delete_if_exists(container, layout.marker(hour))
+        parts = _write_parts(container, layout, hour, spilled, exported, extras, max_rows_per_file, timer, on_part)
+
+    delete_stale_parts(container, layout, hour, keep=len(parts))
+    rejected_name = layout.rejected(hour)
+    if rejects.height:
+        upload(container, rejected_name, encode_records(rejects), GZIP_CONTENT)
+    else:
+        delete_if_exists(container, rejected_name)
+    upload(container, layout.identities(hour), parquet_bytes(identities), ContentSettings(content_type="application/vnd.apache.parquet"))
+    manifest = Manifest(hour=hour, source=source, parts=parts, counts=counts.as_dict())
+    upload(container, layout.marker(hour), manifest.to_json(), ContentSettings(content_type="application/json"))
+    columns = {**event_schema(), **{k: pl.String for k in extras}}
+    result = HourResult(hour=hour, frame=pl.DataFrame(schema=columns), rejects=rejects, identities=identities, counts=counts)
+    return manifest, result
+
+
+def _shape_and_spill(chunks, hour, keep, spill_dir, lines_per_chunk, timer):
+    """Shape every chunk and spill it; returns what the whole hour needs afterwards."""
+    spilled: list[_Spilled] = []
+    reject_frames: list[pl.DataFrame] = []
+    order: dict[str, None] = {}  # extra keys of parsed lines, in order of first appearance
+    present: set[str] = set()  # extra keys that some in-hour row carries
+    source_rows = repaired = 0
+    prefix = _event_prefix()
+    raw = _line_chunks(chunks, lines_per_chunk)
+    for index, chunk in enumerate(_prefetch(raw)):
+        with timer("parse"):
+            lines = read_lines([chunk])
+            del chunk
+            parsed, unparseable, chunk_extras = parse(lines)
+        with timer("normalize"):
+            in_hour, outside = reject_outside_hour(parsed, hour)
+            del parsed
+            offset = source_rows
+            source_rows += len(lines)
+            del lines
+            reject_frames.append(
+                pl.concat([unparseable, outside]).with_columns(pl.col("_pos") + offset)
+            )
+            order.update(dict.fromkeys(chunk_extras))
+            carried = [k for k in chunk_extras if in_hour[k].is_not_null().any()]
+            present.update(carried)
+            normalized, chunk_repaired = normalize(in_hour, carried)
+            repaired += chunk_repaired
+            del in_hour
+            if keep is not None:
+                missing = [c for c in keep.meta.root_names() if c not in normalized.columns]
+                kept = normalized.with_columns(pl.lit(None, pl.String).alias(c) for c in missing).select(
+                    keep.fill_null(False).alias("_keep")
+                ).to_series()
+            else:
+                kept = pl.Series("_keep", [True] * normalized.height, dtype=pl.Boolean)
+        with timer("serialize"):
+            names = {k: f"x{i}" for i, k in enumerate(carried)}
+            spill = normalized.select(
+                prefix.alias("_prefix"),
+                *[pl.col(k).alias(names[k]) for k in carried],
+                *_KEY_COLUMNS,
+                *[c for c in IDENTITY_COLUMNS if c not in _KEY_COLUMNS],
+            ).with_columns(kept)
+            path = os.path.join(spill_dir, f"{index}.arrow")
+            spill.write_ipc(path, compression="uncompressed")
+            spilled.append(_Spilled(path=path, rows=spill.height, extras=names))
+            del spill, normalized
+    rejects = (
+        pl.concat(reject_frames).sort("_pos").drop("_pos") if reject_frames
+        else pl.DataFrame(schema={"reason": pl.String, "line": pl.String})
+    )
+    return spilled, rejects, order, present, source_rows, repaired
+
+
+def _write_parts(container, layout, hour, spilled, exported, extras, max_rows, timer, on_part) -> list[PartInfo]:
+    """Assemble the parts from the spill in order; compress and upload them concurrently."""
+
+    def lines_of(s: _Spilled, mask: pl.Series) -> pl.DataFrame:
+        frame = pl.read_ipc(s.path, columns=["_prefix", *s.extras.values()]).filter(mask)
+        pieces: list[pl.Expr] = [pl.col("_prefix")]
+        for key in extras:
+            pieces.append(pl.lit("," + json.dumps(key, ensure_ascii=False) + ":"))
+            pieces.append(pl.col(s.extras[key]).fill_null("null") if key in s.extras else pl.lit("null"))
+        pieces.append(pl.lit("}"))
+        return frame.select(pl.concat_str(pieces).alias("line"))
+
+    def finish(n: int, rows: int, texts: list[bytes]) -> PartInfo:
+        with timer("compress"):
+            data = gzip_bytes(b"".join(texts))
+        del texts[:]
+        with timer("upload"):
+            info = upload(container, layout.part(hour, n), data, GZIP_CONTENT)
+        info = PartInfo(name=info.name, rows=rows, bytes=info.bytes, md5=info.md5)
+        if on_part:
+            on_part(info)
+        return info
+
+    futures = []
+    in_flight = threading.Semaphore(2)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+
+        def submit(n: int, rows: int, texts: list[bytes]) -> None:
+            in_flight.acquire()
+            future = pool.submit(finish, n, rows, texts)
+            future.add_done_callback(lambda _: in_flight.release())
+            futures.append(future)
+
+        texts: list[bytes] = []
+        rows = 0
+        offset = 0
+        for s in spilled:
+            mask = exported.slice(offset, s.rows)
+            offset += s.rows
+            if not mask.any():
+                continue
+            with timer("serialize"):
+                lines = lines_of(s, mask)
+            start = 0
+            while start < lines.height:
+                take = min(max_rows - rows, lines.height - start)
+                with timer("serialize"):
+                    texts.append(jsonl_bytes(lines.slice(start, take)))
+                rows += take
+                start += take
+                if rows == max_rows:
+                    submit(len(futures), rows, texts)
+                    texts, rows = [], 0
+            del lines
+        if rows:
+            submit(len(futures), rows, texts)
+        return [f.result() for f in futures]
