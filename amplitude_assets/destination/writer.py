@@ -270,11 +270,31 @@ _KEY_COLUMNS = ("uuid", "$insert_id", "device_id")
 
 
 def _event_prefix() -> pl.Expr:
-    """`{"server_received_time":...,"client_event_time":...` (the 49 fields, no closing brace)."""
-    pieces: list[pl.Expr] = []
-    for i, (name, kind) in enumerate(EVENT_FIELDS):
-        pieces.append(pl.lit(("{" if i == 0 else ",") + json.dumps(name, ensure_ascii=False) + ":"))
-        pieces.append(json_fragment(name, kind))
+    """`{"server_received_time":...,"client_event_time":...` (the 49 fields, no closing brace).
+
+    The same text `encode_lines` gives them, faster: the scalar fields between two dict
+    fields are encoded as one struct (one JSON encoder call, not one per field), and
+    only the dict fields, already JSON text, are spliced in between.
+    """
+    parts: list[pl.Expr] = []
+    run: list[pl.Expr] = []
+
+    def close_run() -> None:
+        if run:
+            parts.append(pl.struct(run).struct.json_encode().str.slice(1).str.head(-1))
+            run.clear()
+
+    for name, kind in EVENT_FIELDS:
+        if kind is Kind.DICT:
+            close_run()
+            parts.append(pl.concat_str(pl.lit(json.dumps(name, ensure_ascii=False) + ":"), json_fragment(name, kind)))
+        else:
+            value = pl.col(name).dt.strftime(TIMESTAMP_FORMAT) if kind is Kind.TIMESTAMP else pl.col(name)
+            run.append(value.alias(name))
+    close_run()
+    pieces: list[pl.Expr] = [pl.lit("{")]
+    for i, part in enumerate(parts):
+        pieces.extend([pl.lit(","), part] if i else [part])
     return pl.concat_str(pieces)
 
 
@@ -455,7 +475,7 @@ def _shape_and_spill(chunks, hour, keep, spill_dir, lines_per_chunk, timer):
                 *[c for c in IDENTITY_COLUMNS if c not in _KEY_COLUMNS],
             ).with_columns(kept)
             path = os.path.join(spill_dir, f"{index}.arrow")
-            spill.write_ipc(path, compression="uncompressed")
+            spill.write_ipc(path, compression="lz4")  # lz4: less to write and read than it costs
             spilled.append(_Spilled(path=path, rows=spill.height, extras=names))
             del spill, normalized
     rejects = (
