@@ -45,6 +45,19 @@ from amplitude_assets.schema import MERGED_ID_FIELDS
 from amplitude_assets.settings import PARTITION_KEY_FORMAT, Settings
 
 MAX_DELTAS = 23  # a snapshot is stored at least once a day
+WAIT_SECONDS = 3 * 3600  # how long an hour waits for another run to export the hour before it
+POLL_SECONDS = 15.0
+MERGED_IDS = dg.AssetKey("merged_ids")
+RANGE_START, RANGE_END, PARTITION = (
+    "dagster/asset_partition_range_start", "dagster/asset_partition_range_end", "dagster/partition"
+)
+UNFINISHED = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 PARQUET_CONTENT = ContentSettings(content_type="application/vnd.apache.parquet")
 JSON_CONTENT = ContentSettings(content_type="application/json")
 COLUMN_SCHEMA = dg.TableSchema(
@@ -130,6 +143,52 @@ def read_carried_state(client: ContainerClient, layout: MergedIdsLayout, hour: d
     return Carried(decode_state(frames[::-1]), name, hashlib.md5(data).hexdigest())
 
 
+def run_exporting(instance: dg.DagsterInstance, key: str, own_run_id: str) -> str | None:
+    """Another unfinished run whose `merged_ids` step covers hour `key`, if there is one."""
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED)):
+        if run.run_id == own_run_id:
+            continue
+        if run.asset_selection is not None and MERGED_IDS not in run.asset_selection:
+            continue
+        start, end = run.tags.get(RANGE_START), run.tags.get(RANGE_END)
+        if (start and end and start <= key <= end) or run.tags.get(PARTITION) == key:  # keys sort as hours
+            return run.run_id
+    return None
+
+
+def wait_for_the_hour_before(
+    context: dg.AssetExecutionContext, client: ContainerClient, layout: MergedIdsLayout, hour: datetime
+) -> None:
+    """When another run is still exporting the hour before (the sensor's catch-up runs, say), wait for it.
+
+    Without this, a run of later hours that starts first would find a gap, or with no
+    history at all, start a history of its own.
+    """
+    previous = hour - timedelta(hours=1)
+    if existing_md5(client, layout.state(previous)) is not None:
+        return
+    run_id = run_exporting(context.instance, key_of(previous), context.run_id)
+    if run_id is None:
+        return
+    context.log.info(
+        f"merged_ids {key_of(hour)} waits for run {run_id}, which exports merged_ids for {key_of(previous)}: "
+        "merged IDs are derived in hour order"
+    )
+    deadline = time.monotonic() + WAIT_SECONDS
+    while (run := context.instance.get_run_by_id(run_id)) is not None and run.status in UNFINISHED:
+        if time.monotonic() > deadline:
+            raise dg.Failure(
+                f"merged_ids {key_of(hour)}: run {run_id}, which exports merged_ids for {key_of(previous)}, "
+                f"has not finished after {WAIT_SECONDS} s. Re-run {key_of(hour)} once it has."
+            )
+        time.sleep(POLL_SECONDS)
+    if existing_md5(client, layout.state(previous)) is None:
+        raise dg.Failure(
+            f"merged_ids {key_of(hour)}: run {run_id}, which was to export merged_ids for {key_of(previous)}, "
+            f"ended without it. Export merged_ids for {key_of(previous)} first."
+        )
+
+
 def is_snapshot_hour(hour: datetime, history_starts: bool) -> bool:
     """Where a snapshot is stored instead of a delta: the last hour of each UTC day, and history starts."""
     return history_starts or hour.hour == 23
@@ -204,6 +263,7 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
                 started = time.perf_counter()
                 identities = read_identities(events_client, events_layout, hour)
                 if carried is None:  # the first hour of the step; later ones carry it in memory
+                    wait_for_the_hour_before(context, client, layout, hour)
                     carried = read_carried_state(client, layout, hour)
                     before_hour = hour - timedelta(hours=1)
                     if carried.history_starts and existing_md5(events_client, events_layout.identities(before_hour)) is not None:

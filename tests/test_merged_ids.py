@@ -260,3 +260,35 @@ def test_a_broken_delta_chain_names_the_hours_to_re_export(env, blobs):
     assert not result.success
     assert "export merged_ids for 2020-01-25-01:00 ... 2020-01-25-03:00 first" in failure_message(result)
     assert run(start="2020-01-25-01:00", end="2020-01-25-04:00").success
+
+
+def test_an_hour_waits_for_another_run_exporting_the_hour_before(env, blobs, monkeypatch):
+    """Runs of adjacent hours started together (the sensor's catch-up) go in hour order."""
+    import threading
+
+    from amplitude_assets import merged_ids
+
+    monkeypatch.setattr(merged_ids, "POLL_SECONDS", 0.2)
+    instance = dg.DagsterInstance.ephemeral()
+    assert run(["events"], partition="2020-01-25-09:00", instance=instance).success
+    earlier = dg.DagsterRun(
+        job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
+        asset_selection=frozenset({dg.AssetKey("events"), dg.AssetKey("merged_ids")}),
+        tags={"dagster/asset_partition_range_start": "2020-01-25-00:00",
+              "dagster/asset_partition_range_end": "2020-01-25-08:00"},
+    )
+    instance.add_run(earlier)
+
+    # The earlier run is still going: the hour waits, then gives up, naming it.
+    monkeypatch.setattr(merged_ids, "WAIT_SECONDS", 1)
+    result = run(["merged_ids"], partition="2020-01-25-09:00", instance=instance, raise_on_error=False)
+    assert not result.success
+    assert f"run {earlier.run_id}, which exports merged_ids for 2020-01-25-08:00, has not finished" in failure_message(result)
+
+    # It ends without exporting 08:00: the hour refuses rather than start a history of its own.
+    monkeypatch.setattr(merged_ids, "WAIT_SECONDS", 60)
+    threading.Timer(1.0, lambda: instance.report_run_failed(earlier)).start()
+    result = run(["merged_ids"], partition="2020-01-25-09:00", instance=instance, raise_on_error=False)
+    assert not result.success
+    assert "ended without it. Export merged_ids for 2020-01-25-08:00 first" in failure_message(result)
+    assert not any("_9_complete" in n and f"-{ORG}" in n for n in blobs(env))
