@@ -1,0 +1,220 @@
+"""The streaming export (`export_events_hour`) against a straightforward reference writer.
+
+The fast path reads an hour in chunks, spills them and assembles the parts afterwards.
+Here it runs with tiny chunks and parts, so duplicates, new extra keys and rejects fall
+across chunk and part boundaries, and its decompressed output must equal, line for line,
+what a json.loads/json.dumps writer makes of the same input: same keys in the same
+order, same value types. It must also be byte-identical to the whole-hour path.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import uuid
+from datetime import datetime, timezone
+
+import polars as pl
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+from amplitude_assets.destination.layout import EventsLayout
+from amplitude_assets.destination.writer import (
+    encode_lines,
+    export_events_hour,
+    gzip_bytes,
+    jsonl_bytes,
+    part_slices,
+)
+from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, Kind
+from amplitude_assets.sources.synthetic import SyntheticSource
+from amplitude_assets.transform import process_hour
+
+HOUR = datetime(2020, 1, 25, 17, tzinfo=timezone.utc)
+PROJECT = "187520"
+MAX_ROWS = 300
+
+
+# -- the input: a synthetic hour with mess mixed in ----------------------------------------
+
+
+def hour_input() -> list[str]:
+    rows = SyntheticSource(PROJECT, 1200, 7).events(HOUR)
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    rnd = random.Random(3)
+    mess = [
+        "not json at all",
+        "[1, 2, 3]",
+        '{"server_upload_time": "2020-01-25 17:30:00", "uuid": ',
+        json.dumps({"uuid": str(uuid.UUID(int=1))}),  # no server_upload_time
+        json.dumps({**rows[10], "uuid": str(uuid.UUID(int=2)), "server_upload_time": "2020-01-25 18:00:00.000000",
+                    "only_outside": {"x": 1}}),  # out of the hour, with a key no exported row has
+        json.dumps({**rows[11], "uuid": rows[11]["uuid"].upper()}),  # same uuid, uppercased: a duplicate
+        json.dumps({**rows[12], "uuid": str(uuid.UUID(int=3))}),  # same ($insert_id, device_id): a duplicate
+        json.dumps({**rows[13], "uuid": str(uuid.UUID(int=4)), "user_id": "", "device_id": "",
+                    "os_version": 14, "event_properties": {"n": 1.5, "s": "1.5", "nested": {"b": [1, "2", None]}}}),
+        json.dumps({**rows[14], "uuid": str(uuid.UUID(int=5)), "server_upload_time": "2020-01-25T17:59:59.999999Z"}),
+    ]
+    for line in mess:
+        lines.insert(rnd.randrange(40, len(lines)), line)
+    # An extra key first seen near the end of the hour, and a row whose uuid repeats row 0's.
+    lines.append(json.dumps({**rows[20], "uuid": str(uuid.UUID(int=6)), "late_key": [1, {"a": None}], "$insert_id": None}))
+    lines.append(json.dumps({**rows[21], "uuid": rows[0]["uuid"]}))
+    return lines
+
+
+def source_chunks(lines: list[str], per_chunk: int = 50) -> list[bytes]:
+    return [("\n".join(lines[i : i + per_chunk]) + "\n").encode() for i in range(0, len(lines), per_chunk)]
+
+
+# -- the reference: json.loads, plain Python, json.dumps -----------------------------------
+
+
+def ref_timestamp(value):
+    if value is None:
+        return None
+    text = str(value).replace("T", " ").replace("Z", "+00:00")
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo:
+        parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+    return parsed
+
+
+def ref_value(name: str, kind: Kind, value):
+    if kind is Kind.DICT:
+        return value if isinstance(value, dict) else {}
+    if value is None:
+        return None
+    if kind is Kind.TIMESTAMP:
+        parsed = ref_timestamp(value)
+        return parsed.strftime("%Y-%m-%d %H:%M:%S.%f") if parsed else None
+    if kind is Kind.INT:
+        return int(value)
+    if kind is Kind.FLOAT:
+        return float(value)
+    if kind is Kind.BOOL:
+        return value
+    if kind is Kind.UUID:
+        return str(uuid.UUID(value))
+    text = value if isinstance(value, str) else json.dumps(value)
+    return None if text == "" and name in ("user_id", "device_id") else text
+
+
+def reference_lines(lines: list[str]) -> list[str]:
+    start = HOUR.replace(tzinfo=None)
+    objects, order = [], {}
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            objects.append(row)
+            order.update(dict.fromkeys(k for k in row if k not in EVENT_KINDS))
+    in_hour = []
+    for row in objects:
+        uploaded = ref_timestamp(row.get("server_upload_time"))
+        if uploaded is not None and start <= uploaded < start.replace(hour=start.hour + 1):
+            in_hour.append(row)
+    extras = [k for k in order if any(k in row for row in in_hour)]
+    seen_uuid, seen_pair, out = set(), set(), []
+    for row in in_hour:
+        record = {name: ref_value(name, kind, row.get(name)) for name, kind in EVENT_FIELDS}
+        if record["uuid"] is not None:
+            if record["uuid"] in seen_uuid:
+                continue
+            seen_uuid.add(record["uuid"])
+        if record["$insert_id"] is not None and record["device_id"] is not None:
+            pair = (record["$insert_id"], record["device_id"])
+            if pair in seen_pair:
+                continue
+            seen_pair.add(pair)
+        record.update({k: row.get(k) for k in extras})
+        out.append(json.dumps(record, ensure_ascii=False))
+    return out
+
+
+def typed(value):
+    """A JSON value with its type made explicit, so 1, 1.0 and True never compare equal."""
+    if isinstance(value, list):
+        return ["list", [typed(v) for v in value]]
+    return [type(value).__name__, value]
+
+
+def pairs(line: str):
+    return typed(json.loads(line, object_pairs_hook=lambda kv: ["object", [[k, typed(v)] for k, v in kv]]))
+
+
+# -- tests --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def container(azurite):
+    name = f"fast{uuid.uuid4().hex[:16]}"
+    client = BlobServiceClient.from_connection_string(azurite).get_container_client(name)
+    client.create_container()
+    return client
+
+
+def export(container, lines: list[str], **kwargs):
+    timings: dict = {}
+    manifest, result = export_events_hour(
+        container, EventsLayout("", PROJECT), source_chunks(lines), HOUR, keep=kwargs.pop("keep", None), source="synthetic",
+        max_rows_per_file=MAX_ROWS, lines_per_chunk=kwargs.pop("lines_per_chunk", 97), timings=timings, **kwargs,
+    )
+    parts = [container.download_blob(f"{PROJECT}/{p.name}").readall() for p in manifest.parts]
+    return manifest, result, parts, timings
+
+
+def test_fast_path_equals_the_reference_writer_line_for_line(container):
+    lines = hour_input()
+    manifest, result, parts, timings = export(container, lines)
+    got = [line for part in parts for line in gzip.decompress(part).decode("utf-8").splitlines()]
+    want = reference_lines(lines)
+    assert len(got) == len(want) == manifest.rows
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert pairs(a) == pairs(b), f"line {i} differs:\n fast: {a}\n ref:  {b}"
+    assert list(json.loads(got[0]))[-1] == "late_key"  # a key first seen in the last chunk is on every line
+    assert "only_outside" not in json.loads(got[0])  # a key only a rejected row carries is not
+    assert [p.rows for p in manifest.parts] == [n for _, n in part_slices(len(want), MAX_ROWS)]
+    counts = result.counts
+    assert counts.source_rows == len(lines)
+    assert counts.reconciles() and counts.rejected == 5 and counts.duplicates >= 4
+    assert {"parse", "normalize", "serialize", "dedup", "compress", "upload"} <= set(timings)
+
+
+def test_fast_path_is_byte_identical_to_the_whole_hour_path(container):
+    lines = hour_input()
+    manifest, result, parts, _ = export(container, lines, lines_per_chunk=61)
+    whole = process_hour(source_chunks(lines), HOUR)
+    expected = [
+        gzip_bytes(jsonl_bytes(encode_lines(whole.frame.slice(offset, length))))
+        for offset, length in part_slices(whole.frame.height, MAX_ROWS)
+    ]
+    assert parts == expected
+    assert result.counts == whole.counts
+    assert result.frame.columns == whole.frame.columns
+    assert result.identities.equals(whole.identities)
+    assert result.rejects.equals(whole.rejects)
+    rejected = container.download_blob(f"_rejected/{PROJECT}/{PROJECT}_2020-01-25_17.jsonl.gz").readall()
+    assert [json.loads(x)["line"] for x in gzip.decompress(rejected).decode().splitlines()] == whole.rejects["line"].to_list()
+    marker = json.loads(container.download_blob(f"{PROJECT}/{PROJECT}_2020-01-25_17_complete").readall())
+    assert marker["rows"] == whole.frame.height and marker["counts"] == whole.counts.as_dict()
+
+
+def test_fast_path_with_a_filter_and_an_empty_hour(container):
+    lines = hour_input()
+    keep = pl.col("event_type") == "Search"
+    manifest, result, parts, _ = export(container, lines, keep=keep)
+    whole = process_hour(source_chunks(lines), HOUR, keep)
+    got = b"".join(gzip.decompress(p) for p in parts)
+    assert got == jsonl_bytes(encode_lines(whole.frame))
+    assert result.counts == whole.counts and result.counts.filtered > 0
+
+    empty_manifest, empty, empty_parts, _ = export(container, ["not json"])
+    assert empty_parts == [] and empty.counts.rejected == 1 and empty.counts.exported == 0
+    assert empty_manifest.parts == []
