@@ -3,6 +3,8 @@
 `derive_merges(identities, state, scope)` is pure. It takes one hour's identity columns
 (the deduplicated events before any filter, in source order) and the state after the hour
 before, and returns the hour's merged-ID rows and the state after this hour.
+`encode_state` / `decode_state` give the state's stored form: a full snapshot, or a delta
+on the state of the hour before (the asset stores a snapshot once a day).
 
 The rule, applied to events in order of `server_upload_time`, then source order
 (A = amplitude_id, U = user_id, D = device_id):
