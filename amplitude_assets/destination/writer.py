@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -266,6 +266,7 @@ def existing_markers(container: ContainerClient, prefix: str, names: Sequence[st
 # `process_hour` of the same input: same rows, order, split, keys and compressor.
 
 CHUNK_LINES = 250_000
+CHUNK_BYTES = 128 << 20  # a chunk ends at whichever limit comes first
 _KEY_COLUMNS = ("uuid", "$insert_id", "device_id")
 
 
@@ -298,18 +299,19 @@ def _event_prefix() -> pl.Expr:
     return pl.concat_str(pieces)
 
 
-def _line_chunks(chunks: Iterable[bytes], lines_per_chunk: int) -> Iterator[bytes]:
+def _line_chunks(chunks: Iterable[bytes], lines_per_chunk: int, max_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
     """Regroup line-aligned source chunks into chunks of about `lines_per_chunk` lines."""
     pending: list[bytes] = []
-    count = 0
+    count = size = 0
     for chunk in chunks:
         if not chunk:
             continue
         pending.append(chunk)
         count += chunk.count(b"\n")
-        if count >= lines_per_chunk:
+        size += len(chunk)
+        if count >= lines_per_chunk or size >= max_bytes:
             yield b"".join(pending)
-            pending, count = [], 0
+            pending, count, size = [], 0, 0
     if pending:
         yield b"".join(pending)
 
@@ -497,10 +499,7 @@ def _write_parts(container, layout, hour, spilled, exported, extras, max_rows, t
         pieces.append(pl.lit("}"))
         return frame.select(pl.concat_str(pieces).alias("line"))
 
-    def finish(n: int, rows: int, texts: list[bytes]) -> PartInfo:
-        with timer("compress"):
-            data = gzip_bytes(b"".join(texts))
-        del texts[:]
+    def send(n: int, rows: int, data: bytes) -> PartInfo:
         with timer("upload"):
             info = upload(container, layout.part(hour, n), data, GZIP_CONTENT)
         info = PartInfo(name=info.name, rows=rows, bytes=info.bytes, md5=info.md5)
@@ -508,19 +507,28 @@ def _write_parts(container, layout, hour, spilled, exported, extras, max_rows, t
             on_part(info)
         return info
 
-    futures = []
-    in_flight = threading.Semaphore(2)
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    def compress(n: int, rows: int, text: io.BytesIO) -> Future:
+        with timer("compress"):
+            with text.getbuffer() as view:
+                data = gzip_bytes(view)
+        text.close()
+        return uploads.submit(send, n, rows, data)
 
-        def submit(n: int, rows: int, texts: list[bytes]) -> None:
-            in_flight.acquire()
-            future = pool.submit(finish, n, rows, texts)
-            future.add_done_callback(lambda _: in_flight.release())
-            futures.append(future)
+    # One part compresses while the next is assembled (a part's text is held whole, since
+    # the gzip stream must be the one-shot compressor's); uploads hold only gzip bytes.
+    sent: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1) as compressor, ThreadPoolExecutor(max_workers=2) as uploads:
+        compressing: Future | None = None
+        number = 0
 
-        texts: list[bytes] = []
-        rows = 0
-        offset = 0
+        def submit(rows: int, text: io.BytesIO) -> None:
+            nonlocal compressing, number
+            if compressing is not None:
+                sent.append(compressing.result())
+            compressing = compressor.submit(compress, number, rows, text)
+            number += 1
+
+        text, rows, offset = io.BytesIO(), 0, 0
         for s in spilled:
             mask = exported.slice(offset, s.rows)
             offset += s.rows
@@ -532,13 +540,17 @@ def _write_parts(container, layout, hour, spilled, exported, extras, max_rows, t
             while start < lines.height:
                 take = min(max_rows - rows, lines.height - start)
                 with timer("serialize"):
-                    texts.append(jsonl_bytes(lines.slice(start, take)))
+                    lines.slice(start, take).write_csv(
+                        text, include_header=False, quote_style="never", line_terminator="\n"
+                    )
                 rows += take
                 start += take
                 if rows == max_rows:
-                    submit(len(futures), rows, texts)
-                    texts, rows = [], 0
+                    submit(rows, text)
+                    text, rows = io.BytesIO(), 0
             del lines
         if rows:
-            submit(len(futures), rows, texts)
-        return [f.result() for f in futures]
+            submit(rows, text)
+        if compressing is not None:
+            sent.append(compressing.result())
+        return [f.result() for f in sent]
