@@ -313,7 +313,41 @@ def normalize(frame: pl.DataFrame, extras: list[str]) -> tuple[pl.DataFrame, int
             repairs += int(frame.select(_repaired(name, kind).sum()).item())
         elif kind is not Kind.STRING:
             repairs += int((source.is_not_null() & normalized[name].is_null()).sum())
+    nulled = _objects_in_string_fields(frame)
+    for name, rows in nulled.items():
+        normalized = normalized.with_columns(normalized[name].scatter(rows, None))
+        repairs += len(rows)
     return normalized, repairs
+
+
+_STRING_FIELDS = tuple(n for n, k in EVENT_FIELDS if k is Kind.STRING)
+
+
+def _objects_in_string_fields(frame: pl.DataFrame) -> dict[str, pl.Series]:
+    """Rows whose string field holds a JSON object or array, which cannot be a string.
+
+    Polars reads such a value as its JSON text, indistinguishable from a string that
+    happens to start with `{` or `[`; DuckDB tells them apart on those few lines only.
+    """
+    suspect = frame.select(
+        pl.any_horizontal(
+            pl.col(n).str.starts_with("{") | pl.col(n).str.starts_with("[") for n in _STRING_FIELDS
+        ).fill_null(False)
+    ).to_series()
+    if "line" not in frame.columns or not suspect.any():
+        return {}
+    rows = suspect.arg_true()
+    con = duckdb.connect()
+    con.register("suspects", frame.select("line")[rows].to_arrow())
+    paths = ", ".join("'" + _json_path(n).replace("'", "''") + "'" for n in _STRING_FIELDS)
+    kinds = con.sql(f"SELECT json_type(line, [{paths}]) AS k FROM suspects").pl()["k"]
+    con.close()
+    nulled = {}
+    for i, name in enumerate(_STRING_FIELDS):
+        bad = kinds.list.get(i).is_in(["OBJECT", "ARRAY"]).fill_null(False)
+        if bad.any():
+            nulled[name] = rows.filter(bad)
+    return nulled
 
 
 # -- reject, dedup, filter ----------------------------------------------------------------

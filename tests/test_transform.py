@@ -219,3 +219,18 @@ def test_invalid_utf8_rejects_the_line_not_the_hour():
         {"reason": "not valid JSON", "line": '{"server_upload_time": "2020-01-25 17:00:00", "city": "\\xff"}'}
     ]
     assert result.counts.reconciles() and result.counts.rejected == 1
+
+
+def test_an_object_or_array_in_a_string_field_becomes_null_and_counts_as_repaired():
+    lines = [
+        {"server_upload_time": "2020-01-25 17:10:00", "city": {"x": 1}, "country": [1, 2],
+         "region": "[a string that only looks like JSON", "user_id": "{not an object}"},
+        {"server_upload_time": "2020-01-25 17:11:00", "city": "Paris"},
+    ]
+    result = process_hour([("\n".join(dumps(r) for r in lines) + "\n").encode()], HOUR)
+    rows = [json.loads(line) for line in exported(result)]
+    assert [(r["city"], r["country"], r["region"], r["user_id"]) for r in rows] == [
+        (None, None, "[a string that only looks like JSON", "{not an object}"),
+        ("Paris", None, None, None),
+    ]
+    assert result.counts.repaired == 2
