@@ -29,6 +29,8 @@ from amplitude_assets.schema import (
 
 IDENTITY_COLUMNS = ("user_id", "device_id", "amplitude_id", "event_time", "server_upload_time")
 _READ_SCHEMA = {name: pl.String for name in EVENT_FIELD_NAMES}
+# What polars reads: the dict fields come from DuckDB as exact JSON, so polars skips them.
+_TEXT_SCHEMA = {name: pl.String for name in EVENT_FIELD_NAMES if name not in DICT_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -175,15 +177,15 @@ def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     source = pl.DataFrame({"_pos": pl.int_range(len(lines), eager=True, dtype=pl.Int64), "line": lines})
     good, rejects, keys = _scan(source)
     try:
-        known = _read_ndjson(good["line"], _READ_SCHEMA) if good.height else pl.DataFrame(schema=_READ_SCHEMA)
+        known = _read_ndjson(good["line"], _TEXT_SCHEMA) if good.height else pl.DataFrame(schema=_READ_SCHEMA)
     except Exception:
         good, unreadable = _readable(good)
         rejects = pl.concat([rejects, unreadable])
-        known = _read_ndjson(good["line"], _READ_SCHEMA) if good.height else pl.DataFrame(schema=_READ_SCHEMA)
+        known = _read_ndjson(good["line"], _TEXT_SCHEMA) if good.height else pl.DataFrame(schema=_READ_SCHEMA)
     extras = [k for k in keys if k not in _READ_SCHEMA]
     exact = _extract_json(good, [*DICT_FIELDS, *extras])
     if good.height:
-        known = known.with_columns(exact.select(DICT_FIELDS)).with_columns(exact.select(extras))
+        known = known.with_columns(exact.select(DICT_FIELDS)).select(EVENT_FIELD_NAMES).with_columns(exact.select(extras))
     else:
         known = known.with_columns(pl.lit(None, pl.String).alias(k) for k in extras)
     return known.with_columns(good["_pos"], good["line"]), rejects, extras
@@ -279,6 +281,15 @@ def _repaired(name: str, kind: Kind) -> pl.Expr:
 _CANONICAL_TIMESTAMP = "%Y-%m-%d %H:%M:%S%.f"
 
 
+def _parse_timestamps(values: pl.Series) -> pl.Series:
+    """`parse_timestamp` over a column: the canonical form in one exact pass, the rest leniently."""
+    parsed = values.str.to_datetime(_CANONICAL_TIMESTAMP, strict=False, time_unit="us")
+    todo = (parsed.is_null() & values.is_not_null()).arg_true()
+    if len(todo):
+        parsed = parsed.scatter(todo, pl.select(parse_timestamp(pl.lit(values.gather(todo)))).to_series())
+    return parsed
+
+
 def normalize(frame: pl.DataFrame, extras: list[str]) -> tuple[pl.DataFrame, int]:
     """Give every field its contract type; returns the frame and the number of repairs.
 
@@ -357,7 +368,11 @@ def reject_outside_hour(frame: pl.DataFrame, hour: datetime) -> tuple[pl.DataFra
     """Split off rows whose server_upload_time is missing, unparseable or outside the hour."""
     start = hour.replace(tzinfo=None)
     end = start + timedelta(hours=1)
-    uploaded = parse_timestamp(pl.col("server_upload_time"))
+    text = frame["server_upload_time"] if "server_upload_time" in frame.columns else None
+    if text is not None and text.dtype == pl.String and len(text):
+        uploaded = pl.lit(_parse_timestamps(text))
+    else:
+        uploaded = parse_timestamp(pl.col("server_upload_time"))
     reason = (
         pl.when(pl.col("server_upload_time").is_null())
         .then(pl.lit("missing server_upload_time"))
