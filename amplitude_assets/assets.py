@@ -65,6 +65,8 @@ def build_events_asset(settings: Settings, partitions: dg.PartitionsDefinition) 
             hours=hours,
             produce=lambda hour: process_hour(source.iter_lines(hour), hour, keep),
             source=source.name,
+            lines=source.iter_lines,
+            keep=keep,
         )
 
     return events
