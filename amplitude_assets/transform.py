@@ -106,7 +106,8 @@ def _scan(source: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     con = duckdb.connect()
     con.register("source", source.to_arrow())
     kinds = con.sql(
-        "SELECT CASE WHEN json_valid(line) THEN json_type(line) END AS kind FROM source"
+        # try(): one parse per line; null exactly where json_valid is false.
+        "SELECT try(json_type(line)) AS kind FROM source"
     ).pl()["kind"]
     is_object = kinds == "OBJECT"
     good = source.filter(is_object)
