@@ -11,7 +11,7 @@ AZURITE := node_modules/.bin/azurite-blob
 bootstrap: $(STAMP) $(AZURITE)
 
 $(STAMP): pyproject.toml
-	@echo "==> creating $(VENV) and installing the pinned Python dependencies"
+	@echo "==> creating $(VENV) and installing the pinned Python dependencies (a minute or two the first time)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip
 	@$(PY) -m pip install --quiet -e ".[test]"

@@ -100,6 +100,13 @@ class Children:
         self.processes.clear()
 
 
+def wait(process: subprocess.Popen) -> int:
+    """Popen.wait that a signal can interrupt (a blocked waitpid misses signals that other threads take)."""
+    while process.poll() is None:
+        time.sleep(0.3)
+    return process.returncode
+
+
 def exportable_window(delay_minutes: int, count: int = HOURS) -> list[datetime]:
     """The last `count` hours that closed at least `delay_minutes` ago, oldest first."""
     ready = datetime.now(timezone.utc) - timedelta(minutes=delay_minutes)
@@ -172,8 +179,8 @@ def summary(settings, storage, window: list[datetime]) -> None:
     if missing:
         print(f"  {RED}{missing} of {len(window)} hours have no events marker; see the failed runs in the UI{RESET}")
     print(
-        f"  {DIM}Each hour: parts {events.folder}<project>_<date>_<H>#<n>.json.gz and a _complete marker "
-        f"(its JSON manifest has the counts).{RESET}"
+        f"  {DIM}Each hour: parts {events.folder}{settings.project_id}_<yyyy-MM-dd>_<H>#<n>.json.gz and a "
+        f"_complete marker beside them (a JSON manifest with the hour's counts).{RESET}"
     )
     print(
         f"  {DIM}Azurite: http://127.0.0.1:{AZURITE_PORT}/devstoreaccount1, account devstoreaccount1 with "
@@ -182,7 +189,7 @@ def summary(settings, storage, window: list[datetime]) -> None:
     )
 
 
-def wait_for_ui(process: subprocess.Popen, log: Path, timeout: float = 180) -> bool:
+def wait_for_ui(process: subprocess.Popen, timeout: float = 180) -> bool:
     """Until GraphQL answers with the code location loaded; False when dagster dev died or hung."""
     query = json.dumps({"query": "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus "
                                  "locationOrLoadError { __typename ... on PythonError { message } } } } } }"}).encode()
@@ -208,14 +215,14 @@ def wait_for_ui(process: subprocess.Popen, log: Path, timeout: float = 180) -> b
     return False
 
 
-def where_to_click() -> None:
+def where_to_click(example: str, earlier: str) -> None:
     ui = f"http://127.0.0.1:{UI_PORT}"
     print(f"""
 {GREEN}{BOLD}The Dagster UI is ready: {ui}{RESET}
 
   See the hours that landed  {ui}/assets/events?view=partitions   (click an hour: rows, parts, blob paths)
-  Materialize one hour       {ui}/assets/events   Materialize… > type an hour, e.g. 2024-01-01-05:00 > Launch 1 run
-  Launch a range backfill    the same dialog with a range, [first...last] > Launch backfill
+  Materialize one hour       {ui}/assets/events   Materialize… > type an hour, e.g. {example} > Launch 1 run
+  Launch a range backfill    the same dialog with a range, e.g. {earlier} > Launch backfill
   Turn on the hourly sync    {ui}/automation   hourly_export_sensor > toggle it on
   Runs and backfills         {ui}/runs
 
@@ -225,6 +232,9 @@ def where_to_click() -> None:
 
 
 def main() -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
     env = demo_env()
     for name in [k for k in os.environ if k.startswith(("AMPLITUDE_", "AZURE_"))]:
         del os.environ[name]  # the demo's own settings only, here as in its children
@@ -234,8 +244,8 @@ def main() -> int:
     def on_signal(signum, _frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: it may start ignored
+        signal.signal(signum, on_signal)
     try:
         for port, variable, what in ((AZURITE_PORT, "DEMO_AZURITE_PORT", "Azurite"), (UI_PORT, "DEMO_UI_PORT", "the UI")):
             if port_open(port):
@@ -276,7 +286,7 @@ def main() -> int:
                 [sys.executable, "-m", "amplitude_assets", "backfill", "--start", start, "--end", end],
                 env=env, cwd=ROOT,
             )
-            if backfill.wait() != 0:
+            if wait(backfill) != 0:
                 print(f"{RED}some hours did not export; the UI shows the failed runs and their errors{RESET}",
                       file=sys.stderr)
             children.processes.remove(backfill)
@@ -290,12 +300,16 @@ def main() -> int:
             [str(DAGSTER), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(UI_PORT)],
             env=env, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
         )
-        if not wait_for_ui(dagster, log):
+        if not wait_for_ui(dagster):
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
             print(f"{RED}dagster dev did not come up; the end of .demo/dagster-dev.log:{RESET}\n{tail}", file=sys.stderr)
             return 1
-        where_to_click()
-        dagster.wait()
+        before = max(settings.start_hour, window[0] - timedelta(hours=1))
+        where_to_click(
+            before.strftime("%Y-%m-%d-%H:%M"),
+            f"[{settings.start_hour:%Y-%m-%d-%H:%M}...{before:%Y-%m-%d-%H:%M}]",
+        )
+        wait(dagster)
         print(f"{RED}dagster dev exited with {dagster.returncode}; see .demo/dagster-dev.log{RESET}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

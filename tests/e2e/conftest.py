@@ -368,9 +368,12 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def page(browser, request):
-    """A fresh page, 1280x800; the UI's one-time community pop-up is dismissed when it shows."""
+    """A fresh page, 1280x800, without the UI's one-time community pop-up."""
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     context.set_default_timeout(60_000)
+    # The UI opens a one-time "Join the Dagster community" pop-up a second after load on
+    # localhost, over whatever dialog is open; this is the flag its Skip button sets.
+    context.add_init_script("window.localStorage.setItem('communityNux', JSON.stringify('1'))")
     page = context.new_page()
     page.add_locator_handler(
         page.get_by_text("Join the Dagster community"),
