@@ -56,6 +56,7 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.root = psutil.Process(pid)
         self.peak = 0
+        self.cpu = 0.0  # CPU seconds of the tree, as last seen
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -63,6 +64,7 @@ class Sampler(threading.Thread):
             try:
                 procs = [self.root, *self.root.children(recursive=True)]
                 self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+                self.cpu = max(self.cpu, sum(sum(p.cpu_times()[:2]) for p in procs))
             except psutil.Error:
                 pass
             self.stop.wait(0.05)
@@ -98,6 +100,7 @@ def run_worker(kind: str, config: dict, services: list[psutil.Process]) -> dict:
     figures = json.loads(out.strip().splitlines()[-1])
     figures["peak_rss"] = max(figures.get("peak_rss", 0), sampler.peak)
     figures["process_seconds"] = wall
+    figures["cpu_seconds"] = sampler.cpu
     figures["service_cpu_seconds"] = sum(cpu_seconds(s) - b for s, b in zip(services, before))
     return figures
 
@@ -149,6 +152,9 @@ def table(results: dict, events: int) -> str:
             continue
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in r["stages"].items())
         rows.append(f"  {name} stages: {stages}")
+        if r.get("cpu_seconds"):
+            rows.append(f"  {name}: {r['cpu_seconds']:.0f} CPU s in {r['process_seconds']:.0f} s of its process "
+                        f"({r['cpu_seconds'] / r['process_seconds']:.1f} cores busy on average)")
         if r.get("service_cpu_seconds"):
             rows.append(f"  {name}: Azurite and the stand-in used {r['service_cpu_seconds']:.1f} CPU s during it")
     dag = results.get("dagster")

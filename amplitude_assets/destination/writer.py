@@ -266,7 +266,7 @@ def existing_markers(container: ContainerClient, prefix: str, names: Sequence[st
 # `process_hour` of the same input: same rows, order, split, keys and compressor.
 
 CHUNK_LINES = 250_000
-CHUNK_BYTES = 128 << 20  # a chunk ends at whichever limit comes first
+CHUNK_BYTES = 96 << 20  # a chunk ends at whichever limit comes first
 _KEY_COLUMNS = ("uuid", "$insert_id", "device_id")
 
 
@@ -433,33 +433,29 @@ def export_events_hour(
 
 
 def _shape_and_spill(chunks, hour, keep, spill_dir, lines_per_chunk, timer):
-    """Shape every chunk and spill it; returns what the whole hour needs afterwards."""
+    """Shape every chunk and spill it; returns what the whole hour needs afterwards.
+
+    Three chunks are in flight: the next one is read (and decompressed) in the
+    background, this one is parsed, and the one before is normalized, serialized and
+    spilled in a second thread, in order.
+    """
     spilled: list[_Spilled] = []
     reject_frames: list[pl.DataFrame] = []
     order: dict[str, None] = {}  # extra keys of parsed lines, in order of first appearance
     present: set[str] = set()  # extra keys that some in-hour row carries
-    source_rows = repaired = 0
+    repaired = [0]
+    source_rows = 0
     prefix = _event_prefix()
-    raw = _line_chunks(chunks, lines_per_chunk)
-    for index, chunk in enumerate(_prefetch(raw)):
-        with timer("parse"):
-            lines = read_lines([chunk])
-            del chunk
-            parsed, unparseable, chunk_extras = parse(lines)
+
+    def finish(index: int, offset: int, parsed: pl.DataFrame, unparseable: pl.DataFrame, chunk_extras: list[str]) -> None:
         with timer("normalize"):
             in_hour, outside = reject_outside_hour(parsed, hour)
             del parsed
-            offset = source_rows
-            source_rows += len(lines)
-            del lines
-            reject_frames.append(
-                pl.concat([unparseable, outside]).with_columns(pl.col("_pos") + offset)
-            )
-            order.update(dict.fromkeys(chunk_extras))
+            reject_frames.append(pl.concat([unparseable, outside]).with_columns(pl.col("_pos") + offset))
             carried = [k for k in chunk_extras if in_hour[k].is_not_null().any()]
             present.update(carried)
             normalized, chunk_repaired = normalize(in_hour, carried)
-            repaired += chunk_repaired
+            repaired[0] += chunk_repaired
             del in_hour
             if keep is not None:
                 missing = [c for c in keep.meta.root_names() if c not in normalized.columns]
@@ -467,7 +463,7 @@ def _shape_and_spill(chunks, hour, keep, spill_dir, lines_per_chunk, timer):
                     keep.fill_null(False).alias("_keep")
                 ).to_series()
             else:
-                kept = pl.Series("_keep", [True] * normalized.height, dtype=pl.Boolean)
+                kept = pl.repeat(True, normalized.height, dtype=pl.Boolean, eager=True).alias("_keep")
         with timer("serialize"):
             names = {k: f"x{i}" for i, k in enumerate(carried)}
             spill = normalized.select(
@@ -476,15 +472,34 @@ def _shape_and_spill(chunks, hour, keep, spill_dir, lines_per_chunk, timer):
                 *_KEY_COLUMNS,
                 *[c for c in IDENTITY_COLUMNS if c not in _KEY_COLUMNS],
             ).with_columns(kept)
+            del normalized
             path = os.path.join(spill_dir, f"{index}.arrow")
             spill.write_ipc(path, compression="lz4")  # lz4: less to write and read than it costs
             spilled.append(_Spilled(path=path, rows=spill.height, extras=names))
-            del spill, normalized
+
+    raw = _line_chunks(chunks, lines_per_chunk)
+    with ThreadPoolExecutor(max_workers=1) as shaper:
+        pending: Future | None = None
+        for index, chunk in enumerate(_prefetch(raw)):
+            with timer("parse"):
+                lines = read_lines([chunk])
+                del chunk
+                parsed, unparseable, chunk_extras = parse(lines)
+            offset = source_rows
+            source_rows += len(lines)
+            del lines
+            order.update(dict.fromkeys(chunk_extras))
+            if pending is not None:
+                pending.result()
+            pending = shaper.submit(finish, index, offset, parsed, unparseable, chunk_extras)
+            del parsed, unparseable
+        if pending is not None:
+            pending.result()
     rejects = (
         pl.concat(reject_frames).sort("_pos").drop("_pos") if reject_frames
         else pl.DataFrame(schema={"reason": pl.String, "line": pl.String})
     )
-    return spilled, rejects, order, present, source_rows, repaired
+    return spilled, rejects, order, present, source_rows, repaired[0]
 
 
 def _write_parts(container, layout, hour, spilled, exported, extras, max_rows, timer, on_part) -> list[PartInfo]:
