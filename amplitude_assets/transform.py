@@ -69,7 +69,9 @@ def read_lines(chunks: Iterable[bytes]) -> pl.Series:
     if not frames:
         return pl.Series("line", [], dtype=pl.String)
     lines = pl.concat(frames).to_series()
-    return lines.filter(lines.str.strip_chars() != "").rename("line")
+    # A blank line is all whitespace: find one non-space character (the same Unicode
+    # whitespace strip_chars removes) instead of stripping every line.
+    return lines.filter(lines.str.contains(r"\S")).rename("line")
 
 
 def _read_chunk(chunk: bytes) -> pl.DataFrame:
