@@ -31,6 +31,7 @@ IDENTITY_COLUMNS = ("user_id", "device_id", "amplitude_id", "event_time", "serve
 _READ_SCHEMA = {name: pl.String for name in EVENT_FIELD_NAMES}
 # What polars reads: the dict fields come from DuckDB as exact JSON, so polars skips them.
 _TEXT_SCHEMA = {name: pl.String for name in EVENT_FIELD_NAMES if name not in DICT_FIELDS}
+_KNOWN_KEYS_SQL = "[" + ", ".join("'" + name.replace("'", "''") + "'" for name in EVENT_FIELD_NAMES) + "]"
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def _json_path(key: str) -> str:
 
 
 def _scan(source: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
-    """Classify lines, and list the top-level keys in order of first appearance.
+    """Classify lines, and list the top-level keys beyond the 49 in order of first appearance.
 
     DuckDB's JSON functions do this per line in C++: polars can list keys only by
     inferring one type per key across all rows, which fails on real data (a key that
@@ -120,12 +121,14 @@ def _scan(source: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
         .alias("reason")
     ).select("_pos", "reason", "line")
     con.register("good", good.to_arrow())
+    # Only the keys beyond the 49 matter (the extra fields); dropping the known ones
+    # before the unnest keeps it to a few rows per line. Order is kept within a line.
     keys = con.sql(
-        """
+        f"""
         SELECT key FROM (
-            SELECT _pos, unnest(json_keys(line)) AS key,
-                   generate_subscripts(json_keys(line), 1) AS i
-            FROM good)
+            SELECT _pos, unnest(ks) AS key, generate_subscripts(ks, 1) AS i
+            FROM (SELECT _pos, list_filter(json_keys(line), lambda k: NOT list_contains({_KNOWN_KEYS_SQL}, k)) AS ks
+                  FROM good))
         GROUP BY key ORDER BY min(_pos * 100000 + i)
         """
     ).pl()["key"].to_list()
