@@ -105,34 +105,38 @@ def _scan(source: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     DuckDB's JSON functions do this per line in C++: polars can list keys only by
     inferring one type per key across all rows, which fails on real data (a key that
     holds an object in one event and a number in another).
+
+    One parse per line: `json_keys` is null exactly where the line is not valid JSON, and
+    empty for `{}` and for values that are not objects, which `json_type` then tells
+    apart on those few lines. Only the keys beyond the 49 (the extra fields) are kept.
     """
     con = duckdb.connect()
     con.register("source", source.to_arrow())
-    kinds = con.sql(
-        # try(): one parse per line; null exactly where json_valid is false.
-        "SELECT try(json_type(line)) AS kind FROM source"
-    ).pl()["kind"]
-    is_object = kinds == "OBJECT"
+    scanned = con.sql(
+        f"""
+        SELECT len(ks) AS n, list_filter(ks, lambda k: NOT list_contains({_KNOWN_KEYS_SQL}, k)) AS extra
+        FROM (SELECT try(json_keys(line)) AS ks FROM source)
+        """
+    ).pl()
+    n = scanned["n"]
+    is_object = (n > 0).fill_null(False)
+    empty = (n == 0).fill_null(False)
+    if empty.any():
+        con.register("empty", source.filter(empty).to_arrow())
+        kinds = con.sql("SELECT json_type(line) AS kind FROM empty").pl()["kind"]
+        is_object = is_object.scatter(empty.arg_true(), kinds == "OBJECT")
+    con.close()
     good = source.filter(is_object)
-    bad = source.filter(~is_object.fill_null(False)).with_columns(
-        pl.when(kinds.filter(~is_object.fill_null(False)).is_null())
+    bad = source.filter(~is_object).with_columns(
+        pl.when(n.filter(~is_object).is_null())
         .then(pl.lit("not valid JSON"))
         .otherwise(pl.lit("not a JSON object"))
         .alias("reason")
     ).select("_pos", "reason", "line")
-    con.register("good", good.to_arrow())
-    # Only the keys beyond the 49 matter (the extra fields); dropping the known ones
-    # before the unnest keeps it to a few rows per line. Order is kept within a line.
-    keys = con.sql(
-        f"""
-        SELECT key FROM (
-            SELECT _pos, unnest(ks) AS key, generate_subscripts(ks, 1) AS i
-            FROM (SELECT _pos, list_filter(json_keys(line), lambda k: NOT list_contains({_KNOWN_KEYS_SQL}, k)) AS ks
-                  FROM good))
-        GROUP BY key ORDER BY min(_pos * 100000 + i)
-        """
-    ).pl()["key"].to_list()
-    con.close()
+    keys = (
+        scanned.select("extra").filter(is_object).explode("extra").drop_nulls()
+        .unique(maintain_order=True)["extra"].to_list()
+    )
     return good, bad, keys
 
 
