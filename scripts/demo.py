@@ -119,7 +119,7 @@ def hours_to_export(settings, storage, window: list[datetime]) -> list[datetime]
     from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
     from amplitude_assets.destination.writer import existing_markers
 
-    hour, candidates = max(settings.start_hour, window[0] - timedelta(days=14)), []
+    hour, candidates = settings.start_hour, []
     while hour <= window[-1]:
         candidates.append(hour)
         hour += timedelta(hours=1)
@@ -281,6 +281,9 @@ def main() -> int:
         else:
             start, end = todo[0].strftime("%Y-%m-%d-%H:%M"), todo[-1].strftime("%Y-%m-%d-%H:%M")
             extra = f", {len(todo)} hours are new since the last demo" if len(todo) < HOURS else ""
+            if len(todo) > HOURS:
+                extra = (f", {len(todo) - HOURS} more hours fill the gap since the last demo so that the merged-ID "
+                         f"history stays continuous (`make demo-clean` starts fresh instead)")
             say("2/4", f"exporting {start} .. {end} from the synthetic source{extra} (events, then merged IDs)")
             backfill = children.start(
                 [sys.executable, "-m", "amplitude_assets", "backfill", "--start", start, "--end", end],
