@@ -18,7 +18,6 @@ from .conftest import (
     e2e_env,
     hour_blobs,
     hour_key,
-    parse_key,
     running_dagster,
     unique_container,
 )
@@ -185,4 +184,3 @@ def test_range_backfill_through_the_ui_dialog(dagster, page, e2e_blobs):
     page.goto(f"{dagster.url}/runs/b/{result['backfillId']}")
     page.get_by_text(result["backfillId"]).first.wait_for()
     page.screenshot(path=str(ARTIFACTS / "05-backfill-page.png"))
-    assert parse_key(backfill["partitionNames"][0]) >= dagster.start_hour
