@@ -30,6 +30,7 @@ import dagster as dg
 import requests
 from isal import igzip
 
+from amplitude_assets.destination.credentials import redact
 from amplitude_assets.destination.layout import PART_NAME_RE
 from amplitude_assets.sources.files import CHUNK_BYTES, gzip_line_chunks, is_gzip, line_chunks
 
@@ -359,10 +360,7 @@ class ExportApiSource:
     def _redact(self, text: str) -> str:
         key, secret = self._auth
         token = base64.b64encode(f"{key}:{secret}".encode()).decode()
-        for value in (token, key, secret):
-            if value:
-                text = text.replace(value, "***")
-        return text
+        return redact(text, [token, key, secret])
 
     # -- reading ----------------------------------------------------------------------
 
