@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
@@ -186,14 +187,20 @@ def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     """
     source = pl.DataFrame({"_pos": pl.int_range(len(lines), eager=True, dtype=pl.Int64), "line": lines})
     good, rejects, keys = _scan(source)
-    try:
-        known = _read_ndjson(good["line"], _TEXT_SCHEMA) if good.height else pl.DataFrame(schema=_READ_SCHEMA)
-    except Exception:
-        good, unreadable = _readable(good)
-        rejects = pl.concat([rejects, unreadable])
-        known = _read_ndjson(good["line"], _TEXT_SCHEMA) if good.height else pl.DataFrame(schema=_READ_SCHEMA)
     extras = [k for k in keys if k not in _READ_SCHEMA]
-    exact = _extract_json(good, [*DICT_FIELDS, *extras])
+    # DuckDB's exact extraction and polars' text read of the same lines are independent,
+    # and neither holds the GIL while it works: run them side by side.
+    with ThreadPoolExecutor(max_workers=1) as side:
+        extracting = side.submit(_extract_json, good, [*DICT_FIELDS, *extras])
+        try:
+            known = _read_ndjson(good["line"], _TEXT_SCHEMA) if good.height else pl.DataFrame(schema=_READ_SCHEMA)
+        except Exception:
+            good, unreadable = _readable(good)
+            rejects = pl.concat([rejects, unreadable])
+            known = _read_ndjson(good["line"], _TEXT_SCHEMA) if good.height else pl.DataFrame(schema=_READ_SCHEMA)
+            exact = _extract_json(good, [*DICT_FIELDS, *extras])
+        else:
+            exact = extracting.result()
     if good.height:
         known = known.with_columns(exact.select(DICT_FIELDS)).select(EVENT_FIELD_NAMES).with_columns(exact.select(extras))
     else:
