@@ -12,9 +12,10 @@ The result is a ZIP of gzip JSON-lines entries, cached under `bench/.cache/`.
 
 from __future__ import annotations
 
+import json
 import random
 import zipfile
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
@@ -23,8 +24,6 @@ from isal import igzip
 
 from amplitude_assets.destination.layout import hour_stem
 from amplitude_assets.sources.synthetic import SyntheticSource
-
-import json
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 PROJECT_ID = "187520"
@@ -139,22 +138,3 @@ def write_zip(path: Path, events: int, seed: int = 0) -> None:
             if n == (lines.height - 1) // ENTRY_ROWS:
                 data = data.rstrip(b"\n")  # as the real API: the last line may lack its newline
             zf.writestr(f"{PROJECT_ID}/{stem}#{n}.json.gz", igzip.compress(data, compresslevel=1))
-
-
-def iter_zip_lines(path: Path, chunk_bytes: int = 8 << 20):
-    """The ZIP's lines in entry order, as line-aligned byte chunks (the floor and baseline read this)."""
-    from amplitude_assets.sources.files import gzip_line_chunks
-    from amplitude_assets.sources.export_api import entry_order
-
-    with zipfile.ZipFile(path) as zf:
-        for info in sorted(zf.infolist(), key=lambda i: entry_order(i.filename)):
-            with zf.open(info) as entry:
-                yield from gzip_line_chunks(entry, chunk_bytes)
-
-
-def hour_key() -> str:
-    return HOUR.strftime("%Y-%m-%d-%H:%M")
-
-
-def hour_end() -> datetime:
-    return HOUR + timedelta(hours=1)

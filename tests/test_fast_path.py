@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import threading
 import uuid
 from datetime import datetime, timezone
 
@@ -218,3 +219,17 @@ def test_fast_path_with_a_filter_and_an_empty_hour(container):
     empty_manifest, empty, empty_parts, _ = export(container, ["not json"])
     assert empty_parts == [] and empty.counts.rejected == 1 and empty.counts.exported == 0
     assert empty_manifest.parts == []
+
+
+def test_a_source_that_fails_midway_fails_the_hour_and_leaves_no_marker(container):
+    def chunks():
+        yield from source_chunks(hour_input()[:400])
+        raise ConnectionError("download interrupted")
+
+    with pytest.raises(ConnectionError, match="download interrupted"):
+        export_events_hour(
+            container, EventsLayout("", PROJECT), chunks(), HOUR, keep=None, source="synthetic",
+            max_rows_per_file=MAX_ROWS, lines_per_chunk=97,
+        )
+    assert not [b.name for b in container.list_blobs()]
+    assert not [t for t in threading.enumerate() if t.name == "amplitude-source"]

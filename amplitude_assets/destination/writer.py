@@ -256,14 +256,16 @@ def existing_markers(container: ContainerClient, prefix: str, names: Sequence[st
 # -- streaming export: big hours in bounded memory ------------------------------------------
 #
 # An hour of millions of events does not fit in memory as one frame. `export_events_hour`
-# reads it in chunks of about CHUNK_LINES lines and shapes each chunk with the same
-# transform functions `process_hour` uses. Each chunk's 49 fields are serialized right
-# away and spilled with its extra fields (as JSON text) to a temporary Arrow IPC file.
-# What needs the whole hour comes after the last chunk, from small columns only: the
-# dedup mask (first row in source order wins, so it is one pass over the hour's keys) and
-# the hour's extra keys. The parts are then assembled from the spill, compressed and
-# uploaded, two at a time. The bytes are the same as `write_events_hour` writes for
-# `process_hour` of the same input: same rows, order, split, keys and compressor.
+# reads it in chunks (CHUNK_LINES lines or CHUNK_BYTES, whichever comes first) and shapes
+# each chunk with the same transform functions `process_hour` uses. Each chunk's 49
+# fields are serialized right away and spilled with its extra fields (as JSON text) to a
+# temporary Arrow IPC file. Reading the next chunk, parsing this one and spilling the one
+# before run side by side. What needs the whole hour comes after the last chunk, from
+# small columns only: the dedup mask (first row in source order wins, so it is one pass
+# over the hour's keys) and the hour's extra keys. The parts are then assembled from the
+# spill; one compresses while the next is assembled, and uploads run two at a time. The
+# bytes are the same as `write_events_hour` writes for `process_hour` of the same input:
+# same rows, order, split, keys and compressor.
 
 CHUNK_LINES = 250_000
 CHUNK_BYTES = 96 << 20  # a chunk ends at whichever limit comes first
@@ -321,25 +323,51 @@ def _line_chunks(chunks: Iterable[bytes], lines_per_chunk: int, max_bytes: int =
 
 
 def _prefetch(items: Iterator, depth: int = 1) -> Iterator:
-    """Produce the next items in a background thread while the caller works on this one."""
+    """Produce the next items in a background thread while the caller works on this one.
+
+    If the caller stops early (an error in the hour), the producer is told to stop and
+    its queue drained, so no thread is left holding a chunk or the source's download.
+    """
     done = object()
     buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
     failure: list[BaseException] = []
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce() -> None:
         try:
             for item in items:
-                buffer.put(item)
+                if not put(item):
+                    break
         except BaseException as exc:  # re-raised in the caller's thread
             failure.append(exc)
         finally:
-            buffer.put(done)
+            put(done)
+            close = getattr(items, "close", None)
+            if stop.is_set() and close is not None:
+                close()
 
-    thread = threading.Thread(target=produce, daemon=True)
+    thread = threading.Thread(target=produce, name="amplitude-source", daemon=True)
     thread.start()
-    while (item := buffer.get()) is not done:
-        yield item
-    thread.join()
+    try:
+        while (item := buffer.get()) is not done:
+            yield item
+    finally:
+        stop.set()
+        while True:
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                break
+        thread.join(timeout=30)
     if failure:
         raise failure[0]
 
@@ -408,7 +436,7 @@ def export_events_hour(
             del keys
             identities = (
                 pl.concat([pl.read_ipc(s.path, columns=list(IDENTITY_COLUMNS)) for s in spilled]).filter(unique)
-                if spilled else pl.DataFrame(schema={c: pl.String for c in IDENTITY_COLUMNS})
+                if spilled else pl.DataFrame(schema={c: event_schema()[c] for c in IDENTITY_COLUMNS})
             )
         counts = Counts(
             source_rows=source_rows,
