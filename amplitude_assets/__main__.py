@@ -70,6 +70,7 @@ def backfill(args: argparse.Namespace) -> int:
         )
 
     from amplitude_assets.definitions import defs
+    from amplitude_assets.partitions import RANGE_END, RANGE_START
 
     instance = dg.DagsterInstance.get()
     job = defs.resolve_implicit_global_asset_job_def()
@@ -96,8 +97,8 @@ def backfill(args: argparse.Namespace) -> int:
             run_id = str(uuid.uuid4())
             keys = (chunk[0].strftime(PARTITION_KEY_FORMAT), chunk[-1].strftime(PARTITION_KEY_FORMAT))
             tags = {
-                "dagster/asset_partition_range_start": keys[0],
-                "dagster/asset_partition_range_end": keys[1],
+                RANGE_START: keys[0],
+                RANGE_END: keys[1],
                 BACKFILL_TAG: backfill_id,
             }
             outcome: dict = {}

@@ -11,7 +11,6 @@ from amplitude_assets.destination.io_manager import HourStream
 from amplitude_assets.filters import filter_expression, parse_filter
 from amplitude_assets.resources import AmplitudeSource
 from amplitude_assets.settings import Settings
-from amplitude_assets.transform import process_hour
 
 GROUP = "amplitude_export"
 
@@ -61,12 +60,6 @@ def build_events_asset(settings: Settings, partitions: dg.PartitionsDefinition) 
         if hasattr(source, "prefetch"):  # the Export API fetches a range in a few windows
             source.prefetch(hours)
         context.log.info(f"exporting {len(hours)} hour(s) from the {source.name} source")
-        return HourStream(
-            hours=hours,
-            produce=lambda hour: process_hour(source.iter_lines(hour), hour, keep),
-            source=source.name,
-            lines=source.iter_lines,
-            keep=keep,
-        )
+        return HourStream(hours=hours, lines=source.iter_lines, keep=keep, source=source.name)
 
     return events

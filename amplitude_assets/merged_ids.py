@@ -41,6 +41,7 @@ from amplitude_assets.destination.writer import (
     upload,
 )
 from amplitude_assets.identity import DELTA, IdentityState, decode_state, derive_merges, encode_state, stored_kind
+from amplitude_assets.partitions import PARTITION, RANGE_END, RANGE_START, UNFINISHED
 from amplitude_assets.schema import MERGED_ID_FIELDS
 from amplitude_assets.settings import PARTITION_KEY_FORMAT, Settings
 
@@ -48,16 +49,6 @@ MAX_DELTAS = 23  # a snapshot is stored at least once a day
 WAIT_SECONDS = 3 * 3600  # how long an hour waits for another run to export the hour before it
 POLL_SECONDS = 15.0
 MERGED_IDS = dg.AssetKey("merged_ids")
-RANGE_START, RANGE_END, PARTITION = (
-    "dagster/asset_partition_range_start", "dagster/asset_partition_range_end", "dagster/partition"
-)
-UNFINISHED = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
 PARQUET_CONTENT = ContentSettings(content_type="application/vnd.apache.parquet")
 JSON_CONTENT = ContentSettings(content_type="application/json")
 COLUMN_SCHEMA = dg.TableSchema(

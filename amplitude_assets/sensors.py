@@ -24,21 +24,12 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
+from amplitude_assets.partitions import PARTITION, RANGE_END, RANGE_START, UNFINISHED
 from amplitude_assets.settings import Settings, parse_hour
 
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
-PARTITION = "dagster/partition"
 DESTINATION = "amplitude_assets/destination"  # for per-destination tag concurrency limits
 ATTEMPT = "amplitude_assets/attempt"
 ASSETS = (dg.AssetKey("events"), dg.AssetKey("merged_ids"))
-UNFINISHED = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
 
 
 def utc_now() -> datetime:

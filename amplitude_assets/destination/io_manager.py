@@ -21,7 +21,7 @@ from isal import igzip
 
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.layout import EventsLayout
-from amplitude_assets.destination.writer import Manifest, export_events_hour, write_events_hour
+from amplitude_assets.destination.writer import Manifest, export_events_hour
 from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, POLARS_DTYPES, TIMESTAMP_FORMAT, Kind
 from amplitude_assets.settings import PARTITION_KEY_FORMAT
 from amplitude_assets.transform import HourResult
@@ -43,21 +43,12 @@ def partition_key(hour: datetime) -> str:
 
 @dataclass
 class HourStream:
-    """The hours of one step, shaped lazily: `produce(hour)` runs when the writer asks."""
+    """The hours of one step, read lazily: the IO manager pulls `lines(hour)` one hour at a time."""
 
     hours: list[datetime]
-    produce: Callable[[datetime], HourResult]
+    lines: Callable[[datetime], Iterable[bytes]]  # the source's chunks of the hour's JSON lines
+    keep: pl.Expr | None  # the compiled event filter, or None
     source: str
-    # When set, the IO manager streams each hour from these source chunks instead, in
-    # bounded memory (`export_events_hour`): the same bytes, for hours of any size.
-    lines: Callable[[datetime], Iterable[bytes]] | None = None
-    keep: pl.Expr | None = None
-
-    def shape(self, hour: datetime) -> tuple[HourResult, dict[str, float]]:
-        """Read and shape one hour; returns it with its timing."""
-        started = time.perf_counter()
-        result = self.produce(hour)
-        return result, {"read_and_shape_seconds": round(time.perf_counter() - started, 3)}
 
 
 def column_schema(frame: pl.DataFrame) -> dg.TableSchema:
@@ -111,20 +102,12 @@ class EventsIOManager(dg.ConfigurableIOManager):
         for hour in obj.hours:
             key = partition_key(hour)
             try:
-                if obj.lines is not None:
-                    started = time.perf_counter()
-                    manifest, result = export_events_hour(
-                        client, self.layout, obj.lines(hour), hour, keep=obj.keep, source=obj.source,
-                        max_rows_per_file=self.max_rows_per_file,
-                    )
-                    timings = {"export_seconds": round(time.perf_counter() - started, 3)}
-                else:
-                    result, timings = obj.shape(hour)
-                    started = time.perf_counter()
-                    manifest = write_events_hour(
-                        client, self.layout, result, source=obj.source, max_rows_per_file=self.max_rows_per_file
-                    )
-                    timings["write_seconds"] = round(time.perf_counter() - started, 3)
+                started = time.perf_counter()
+                manifest, result = export_events_hour(
+                    client, self.layout, obj.lines(hour), hour, keep=obj.keep, source=obj.source,
+                    max_rows_per_file=self.max_rows_per_file,
+                )
+                timings = {"export_seconds": round(time.perf_counter() - started, 3)}
             except Exception as exc:  # keep going: every other hour of the range still lands
                 message = self.storage.redact(f"{type(exc).__name__}: {exc}")
                 context.log.error(f"hour {key} failed: {message}")
