@@ -87,6 +87,7 @@ def backfill(args: argparse.Namespace) -> int:
         f"in {len(chunks)} run(s) of up to {settings.hours_per_run} hours (AMPLITUDE_HOURS_PER_RUN)"
     )
     failed_runs = []
+    in_failed_run: set[datetime] = set()  # hours whose run failed (an export or a blocking check)
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("hours"),
         TimeElapsedColumn(), console=console, transient=False,
@@ -127,6 +128,7 @@ def backfill(args: argparse.Namespace) -> int:
             result = outcome.get("result")
             if outcome.get("error") or not (result and result.success):
                 failed_runs.append(run_id)
+                in_failed_run.update(chunk)
 
     storage = defs.resources["storage"].process_config_and_initialize()  # resolves the EnvVars
     table = Table(title=f"What landed ({settings.events_container}/{settings.events_prefix or ''})")
@@ -138,12 +140,13 @@ def backfill(args: argparse.Namespace) -> int:
     for hour in hours:
         report = _hour_report(storage, settings, hour, started_at)
         events, merged = report["events"], report["merged_ids"]
-        ok = events is not None and (merged is not None or len(selection) == 1)
+        landed = events is not None and (merged is not None or len(selection) == 1)
+        ok = landed and hour not in in_failed_run
         failures += not ok
         counts = (events or {}).get("counts", {})
         table.add_row(
             hour.strftime(PARTITION_KEY_FORMAT),
-            "[green]ok" if ok else "[red]FAILED",
+            "[green]ok" if ok else ("[red]FAILED (run)" if landed else "[red]FAILED"),
             str(events["rows"]) if events else "-",
             str(len(events["parts"])) if events else "-",
             str(sum(p["bytes"] for p in events["parts"])) if events else "-",
@@ -156,7 +159,7 @@ def backfill(args: argparse.Namespace) -> int:
     if failed_runs:
         console.print(f"[red]{len(failed_runs)} run(s) failed: {', '.join(failed_runs)}; open them in the Dagster UI (Runs) for the errors")
     if failures:
-        console.print(f"[red]{failures} of {len(hours)} hour(s) did not export")
+        console.print(f"[red]{failures} of {len(hours)} hour(s) did not export cleanly")
         return 1
     console.print(f"[green]All {len(hours)} hour(s) exported.")
     return 0

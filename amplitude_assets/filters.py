@@ -14,6 +14,7 @@ type, so type-sensitive tests (numbers, booleans) use JSONPath filters such as
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import datetime, timezone
 from functools import reduce
@@ -35,7 +36,11 @@ def _fail(message: str) -> SettingsError:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _not_json(constant: str) -> float:
+    raise json.JSONDecodeError(f"{constant} is not a JSON number", constant, 0)
 
 
 def _is_scalar(value: object) -> bool:
@@ -83,7 +88,7 @@ def _check_condition(i: int, condition: object) -> dict:
 def parse_filter(text: str) -> list[dict]:
     """Parse and validate the filter; raises SettingsError saying what is wrong and where."""
     try:
-        conditions = json.loads(text)
+        conditions = json.loads(text, parse_constant=_not_json)
     except json.JSONDecodeError as exc:
         raise SettingsError(f"{_VARIABLE} is not valid JSON: {exc}") from None
     if isinstance(conditions, dict):

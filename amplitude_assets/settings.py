@@ -7,11 +7,13 @@ definitions load with nothing set and no secret ends up in run config or metadat
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from urllib.parse import urlparse
 
 PARTITION_KEY_FORMAT = "%Y-%m-%d-%H:%M"
 SOURCES = ("synthetic", "export_api", "files")
@@ -30,6 +32,30 @@ SECRET_VARIABLES = (
 
 class SettingsError(ValueError):
     """A setting is missing or malformed. The message names the variable."""
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_transport(url: str, variable: str) -> None:
+    """Plain http is allowed only to loopback hosts (the emulator, local stand-ins)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "https":
+        return
+    if parsed.scheme == "http" and is_loopback(parsed.hostname):
+        return
+    raise SettingsError(
+        f"{variable} must use https (plain http is allowed only to 127.0.0.1/localhost, "
+        f"for the emulator); got a {parsed.scheme or 'schemeless'} URL for host {parsed.hostname!r}"
+    )
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -201,6 +227,8 @@ class Settings:
                 f"{self.events_container}/{events_folder}/; set AZURE_MERGED_IDS_PREFIX or "
                 "AZURE_MERGED_IDS_CONTAINER so that they differ"
             )
+        if self.export_api_url:  # the API key and secret travel in its Basic auth header
+            check_transport(self.export_api_url, "AMPLITUDE_EXPORT_API_URL")
         if self.event_filter is not None:
             from amplitude_assets.filters import parse_filter
 

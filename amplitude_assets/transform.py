@@ -160,7 +160,7 @@ def _readable(good: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
 
     def visit(part: pl.DataFrame) -> None:
         try:
-            _read_ndjson(part["line"], {})
+            _read_ndjson(part["line"], _TEXT_SCHEMA)
             ok.append(part)
         except Exception:
             if part.height == 1:
@@ -211,6 +211,10 @@ def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
 # -- normalize -------------------------------------------------------------------------
 
 
+_MIN_EPOCH_MS = -62_135_596_800_000  # 0001-01-01 00:00:00 UTC
+_MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31 23:59:59.999 UTC
+
+
 def parse_timestamp(expr: pl.Expr) -> pl.Expr:
     """Lenient UTC timestamp parsing to Datetime(us); null when it cannot be parsed.
 
@@ -223,9 +227,11 @@ def parse_timestamp(expr: pl.Expr) -> pl.Expr:
         .str.replace(r"^(\d{4}-\d{2}-\d{2})T", "${1} ")
         .str.replace(r"(?i)Z$", "+00:00")
     )
+    ms = text.cast(pl.Float64, strict=False).floor()
     epoch_ms = pl.from_epoch(
-        pl.when(text.str.contains(r"^-?\d{9,}(\.\d+)?$"))
-        .then(text.cast(pl.Float64, strict=False).floor().cast(pl.Int64, strict=False)),
+        # Years 0001-9999 only: epoch microseconds sent as milliseconds are not a date.
+        pl.when(text.str.contains(r"^-?\d{9,}(\.\d+)?$") & ms.is_between(_MIN_EPOCH_MS, _MAX_EPOCH_MS))
+        .then(ms.cast(pl.Int64, strict=False)),
         time_unit="ms",
     ).cast(pl.Datetime("us"))
     with_zone = (
@@ -275,7 +281,8 @@ def normalize_expr(name: str, kind: Kind) -> pl.Expr:
     if kind is Kind.INT:
         return _integer(col)
     if kind is Kind.FLOAT:
-        return col.cast(pl.Float64, strict=False)
+        number = col.cast(pl.Float64, strict=False)
+        return pl.when(number.is_finite()).then(number)  # NaN and infinities are not JSON numbers
     if kind is Kind.BOOL:
         return _boolean(col)
     if kind is Kind.UUID:

@@ -17,6 +17,7 @@ from tests.helpers import definitions, materialize
 def test_precedence():
     assert AzureStorage(connection_string="UseDevelopmentStorage=true", account_url="https://a").method == "AZURE_STORAGE_CONNECTION_STRING"
     assert AzureStorage(account_url="https://a", tenant_id="t", client_id="c", client_secret="s", sas_token="x").method.startswith("AZURE_TENANT_ID")
+    assert AzureStorage(account_url="https://a", tenant_id="t", client_id="c", sas_token="x").method == "AZURE_STORAGE_SAS_TOKEN"
     assert AzureStorage(account_url="https://a", sas_token="x").method == "AZURE_STORAGE_SAS_TOKEN"
     assert AzureStorage(account_url="https://a").method.startswith("DefaultAzureCredential")
     with pytest.raises(SettingsError, match="AZURE_STORAGE_CONNECTION_STRING"):
@@ -24,8 +25,20 @@ def test_precedence():
 
 
 def test_incomplete_service_principal_names_the_missing_variables():
-    with pytest.raises(SettingsError, match="AZURE_CLIENT_SECRET"):
-        AzureStorage(account_url="https://acct.blob.core.windows.net", tenant_id="t", client_id="c").service
+    with pytest.raises(SettingsError, match="AZURE_TENANT_ID"):
+        AzureStorage(account_url="https://acct.blob.core.windows.net", client_id="c", client_secret="s").service
+
+
+def test_workload_identity_variables_without_a_secret_are_not_a_service_principal():
+    # AKS workload identity and user-assigned managed identities set these two, no secret.
+    ids = {"account_url": "https://acct.blob.core.windows.net", "tenant_id": "t", "client_id": "c"}
+    assert AzureStorage(**ids).method.startswith("DefaultAzureCredential")
+    assert AzureStorage(**ids, sas_token="sv=1&sig=x").method == "AZURE_STORAGE_SAS_TOKEN"
+
+
+def test_token_credentials_need_https_even_on_loopback():
+    with pytest.raises(SettingsError, match="AZURE_STORAGE_ACCOUNT_URL must use https"):
+        AzureStorage(account_url="http://127.0.0.1:10000/devstoreaccount1").service
 
 
 def test_plain_http_only_to_loopback():

@@ -142,3 +142,25 @@ def test_malformed_filter_fails_when_definitions_load(clean_env):
     clean_env.setenv("AMPLITUDE_EVENT_FILTER", '[{"field": "event_type", "op": "equals", "value": "x"}]')
     with pytest.raises(SettingsError, match=r"AMPLITUDE_EVENT_FILTER: condition 1: op 'equals'"):
         Settings.from_env()
+
+
+@pytest.mark.parametrize("text", [
+    '[{"field": "event_properties.price", "op": "gt", "value": NaN}]',
+    '[{"field": "event_properties.price", "op": "lt", "value": Infinity}]',
+    '[{"field": "event_properties.price", "op": "gt", "value": 1e400}]',
+])
+def test_non_finite_numbers_are_refused_at_load(text):
+    with pytest.raises(SettingsError, match="AMPLITUDE_EVENT_FILTER"):
+        parse_filter(text)
+
+
+def test_a_filter_on_an_extra_field_the_hour_lacks_exports_through_dagster(container, clean_env, blobs):
+    from tests.helpers import definitions, lines_of, materialize
+
+    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
+    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "100")
+    clean_env.setenv("AMPLITUDE_EVENT_FILTER", '[{"field": "partner_id", "op": "exists", "value": false}]')
+    assert materialize(definitions(), ["events"], partition="2020-01-25-03:00").success
+    manifest = json.loads(blobs(container)["187520/187520_2020-01-25_3_complete"])
+    assert manifest["counts"]["filtered"] == 0 and manifest["rows"] == manifest["counts"]["exported"] > 0
+    assert len(lines_of(blobs(container)["187520/187520_2020-01-25_3#0.json.gz"])) == manifest["rows"]

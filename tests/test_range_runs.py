@@ -119,6 +119,33 @@ def test_command_line_backfill_fails_when_an_hour_fails(env, tmp_path, clean_env
         cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 1
-    assert "2 of 2 hour(s) did not export" in done.stdout
+    assert "2 of 2 hour(s) did not export cleanly" in done.stdout
     assert "FAILED" in done.stdout
     assert "AccountKey" not in done.stdout + done.stderr
+
+
+def test_a_failing_hour_does_not_stop_the_range_and_landed_hours_are_recorded(env, blobs, clean_env, tmp_path):
+    import gzip as gz
+
+    from amplitude_assets.sources.synthetic import SyntheticSource
+
+    folder = tmp_path / PROJECT
+    folder.mkdir()
+    good = b"".join(SyntheticSource(PROJECT, 50, 0).iter_lines(datetime(2020, 1, 25, 6, tzinfo=timezone.utc)))
+    (folder / f"{PROJECT}_2020-01-25_6#0.json.gz").write_bytes(gz.compress(good))
+    (folder / f"{PROJECT}_2020-01-25_7#0.json.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
+    (folder / f"{PROJECT}_2020-01-25_8#0.json.gz").write_bytes(gz.compress(good.replace(b"2020-01-25 06:", b"2020-01-25 08:")))
+    clean_env.setenv("AMPLITUDE_SOURCE", "files")
+    clean_env.setenv("AMPLITUDE_FILES_URL", str(tmp_path))
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize(definitions(), ["events"], start="2020-01-25-06:00", end="2020-01-25-08:00",
+                         instance=instance, raise_on_error=False)
+    assert not result.success
+    assert "1 of 3 hour(s) failed to export" in result.failure_data_for_node("events").error.message
+    names = set(blobs(env))
+    assert {f"{PROJECT}/{PROJECT}_2020-01-25_6_complete", f"{PROJECT}/{PROJECT}_2020-01-25_8_complete"} <= names
+    assert f"{PROJECT}/{PROJECT}_2020-01-25_7_complete" not in names
+    recorded = materializations(instance)
+    assert sorted(recorded) == ["2020-01-25-06:00", "2020-01-25-08:00"]
+    assert recorded["2020-01-25-08:00"]["dagster/row_count"].value == json.loads(
+        blobs(env)[f"{PROJECT}/{PROJECT}_2020-01-25_8_complete"])["rows"]

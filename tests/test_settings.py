@@ -81,3 +81,11 @@ def test_workspace_and_dagster_cloud_declare_the_same_location():
     (location,) = cloud["locations"]
     assert location["location_name"] == "amplitude_assets"
     assert location["code_source"] == {"module_name": "amplitude_assets.definitions"}
+
+
+def test_export_api_url_must_be_https_or_loopback():
+    assert Settings.from_env({"AMPLITUDE_EXPORT_API_URL": "http://127.0.0.1:8080/"}).export_api_base_url == "http://127.0.0.1:8080"
+    with pytest.raises(SettingsError, match="AMPLITUDE_EXPORT_API_URL must use https"):
+        Settings.from_env({"AMPLITUDE_EXPORT_API_URL": "http://proxy.corp:8080"})
+    with pytest.raises(SettingsError, match="AMPLITUDE_EXPORT_API_URL"):
+        Settings.from_env({"AMPLITUDE_EXPORT_API_URL": "proxy.corp"})

@@ -234,3 +234,26 @@ def test_an_object_or_array_in_a_string_field_becomes_null_and_counts_as_repaire
         ("Paris", None, None, None),
     ]
     assert result.counts.repaired == 2
+
+
+def test_lines_duckdb_accepts_but_polars_cannot_read_are_rejected_not_fatal():
+    good = '{"server_upload_time": "2020-01-25 17:10:00.000000", "city": "Paris"}'
+    odd = [
+        '{"server_upload_time": "2020-01-25 17:10:00.000000", "location_lat": NaN}',
+        '{"server_upload_time": "2020-01-25 17:10:00.000000", "city": "x",}',
+        '{"server_upload_time": "2020-01-25 17:10:00.000000", "location_lat": 1e400}',
+    ]
+    result = process_hour([("\n".join([good, *odd, good.replace("Paris", "Rome")]) + "\n").encode()], HOUR)
+    assert [json.loads(line)["city"] for line in exported(result)] == ["Paris", "Rome"]
+    assert result.rejects["line"].to_list() == odd
+    assert result.counts.rejected == 3 and result.counts.source_rows == 5
+
+
+def test_out_of_range_epochs_and_non_finite_floats_become_null_and_count_as_repairs():
+    row = {"server_upload_time": "2020-01-25 17:10:00.000000", "location_lat": "NaN", "location_lng": "-Infinity",
+           "user_creation_time": 1700000000000000, "event_time": "9999999999999999", "client_event_time": 1579972200000}
+    result = process_hour([(dumps(row) + "\n").encode()], HOUR)
+    (line,) = [json.loads(line) for line in exported(result)]
+    assert (line["location_lat"], line["location_lng"], line["user_creation_time"], line["event_time"]) == (None, None, None, None)
+    assert line["client_event_time"] == "2020-01-25 17:10:00.000000"
+    assert result.counts.repaired == 4

@@ -12,7 +12,6 @@ authenticate, so this resource builds the `BlobServiceClient` itself.
 """
 
 
-import ipaddress
 import os
 import re
 from urllib.parse import urlparse
@@ -22,7 +21,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from pydantic import PrivateAttr
 
-from amplitude_assets.settings import SECRET_VARIABLES, SettingsError
+from amplitude_assets.settings import SECRET_VARIABLES, SettingsError, check_transport
 
 CREDENTIAL_VARIABLES = (
     "AZURE_STORAGE_CONNECTION_STRING",
@@ -37,17 +36,6 @@ NO_CREDENTIALS = (
     "with AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET, AZURE_STORAGE_SAS_TOKEN, or a "
     "managed identity"
 )
-
-
-def is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def redact(text: str, secrets: list[str | None] | None = None) -> str:
@@ -76,19 +64,6 @@ def connection_string_endpoint(connection_string: str) -> str | None:
         suffix = fields.get("EndpointSuffix", "core.windows.net")
         return f"{protocol}://{account}.blob.{suffix}"
     return None
-
-
-def check_transport(url: str, variable: str) -> None:
-    """Plain http is allowed only to loopback hosts (the emulator)."""
-    parsed = urlparse(url)
-    if parsed.scheme == "https":
-        return
-    if parsed.scheme == "http" and is_loopback(parsed.hostname):
-        return
-    raise SettingsError(
-        f"{variable} must use https (plain http is allowed only to 127.0.0.1/localhost, "
-        f"for the emulator); got a {parsed.scheme or 'schemeless'} URL for host {parsed.hostname!r}"
-    )
 
 
 class AzureStorage(dg.ConfigurableResource):
@@ -133,7 +108,9 @@ class AzureStorage(dg.ConfigurableResource):
             return "AZURE_STORAGE_CONNECTION_STRING"
         if not self.account_url:
             raise SettingsError(NO_CREDENTIALS)
-        if self.tenant_id or self.client_id or self.client_secret:
+        # The secret marks a service principal: workload and user-assigned managed
+        # identities set AZURE_CLIENT_ID and AZURE_TENANT_ID without one.
+        if self.client_secret:
             return "AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET"
         if self.sas_token:
             return "AZURE_STORAGE_SAS_TOKEN"
@@ -167,6 +144,12 @@ class AzureStorage(dg.ConfigurableResource):
             return BlobServiceClient.from_connection_string(self.connection_string)
         url = self.account_url or ""
         check_transport(url, "AZURE_STORAGE_ACCOUNT_URL")
+        if not self.sas_token or method.startswith("AZURE_TENANT_ID"):
+            if urlparse(url).scheme != "https":
+                raise SettingsError(
+                    f"AZURE_STORAGE_ACCOUNT_URL must use https with {method}: Azure refuses bearer "
+                    "tokens over plain http"
+                )
         if method.startswith("AZURE_TENANT_ID"):
             missing = [
                 name

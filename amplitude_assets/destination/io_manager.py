@@ -98,6 +98,7 @@ class EventsIOManager(dg.ConfigurableIOManager):
             raise dg.Failure(f"EventsIOManager expects an HourStream, got {type(obj).__name__}")
         client = self.storage.container(self.container)
         failures: list[str] = []
+        landed: dict[str, dict[str, Any]] = {}
         rows = 0
         for hour in obj.hours:
             key = partition_key(hour)
@@ -120,11 +121,16 @@ class EventsIOManager(dg.ConfigurableIOManager):
             # OutputContext.add_output_metadata would copy one value to every hour of a
             # range; per-partition metadata goes through the step's asset metadata.
             context.step_context.add_asset_metadata(metadata, partition_key=key)
+            landed[key] = metadata
             context.log.info(
                 f"exported hour {key}: {manifest.rows} rows in {len(manifest.parts)} part(s) "
                 f"to {self.container}/{self.layout.folder} ({result.counts.as_dict()})"
             )
         if failures:
+            # Dagster records a step's materializations only when its output is handled, so
+            # record the hours that did land before failing the step for the others.
+            for key, metadata in landed.items():
+                context.log_event(dg.AssetMaterialization(context.asset_key, partition=key, metadata=metadata))
             raise dg.Failure(
                 description=f"{len(failures)} of {len(obj.hours)} hour(s) failed to export",
                 metadata={"failed_hours": dg.MetadataValue.json(failures)},

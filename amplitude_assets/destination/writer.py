@@ -491,9 +491,11 @@ def _shape_and_spill(chunks, hour, keep, spill_dir, lines_per_chunk, timer):
             del in_hour
             if keep is not None:
                 missing = [c for c in keep.meta.root_names() if c not in normalized.columns]
-                kept = normalized.with_columns(pl.lit(None, pl.String).alias(c) for c in missing).select(
+                # with_columns, not select: a condition on an extra field this chunk lacks
+                # is a scalar, which must broadcast to every row.
+                kept = normalized.with_columns(pl.lit(None, pl.String).alias(c) for c in missing).with_columns(
                     keep.fill_null(False).alias("_keep")
-                ).to_series()
+                )["_keep"]
             else:
                 kept = pl.repeat(True, normalized.height, dtype=pl.Boolean, eager=True).alias("_keep")
         with timer("serialize"):
