@@ -9,8 +9,8 @@ On each tick it:
      AMPLITUDE_HOURS_PER_RUN hours.
 
 The cursor (JSON) counts the runs requested per hour since the hour was last seen exported.
-An hour whose marker is still missing once its run is over is requested again, up to
-AMPLITUDE_SENSOR_MAX_ATTEMPTS runs; then the sensor gives up on it and says so in the tick's
+An hour whose marker is still missing once its run is over is requested again, in a run
+of its own, up to AMPLITUDE_SENSOR_MAX_ATTEMPTS runs; then the sensor gives up on it and says so in the tick's
 log and as an observation on the hour. Run keys are unique forever, so they carry a sequence
 number from the cursor.
 """
@@ -165,9 +165,14 @@ def build_hourly_export_sensor(
                 continue
             wanted.append(key)
 
+        # A retried hour runs alone: one bad hour that failed its batch must not spend the
+        # attempts of the healthy hours beside it on every later tick.
+        fresh = [k for k in wanted if not attempts.get(k)]
+        retried = [[k] for k in wanted if attempts.get(k)]
+        runs = sorted([*batches(fresh, settings.hours_per_run), *retried], key=lambda run: run[0])
         requests = []
         seq = cursor["seq"]
-        for run in batches(wanted, settings.hours_per_run):
+        for run in runs:
             seq += 1
             for key in run:
                 attempts[key] = attempts.get(key, 0) + 1
