@@ -146,6 +146,17 @@ def _json_literal(value: object) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
+def _jsonpath_string(value: str) -> str | None:
+    """`value` as a JSONPath string literal, or None when it cannot be quoted safely."""
+    if "\\" in value:
+        return None
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    return None
+
+
 class _JsonValue:
     """The value at `path` inside JSON text `text` (an expression), with type-aware tests."""
 
@@ -176,6 +187,9 @@ class _JsonValue:
         if value is None:
             return self.raw.is_null()
         if isinstance(value, str):
+            literal = _jsonpath_string(value)
+            if literal is not None:  # a typed comparison: a list or object never equals a string
+                return self.where(f"== {literal}")
             return (self.raw == value) & self.is_string
         return self.where(f"== {_json_literal(value)}")
 

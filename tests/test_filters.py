@@ -164,3 +164,15 @@ def test_a_filter_on_an_extra_field_the_hour_lacks_exports_through_dagster(conta
     manifest = json.loads(blobs(container)["187520/187520_2020-01-25_3_complete"])
     assert manifest["counts"]["filtered"] == 0 and manifest["rows"] == manifest["counts"]["exported"] > 0
     assert len(lines_of(blobs(container)["187520/187520_2020-01-25_3#0.json.gz"])) == manifest["rows"]
+
+
+def test_equality_with_a_string_that_looks_like_a_list_or_object():
+    rows = [{"s": "[x]"}, {"s": ["x"]}, {"s": "{y}"}, {"s": "[1]"}, {"s": [1]}, {"s": "it's"}]
+    lines = "".join(
+        json.dumps({"server_upload_time": "2020-01-25 17:10:00.000000", "uuid": None, "event_properties": p}) + "\n"
+        for p in rows
+    ).encode()
+    for value, expected in (("[x]", [{"s": "[x]"}]), ("{y}", [{"s": "{y}"}]), ("[1]", [{"s": "[1]"}]), ("it's", [{"s": "it's"}])):
+        keep = filter_expression(parse_filter(json.dumps([{"field": "event_properties.s", "op": "is", "value": value}])))
+        result = process_hour([lines], datetime(2020, 1, 25, 17, tzinfo=timezone.utc), keep)
+        assert [json.loads(p) for p in result.frame["event_properties"].to_list()] == expected, value
