@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 import threading
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 

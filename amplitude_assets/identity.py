@@ -171,10 +171,6 @@ def _epoch_ms(column: str) -> pl.Expr:
     return pl.col(column).dt.epoch("us").floordiv(1000)
 
 
-def empty_rows() -> pl.DataFrame:
-    return pl.DataFrame(schema=ROW_SCHEMA)
-
-
 def derive_merges(identities: pl.DataFrame, state: IdentityState, scope: int) -> tuple[pl.DataFrame, IdentityState]:
     """The hour's merged-ID rows (MERGED_ID_FIELDS, all Int64) and the state after the hour.
 

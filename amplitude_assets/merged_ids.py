@@ -25,13 +25,15 @@ from typing import Any
 import dagster as dg
 import polars as pl
 from azure.core.exceptions import ResourceNotFoundError
-from azure.storage.blob import ContainerClient, ContentSettings
+from azure.storage.blob import ContainerClient
 
 from amplitude_assets.assets import GROUP, hours_of, refuse_young_hours
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.destination.writer import (
     GZIP_CONTENT,
+    JSON_CONTENT,
+    PARQUET_CONTENT,
     Manifest,
     PartInfo,
     delete_if_exists,
@@ -49,8 +51,6 @@ MAX_DELTAS = 23  # a snapshot is stored at least once a day
 WAIT_SECONDS = 3 * 3600  # how long an hour waits for another run to export the hour before it
 POLL_SECONDS = 15.0
 MERGED_IDS = dg.AssetKey("merged_ids")
-PARQUET_CONTENT = ContentSettings(content_type="application/vnd.apache.parquet")
-JSON_CONTENT = ContentSettings(content_type="application/json")
 COLUMN_SCHEMA = dg.TableSchema(
     columns=[dg.TableColumn(name, "int" if name == "scope" else "long") for name in MERGED_ID_FIELDS]
 )

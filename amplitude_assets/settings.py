@@ -233,12 +233,3 @@ class Settings:
             from amplitude_assets.filters import parse_filter
 
             parse_filter(self.event_filter)  # raises SettingsError naming the variable
-
-    def require(self, name: str) -> str:
-        """A run-time setting that the chosen source needs; fails naming the variable."""
-        value = {
-            "AMPLITUDE_FILES_URL": self.files_url,
-        }.get(name)
-        if not value:
-            raise SettingsError(f"{name} is not set; the {self.source!r} source needs it")
-        return value

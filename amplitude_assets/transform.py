@@ -11,7 +11,6 @@ columns that `merged_ids` needs, and the counts that reconcile:
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass

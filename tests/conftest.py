@@ -102,3 +102,11 @@ def blobs(azurite):
 
     read.service = service
     return read
+
+
+@pytest.fixture
+def synthetic_hours(container, clean_env) -> str:
+    """A fresh container, and partitions from 2020-01-25 of 200 synthetic events an hour."""
+    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
+    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "200")
+    return container

@@ -16,10 +16,9 @@ PROJECT = "187520"
 
 
 @pytest.fixture
-def env(container, clean_env):
-    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
-    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "300")
-    return container
+def env(synthetic_hours, clean_env):
+    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "300")  # enough rows for three 100-row parts
+    return synthetic_hours
 
 
 def test_one_hour_lands_in_amplitudes_layout(env, blobs):

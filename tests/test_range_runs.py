@@ -19,10 +19,8 @@ PROJECT = "187520"
 
 
 @pytest.fixture
-def env(container, clean_env):
-    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
-    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "200")
-    return container
+def env(synthetic_hours):
+    return synthetic_hours
 
 
 def materializations(instance: dg.DagsterInstance, key: str = "events") -> dict[str, dict]:

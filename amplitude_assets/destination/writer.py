@@ -9,7 +9,6 @@ Exporting an hour runs in this order, so an hour that has a marker is always com
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
@@ -18,7 +17,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +43,8 @@ from amplitude_assets.transform import (
 
 GZIP_LEVEL = 2  # isal igzip: level 2 compresses about as well as zlib 6, ten times faster
 GZIP_CONTENT = ContentSettings(content_type="application/gzip")
+JSON_CONTENT = ContentSettings(content_type="application/json")
+PARQUET_CONTENT = ContentSettings(content_type="application/vnd.apache.parquet")
 MANIFEST_VERSION = 1
 SOFTWARE = f"amplitude_assets {__version__}"
 
@@ -141,9 +142,6 @@ class Manifest:
         }
         return json.dumps(body, indent=1).encode()
 
-    @staticmethod
-    def from_json(data: bytes) -> dict:
-        return json.loads(data)
 
 
 def upload(container: ContainerClient, name: str, data: bytes, content: ContentSettings) -> PartInfo:
@@ -171,10 +169,6 @@ def md5_hex(content_md5: bytes | bytearray | None) -> str | None:
     return bytes(content_md5).hex() if content_md5 else None
 
 
-def b64_md5(hex_digest: str) -> str:
-    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
-
-
 def part_slices(height: int, max_rows: int) -> list[tuple[int, int]]:
     """(offset, length) of each part: at most `max_rows` rows, no empty part."""
     return [(offset, min(max_rows, height - offset)) for offset in range(0, height, max_rows)]
@@ -187,7 +181,6 @@ def write_events_hour(
     *,
     source: str,
     max_rows_per_file: int,
-    on_part: Callable[[PartInfo], None] | None = None,
 ) -> Manifest:
     """Export one hour in the four-step order; returns the manifest written in the marker."""
     hour = result.hour
@@ -198,28 +191,35 @@ def write_events_hour(
     def write_part(n: int, offset: int, length: int) -> PartInfo:
         lines = encode_lines(result.frame.slice(offset, length))
         info = upload(container, layout.part(hour, n), gzip_bytes(jsonl_bytes(lines)), GZIP_CONTENT)
-        info = PartInfo(name=info.name, rows=length, bytes=info.bytes, md5=info.md5)
-        if on_part:
-            on_part(info)
-        return info
+        return PartInfo(name=info.name, rows=length, bytes=info.bytes, md5=info.md5)
 
     # Parts are independent: encode, compress and upload them concurrently (polars and
     # igzip release the GIL); keep them in part order in the manifest.
     with ThreadPoolExecutor(max_workers=2) as pool:
         parts = list(pool.map(lambda args: write_part(*args), [(n, o, ln) for n, (o, ln) in enumerate(slices)]))
 
+    return finish_hour(container, layout, hour, parts, result.rejects, result.identities, result.counts, source)
+
+
+def finish_hour(
+    container: ContainerClient,
+    layout: EventsLayout,
+    hour: datetime,
+    parts: list[PartInfo],
+    rejects: pl.DataFrame,
+    identities: pl.DataFrame,
+    counts: Counts,
+    source: str,
+) -> Manifest:
+    """Steps 3 and 4, once the parts are committed: stale parts, rejects, identities, marker."""
     delete_stale_parts(container, layout, hour, keep=len(parts))
-
-    rejected_name = layout.rejected(hour)
-    if result.rejects.height:
-        upload(container, rejected_name, encode_records(result.rejects), GZIP_CONTENT)
+    if rejects.height:
+        upload(container, layout.rejected(hour), encode_records(rejects), GZIP_CONTENT)
     else:
-        delete_if_exists(container, rejected_name)
-
-    upload(container, layout.identities(hour), parquet_bytes(result.identities), ContentSettings(content_type="application/vnd.apache.parquet"))
-
-    manifest = Manifest(hour=hour, source=source, parts=parts, counts=result.counts.as_dict())
-    upload(container, layout.marker(hour), manifest.to_json(), ContentSettings(content_type="application/json"))
+        delete_if_exists(container, layout.rejected(hour))
+    upload(container, layout.identities(hour), parquet_bytes(identities), PARQUET_CONTENT)
+    manifest = Manifest(hour=hour, source=source, parts=parts, counts=counts.as_dict())
+    upload(container, layout.marker(hour), manifest.to_json(), JSON_CONTENT)
     return manifest
 
 
@@ -414,7 +414,6 @@ def export_events_hour(
     max_rows_per_file: int,
     lines_per_chunk: int = CHUNK_LINES,
     timings: dict | None = None,
-    on_part: Callable[[PartInfo], None] | None = None,
 ) -> tuple[Manifest, HourResult]:
     """Shape and export one hour from its source chunks, in bounded memory.
 
@@ -448,17 +447,9 @@ def export_events_hour(
         )
 
         delete_if_exists(container, layout.marker(hour))
-        parts = _write_parts(container, layout, hour, spilled, exported, extras, max_rows_per_file, timer, on_part)
+        parts = _write_parts(container, layout, hour, spilled, exported, extras, max_rows_per_file, timer)
 
-    delete_stale_parts(container, layout, hour, keep=len(parts))
-    rejected_name = layout.rejected(hour)
-    if rejects.height:
-        upload(container, rejected_name, encode_records(rejects), GZIP_CONTENT)
-    else:
-        delete_if_exists(container, rejected_name)
-    upload(container, layout.identities(hour), parquet_bytes(identities), ContentSettings(content_type="application/vnd.apache.parquet"))
-    manifest = Manifest(hour=hour, source=source, parts=parts, counts=counts.as_dict())
-    upload(container, layout.marker(hour), manifest.to_json(), ContentSettings(content_type="application/json"))
+    manifest = finish_hour(container, layout, hour, parts, rejects, identities, counts, source)
     columns = {**event_schema(), **{k: pl.String for k in extras}}
     result = HourResult(hour=hour, frame=pl.DataFrame(schema=columns), rejects=rejects, identities=identities, counts=counts)
     return manifest, result
@@ -536,7 +527,7 @@ def _shape_and_spill(chunks, hour, keep, spill_dir, lines_per_chunk, timer):
     return spilled, rejects, order, present, source_rows, repaired[0]
 
 
-def _write_parts(container, layout, hour, spilled, exported, extras, max_rows, timer, on_part) -> list[PartInfo]:
+def _write_parts(container, layout, hour, spilled, exported, extras, max_rows, timer) -> list[PartInfo]:
     """Assemble the parts from the spill in order; compress and upload them concurrently."""
 
     def lines_of(s: _Spilled, mask: pl.Series) -> pl.DataFrame:
@@ -551,10 +542,7 @@ def _write_parts(container, layout, hour, spilled, exported, extras, max_rows, t
     def send(n: int, rows: int, data: bytes) -> PartInfo:
         with timer("upload"):
             info = upload(container, layout.part(hour, n), data, GZIP_CONTENT)
-        info = PartInfo(name=info.name, rows=rows, bytes=info.bytes, md5=info.md5)
-        if on_part:
-            on_part(info)
-        return info
+        return PartInfo(name=info.name, rows=rows, bytes=info.bytes, md5=info.md5)
 
     def compress(n: int, rows: int, text: io.BytesIO) -> Future:
         with timer("compress"):
