@@ -39,7 +39,7 @@ def local_root(tmp_path):
     # Other hours and names that share a prefix with hour 17 are not hour 17.
     write(folder / f"{PROJECT}_2020-01-25_1#0.json.gz", gzip.compress(b'{"hour": 1}\n'))
     write(folder / f"{PROJECT}_2020-01-25_17#3.json", b'{"n": "not a part name"}\n')
-    write(folder / f"999_2020-01-25_17#0.json.gz", gzip.compress(b'{"project": 999}\n'))
+    write(folder / "999_2020-01-25_17#0.json.gz", gzip.compress(b'{"project": 999}\n'))
     return tmp_path
 
 
