@@ -173,7 +173,7 @@ def json_columns(lines: pl.DataFrame, types: list[str], strings: list[str]) -> p
     """
     con = duckdb.connect()
     try:
-        con.register("lines", lines.select("text").with_row_index("_i").to_arrow())
+        con.register("lines", lines.select("text").with_row_index("_i").to_arrow(compat_level=pl.CompatLevel.newest()))
         # The list forms parse each line once for all paths.
         # Invalid lines become an empty object, so no JSON function sees them.
         columns = [

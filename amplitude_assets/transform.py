@@ -11,8 +11,8 @@ columns that `merged_ids` needs, and the counts that reconcile:
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
@@ -20,7 +20,6 @@ import duckdb
 import polars as pl
 
 from amplitude_assets.schema import (
-    DICT_FIELDS,
     EVENT_FIELD_NAMES,
     EVENT_FIELDS,
     UUID_PATTERN,
@@ -29,8 +28,6 @@ from amplitude_assets.schema import (
 
 IDENTITY_COLUMNS = ("user_id", "device_id", "amplitude_id", "event_time", "server_upload_time")
 _READ_SCHEMA = {name: pl.String for name in EVENT_FIELD_NAMES}
-# What polars reads: the dict fields come from DuckDB as exact JSON, so polars skips them.
-_TEXT_SCHEMA = {name: pl.String for name in EVENT_FIELD_NAMES if name not in DICT_FIELDS}
 _KNOWN_KEYS_SQL = "[" + ", ".join("'" + name.replace("'", "''") + "'" for name in EVENT_FIELD_NAMES) + "]"
 
 
@@ -85,7 +82,7 @@ def _read_chunk(chunk: bytes) -> pl.DataFrame:
         return pl.read_lines(io.BytesIO(text.encode()))
 
 
-def _read_ndjson(lines: pl.Series, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def _read_ndjson(lines: pl.Series, schema: dict[str, pl.DataType] | None) -> pl.DataFrame:
     # The lines straight into a byte buffer: joining them into one Python string and
     # encoding it would copy the hour twice more.
     buffer = io.BytesIO()
@@ -99,19 +96,37 @@ def _json_path(key: str) -> str:
     return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _scan(source: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
-    """Classify lines, and list the top-level keys beyond the 49 in order of first appearance.
+def _arrow(frame: pl.DataFrame):
+    """The frame as Arrow without copying its strings (DuckDB reads string views)."""
+    return frame.to_arrow(compat_level=pl.CompatLevel.newest())
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+# DuckDB reads JSON leniently: it takes NaN, Infinity and trailing commas, which are not
+# JSON. A line that has one of them somewhere (or only seems to: the words may be inside
+# a string) is read again by polars' strict reader, and rejected if that fails.
+# Two searches for literals (fast): the words, then a comma or JSON whitespace before a
+# closing bracket (a superset of trailing commas, rare in compact JSON).
+_LENIENT_WORDS = r"(?i)nan|inf"
+_TRAILING_COMMA = ",}|,]| }| ]|\t}|\t]|\r}|\r]"
+
+
+def _scan(source: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series]:
+    """Classify lines, and list each good line's top-level keys beyond the 49.
 
     DuckDB's JSON functions do this per line in C++: polars can list keys only by
     inferring one type per key across all rows, which fails on real data (a key that
     holds an object in one event and a number in another).
 
-    One parse per line: `json_keys` is null exactly where the line is not valid JSON, and
-    empty for `{}` and for values that are not objects, which `json_type` then tells
-    apart on those few lines. Only the keys beyond the 49 (the extra fields) are kept.
+    `json_keys` is null exactly where the line is not valid JSON, and empty for `{}`
+    and for values that are not objects, which `json_type` then tells apart on those
+    few lines. Returns the good lines, the rejects and, per good line, its extra keys.
     """
     con = duckdb.connect()
-    con.register("source", source.to_arrow())
+    con.register("source", _arrow(source))
     scanned = con.sql(
         f"""
         SELECT len(ks) AS n, list_filter(ks, lambda k: NOT list_contains({_KNOWN_KEYS_SQL}, k)) AS extra
@@ -122,22 +137,46 @@ def _scan(source: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     is_object = (n > 0).fill_null(False)
     empty = (n == 0).fill_null(False)
     if empty.any():
-        con.register("empty", source.filter(empty).to_arrow())
+        con.register("empty", _arrow(source.filter(empty)))
         kinds = con.sql("SELECT json_type(line) AS kind FROM empty").pl()["kind"]
         is_object = is_object.scatter(empty.arg_true(), kinds == "OBJECT")
     con.close()
+    lenient = is_object & (
+        source["line"].str.contains(_LENIENT_WORDS) | source["line"].str.contains(_TRAILING_COMMA)
+    )
+    if lenient.any():
+        strict = _strictly_readable(source.filter(lenient)["line"])
+        is_object = is_object.scatter(lenient.arg_true(), strict)
+    unreadable = is_object.not_() & n.is_not_null() & (n > 0)
     good = source.filter(is_object)
     bad = source.filter(~is_object).with_columns(
         pl.when(n.filter(~is_object).is_null())
         .then(pl.lit("not valid JSON"))
+        .when(unreadable.filter(~is_object))
+        .then(pl.lit("not readable JSON"))
         .otherwise(pl.lit("not a JSON object"))
         .alias("reason")
     ).select("_pos", "reason", "line")
-    keys = (
-        scanned.select("extra").filter(is_object).explode("extra").drop_nulls()
-        .unique(maintain_order=True)["extra"].to_list()
-    )
-    return good, bad, keys
+    return good, bad, scanned["extra"].filter(is_object)
+
+
+def _strictly_readable(lines: pl.Series) -> pl.Series:
+    """Which of these lines a strict JSON reader takes (by bisection: most are fine)."""
+    readable = [True] * len(lines)
+
+    def visit(offset: int, part: pl.Series) -> None:
+        try:
+            _read_ndjson(part, None)
+        except Exception:
+            if len(part) == 1:
+                readable[offset] = False
+                return
+            mid = len(part) // 2
+            visit(offset, part.slice(0, mid))
+            visit(offset + mid, part.slice(mid))
+
+    visit(0, lines)
+    return pl.Series(readable, dtype=pl.Boolean)
 
 
 def _extract_json(lines: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
@@ -145,66 +184,67 @@ def _extract_json(lines: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     if not keys:
         return pl.DataFrame(schema={})
     con = duckdb.connect()
-    con.register("good", lines.to_arrow())
-    paths = ", ".join("'" + _json_path(k).replace("'", "''") + "'" for k in keys)
+    con.register("good", _arrow(lines.select("line")))
+    paths = ", ".join(_sql_text(_json_path(k)) for k in keys)
     values = con.sql(f"SELECT json_extract(line, [{paths}]) AS v FROM good").pl()["v"]
     con.close()
     return pl.DataFrame({key: values.list.get(i) for i, key in enumerate(keys)})
 
 
-def _readable(good: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split off the rare line that DuckDB accepts but polars cannot read (by bisection)."""
-    ok: list[pl.DataFrame] = []
-    bad: list[tuple[int, str, str]] = []
+def _fields(lines: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
+    """The 49 fields and the extra fields of good lines, in one JSON parse per line.
 
-    def visit(part: pl.DataFrame) -> None:
-        try:
-            _read_ndjson(part["line"], _TEXT_SCHEMA)
-            ok.append(part)
-        except Exception:
-            if part.height == 1:
-                position, line = part.row(0)
-                bad.append((position, "not readable JSON", line))
-                return
-            mid = part.height // 2
-            visit(part.slice(0, mid))
-            visit(part.slice(mid))
-
-    visit(good)
-    rejects = pl.DataFrame(
-        bad, schema={"_pos": pl.Int64, "reason": pl.String, "line": pl.String}, orient="row"
+    DuckDB's `json_transform` reads every line once into a struct: the 44 scalar fields
+    as text (strings unquoted, other values as their JSON text), the dict fields and the
+    extra fields as exact JSON text. A struct's field names cannot be empty or differ
+    only in case, so an extra key that would clash is extracted by path instead.
+    """
+    taken = {name.lower() for name in EVENT_FIELD_NAMES}
+    in_struct: list[str] = []
+    by_path: list[str] = []
+    for key in extras:
+        if key and key.lower() not in taken:
+            taken.add(key.lower())
+            in_struct.append(key)
+        else:
+            by_path.append(key)
+    structure = {name: ("JSON" if kind is Kind.DICT else "VARCHAR") for name, kind in EVENT_FIELDS}
+    structure.update((key, "JSON") for key in in_struct)
+    con = duckdb.connect()
+    con.register("good", _arrow(lines.select("line")))
+    fields = pl.from_arrow(
+        con.sql(f"SELECT unnest(json_transform(line, {_sql_text(json.dumps(structure))})) FROM good").arrow()
     )
-    return (pl.concat(ok) if ok else good.clear()), rejects
+    con.close()
+    fields.columns = list(structure)
+    if by_path:
+        fields = fields.with_columns(_extract_json(lines, by_path))
+    return fields
 
 
 def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     """Parse JSON lines into text columns (plus `_pos` and the raw `line`), and rejects.
 
-    The 49 known fields are read as text by polars. The dict fields and the extra fields
-    are taken as exact JSON text, so no event's object is widened with another's keys
-    and no value is coerced because of another row. Returns the extra field names too.
+    The 44 scalar fields are read as text; the dict fields and the extra fields as exact
+    JSON text, so no event's object is widened with another's keys and no value is
+    coerced because of another row. An extra field a line has is JSON text (`null`
+    when its value is null); one it lacks is null. Returns the extra field names too.
     """
     source = pl.DataFrame({"_pos": pl.int_range(len(lines), eager=True, dtype=pl.Int64), "line": lines})
-    good, rejects, keys = _scan(source)
-    extras = [k for k in keys if k not in _READ_SCHEMA]
-    # DuckDB's exact extraction and polars' text read of the same lines are independent,
-    # and neither holds the GIL while it works: run them side by side.
-    with ThreadPoolExecutor(max_workers=1) as side:
-        extracting = side.submit(_extract_json, good, [*DICT_FIELDS, *extras])
-        try:
-            known = _read_ndjson(good["line"], _TEXT_SCHEMA) if good.height else pl.DataFrame(schema=_READ_SCHEMA)
-        except Exception:
-            good, unreadable = _readable(good)
-            rejects = pl.concat([rejects, unreadable])
-            known = _read_ndjson(good["line"], _TEXT_SCHEMA) if good.height else pl.DataFrame(schema=_READ_SCHEMA)
-            exact = _extract_json(good, [*DICT_FIELDS, *extras])
-        else:
-            exact = extracting.result()
-    if good.height:
-        known = known.with_columns(exact.select(DICT_FIELDS)).select(EVENT_FIELD_NAMES).with_columns(exact.select(extras))
-    else:
-        known = known.with_columns(pl.lit(None, pl.String).alias(k) for k in extras)
-    return known.with_columns(good["_pos"], good["line"]), rejects, extras
+    good, rejects, extra_keys = _scan(source)
+    order = extra_keys.explode().drop_nulls().unique(maintain_order=True).to_list()
+    extras = [k for k in order if k not in _READ_SCHEMA]
+    if not good.height:
+        known = pl.DataFrame(schema=_READ_SCHEMA).with_columns(pl.lit(None, pl.String).alias(k) for k in extras)
+        return known.with_columns(good["_pos"], good["line"]), rejects, extras
+    fields = _fields(good, extras)
+    if extras:
+        # JSON null reads as a missing value; a key the line has is `null`, not missing.
+        fields = fields.with_columns(
+            pl.when(extra_keys.list.contains(key)).then(pl.col(key).fill_null("null")).alias(key)
+            for key in extras
+        )
+    return fields.with_columns(good["_pos"], good["line"]), rejects, extras
 
 
 # -- normalize -------------------------------------------------------------------------
@@ -313,35 +353,44 @@ def _parse_timestamps(values: pl.Series) -> pl.Series:
     return parsed
 
 
+_FAST_KINDS = (Kind.TIMESTAMP, Kind.UUID)
+
+
+def _canonical(name: str, kind: Kind) -> pl.Expr:
+    """Field `name` normalized, except that timestamps and UUIDs are taken only when canonical.
+
+    The canonical forms normalize to themselves, in one exact pass; `normalize` sends
+    the few other values through the lenient `normalize_expr`.
+    """
+    col = pl.col(name)
+    if kind is Kind.TIMESTAMP:
+        return col.str.to_datetime(_CANONICAL_TIMESTAMP, strict=False, time_unit="us")
+    if kind is Kind.UUID:
+        return pl.when(col.str.contains(UUID_PATTERN)).then(col)
+    return normalize_expr(name, kind)
+
+
 def normalize(frame: pl.DataFrame, extras: list[str]) -> tuple[pl.DataFrame, int]:
     """Give every field its contract type; returns the frame and the number of repairs.
 
     Same result as `normalize_expr` for every field, computed once per field. Timestamps
-    take a fast pass first: the canonical `YYYY-MM-DD HH:MM:SS.ffffff` form parses
-    the same way `parse_timestamp` parses it, and only the values that pass leaves
-    (other forms, and nonsense) go through the lenient parse.
+    and UUIDs take a fast pass first: the canonical `YYYY-MM-DD HH:MM:SS.ffffff` form
+    parses the same way `parse_timestamp` parses it, a canonical UUID is itself, and
+    only the values that pass leaves (other forms, and nonsense) go through the
+    lenient expression.
     """
     if not frame.height:
         return frame.select(
             *[normalize_expr(n, k).alias(n) for n, k in EVENT_FIELDS], *[pl.col(n) for n in extras]
         ), 0
-    normalized = frame.select(
-        *[
-            (
-                pl.col(n).str.to_datetime(_CANONICAL_TIMESTAMP, strict=False, time_unit="us")
-                if k is Kind.TIMESTAMP else normalize_expr(n, k)
-            ).alias(n)
-            for n, k in EVENT_FIELDS
-        ],
-        *[pl.col(n) for n in extras],
-    )
+    normalized = frame.select(*[_canonical(n, k).alias(n) for n, k in EVENT_FIELDS], *[pl.col(n) for n in extras])
     repairs = 0
     for name, kind in EVENT_FIELDS:
         source = frame[name]
-        if kind is Kind.TIMESTAMP:
+        if kind in _FAST_KINDS:
             todo = (normalized[name].is_null() & source.is_not_null()).arg_true()
             if len(todo):
-                lenient = pl.select(parse_timestamp(pl.lit(source.gather(todo)))).to_series()
+                lenient = frame.select(pl.col(name).gather(todo)).select(normalize_expr(name, kind)).to_series()
                 normalized = normalized.with_columns(normalized[name].scatter(todo, lenient))
         if kind is Kind.DICT:
             repairs += int(frame.select(_repaired(name, kind).sum()).item())
@@ -404,12 +453,12 @@ def reject_outside_hour(frame: pl.DataFrame, hour: datetime) -> tuple[pl.DataFra
         .when((uploaded < start) | (uploaded >= end))
         .then(pl.lit(f"server_upload_time outside the hour {start:%Y-%m-%d %H}:00-{end:%H}:00 UTC"))
     )
-    marked = frame.with_columns(reason.alias("_reason"))
-    rejected = marked.filter(pl.col("_reason").is_not_null()).select(
-        pl.col("_pos"), pl.col("_reason").alias("reason"), pl.col("line")
-    )
-    kept = marked.filter(pl.col("_reason").is_null()).drop("_reason")
-    return kept, rejected
+    reasons = frame.select(reason.alias("reason"))["reason"]
+    outside = reasons.is_not_null()
+    if not outside.any():  # the usual case: no copy of the hour's columns
+        return frame, frame.select("_pos", reasons, "line").clear()
+    rejected = frame.select("_pos", reasons, "line").filter(outside)
+    return frame.filter(~outside), rejected
 
 
 def dedup(frame: pl.DataFrame) -> pl.DataFrame:

@@ -236,17 +236,30 @@ def test_an_object_or_array_in_a_string_field_becomes_null_and_counts_as_repaire
     assert result.counts.repaired == 2
 
 
-def test_lines_duckdb_accepts_but_polars_cannot_read_are_rejected_not_fatal():
+def test_lines_duckdb_accepts_but_are_not_json_are_rejected_not_fatal():
     good = '{"server_upload_time": "2020-01-25 17:10:00.000000", "city": "Paris"}'
     odd = [
         '{"server_upload_time": "2020-01-25 17:10:00.000000", "location_lat": NaN}',
         '{"server_upload_time": "2020-01-25 17:10:00.000000", "city": "x",}',
-        '{"server_upload_time": "2020-01-25 17:10:00.000000", "location_lat": 1e400}',
+        '{"server_upload_time": "2020-01-25 17:10:00.000000", "event_properties": {"a": [1, -Infinity]}}',
+        '{"server_upload_time": "2020-01-25 17:10:00.000000", "event_properties": {"a": [1, 2,]}}',
     ]
-    result = process_hour([("\n".join([good, *odd, good.replace("Paris", "Rome")]) + "\n").encode()], HOUR)
-    assert [json.loads(line)["city"] for line in exported(result)] == ["Paris", "Rome"]
+    # Look-alikes inside strings are JSON: the strict reader takes them.
+    fine = '{"server_upload_time": "2020-01-25 17:10:00.000000", "city": "Infinity, NaN,]", "region": "info"}'
+    result = process_hour([("\n".join([good, *odd, fine, good.replace("Paris", "Rome")]) + "\n").encode()], HOUR)
+    assert [json.loads(line)["city"] for line in exported(result)] == ["Paris", "Infinity, NaN,]", "Rome"]
     assert result.rejects["line"].to_list() == odd
-    assert result.counts.rejected == 3 and result.counts.source_rows == 5
+    assert result.rejects["reason"].to_list() == ["not readable JSON"] * 4
+    assert result.counts.rejected == 4 and result.counts.source_rows == 7
+
+
+def test_numbers_beyond_double_range_are_json_kept_in_objects_and_repaired_in_floats():
+    line = '{"server_upload_time": "2020-01-25 17:10:00.000000", "location_lat": 1e400, "event_properties": {"big": 1e400}}'
+    result = process_hour([(line + "\n").encode()], HOUR)
+    (out,) = exported(result)
+    assert '"event_properties":{"big":1e400}' in out
+    assert '"location_lat":null' in out
+    assert result.counts.repaired == 1 and result.counts.rejected == 0
 
 
 def test_out_of_range_epochs_and_non_finite_floats_become_null_and_count_as_repairs():
