@@ -233,3 +233,27 @@ def test_a_source_that_fails_midway_fails_the_hour_and_leaves_no_marker(containe
         )
     assert not [b.name for b in container.list_blobs()]
     assert not [t for t in threading.enumerate() if t.name == "amplitude-source"]
+
+
+def test_a_key_first_seen_outside_the_hour_then_inside_it_reorders_earlier_parts(container):
+    # The key comes first in the hour's order (its first line is out of the hour), but
+    # only a line in a later chunk makes it an exported key: parts written before then
+    # lack it in the middle of their extra keys, not at the end, and are rebuilt.
+    lines = hour_input()
+    rows = SyntheticSource(PROJECT, 3, 9).events(HOUR)
+    lines.insert(0, json.dumps({"early_outside": 1, **rows[0], "uuid": str(uuid.UUID(int=7)),
+                                "server_upload_time": "2020-01-25 16:59:59.999999"}))
+    lines.insert(700, json.dumps({**rows[1], "uuid": str(uuid.UUID(int=8)), "early_outside": {"a": [1.5, None]}}))
+    manifest, result, parts, _ = export(container, lines, lines_per_chunk=61)
+    got = [line for part in parts for line in gzip.decompress(part).decode("utf-8").splitlines()]
+    want = reference_lines(lines)
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert pairs(a) == pairs(b), f"line {i} differs:\n fast: {a}\n ref:  {b}"
+    assert list(json.loads(got[0]))[49:] == ["early_outside", "$insert_key", "data_type", "plan", "late_key"]
+    whole = process_hour(source_chunks(lines), HOUR)
+    assert parts == [
+        gzip_bytes(jsonl_bytes(encode_lines(whole.frame.slice(offset, length))))
+        for offset, length in part_slices(whole.frame.height, MAX_ROWS)
+    ]
+    assert result.counts == whole.counts

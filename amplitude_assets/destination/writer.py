@@ -9,6 +9,7 @@ Exporting an hour runs in this order, so an hour that has a marker is always com
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -25,7 +26,7 @@ from datetime import datetime, timezone
 
 import polars as pl
 from azure.core.exceptions import ResourceNotFoundError
-from azure.storage.blob import ContainerClient, ContentSettings
+from azure.storage.blob import BlobBlock, ContainerClient, ContentSettings
 from isal import igzip
 
 from amplitude_assets import __version__
@@ -257,18 +258,25 @@ def existing_markers(container: ContainerClient, prefix: str, names: Sequence[st
 #
 # An hour of millions of events does not fit in memory as one frame. `export_events_hour`
 # reads it in chunks (CHUNK_LINES lines or CHUNK_BYTES, whichever comes first) and shapes
-# each chunk with the same transform functions `process_hour` uses. Each chunk's 49
-# fields are serialized right away and spilled with its extra fields (as JSON text) to a
-# temporary Arrow IPC file. Reading the next chunk, parsing this one and spilling the one
-# before run side by side. What needs the whole hour comes after the last chunk, from
-# small columns only: the dedup mask (first row in source order wins, so it is one pass
-# over the hour's keys) and the hour's extra keys. The parts are then assembled from the
-# spill; one compresses while the next is assembled, and uploads run two at a time. The
-# bytes are the same as `write_events_hour` writes for `process_hour` of the same input:
-# same rows, order, split, keys and compressor.
+# each chunk with the same transform functions `process_hour` uses. Reading the next
+# chunk, parsing this one, and shaping and serializing the one before run side by side.
+#
+# Nothing is spilled. Dedup keeps the first row in source order, so it is decided chunk
+# by chunk against the keys seen before (`FirstWins`). A line's extra keys are those of
+# the whole hour, which are known only at its end; each chunk is written with the keys
+# known so far, which is the whole hour's list in the usual case. Parts are compressed
+# and their blocks staged as they fill, while later chunks are parsed; a copy of each
+# compressed part stays in a temporary file. After the last chunk, a part written with
+# too few extra keys is rebuilt from that copy. Only then are the parts committed: a
+# staged block changes nothing, so until the commit the container is as it was, and an
+# hour that fails midway leaves an earlier export of it whole.
+#
+# The bytes are the same as `write_events_hour` writes for `process_hour` of the same
+# input: same rows, order, split, keys and compressor.
 
 CHUNK_LINES = 250_000
 CHUNK_BYTES = 96 << 20  # a chunk ends at whichever limit comes first
+BLOCK_BYTES = 32 << 20  # staged block size
 _KEY_COLUMNS = ("uuid", "$insert_id", "device_id")
 
 
@@ -372,13 +380,6 @@ def _prefetch(items: Iterator, depth: int = 1) -> Iterator:
         raise failure[0]
 
 
-@dataclass
-class _Spilled:
-    path: str
-    rows: int
-    extras: dict[str, str]  # extra key -> its column in the spill file
-
-
 class _Timer:
     def __init__(self, timings: dict | None):
         self.timings = timings if timings is not None else {}
@@ -394,13 +395,102 @@ class _Timer:
                 self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
 
 
-def unique_mask(keys: pl.DataFrame) -> pl.Series:
-    """`transform.dedup` as a mask over the hour's rows: first by uuid, then by ($insert_id, device_id)."""
-    first = keys.select(pl.col("uuid").is_null() | pl.col("uuid").is_first_distinct()).to_series()
-    both = pl.col("$insert_id").is_not_null() & pl.col("device_id").is_not_null()
-    pair = pl.struct("$insert_id", "device_id")
-    kept = keys.with_row_index("_row").filter(first).filter(~both | pair.is_first_distinct().over(both))["_row"]
-    return pl.zeros(keys.height, dtype=pl.Boolean, eager=True).scatter(kept, True).rename("unique")
+class FirstWins:
+    """`transform.dedup`, one chunk at a time in source order.
+
+    A row is kept when its uuid is null or unseen, then when its ($insert_id,
+    device_id), both non-null, is unseen among the rows kept by uuid. Each chunk is
+    checked against the keys of the chunks before it: the hour's keys are probed
+    against this chunk's (a hash of the chunk, not of the hour, is built each time).
+    """
+
+    def __init__(self) -> None:
+        self.uuids = pl.Series("uuid", [], dtype=pl.String)
+        self.pairs = pl.Series("pair", [], dtype=pl.Struct({"$insert_id": pl.String, "device_id": pl.String}))
+
+    def __call__(self, keys: pl.DataFrame) -> pl.Series:
+        """The chunk's mask: True for a row that is the first of its keys in the hour."""
+        uuid = keys["uuid"]
+        first = (uuid.is_null() | uuid.is_first_distinct()).fill_null(True)
+        fresh = uuid.filter(first).drop_nulls()
+        seen = _among(self.uuids, fresh)
+        if len(seen):
+            first = first & ~uuid.is_in(seen.implode()).fill_null(False)
+            fresh = fresh.filter(~fresh.is_in(seen.implode()))
+        self.uuids = self.uuids.append(fresh)
+
+        both = keys["$insert_id"].is_not_null() & keys["device_id"].is_not_null()
+        rows = (first & both).arg_true()
+        pairs = keys.select(pl.struct("$insert_id", "device_id").alias("pair"))["pair"].gather(rows)
+        new = pairs.is_first_distinct()
+        seen = _among(self.pairs, pairs.filter(new))
+        if len(seen):
+            new = new & ~pairs.is_in(seen.implode())
+        self.pairs = self.pairs.append(pairs.filter(new))
+        return first.scatter(rows.filter(~new), False).rename("unique")
+
+
+def _among(seen: pl.Series, values: pl.Series) -> pl.Series:
+    """The members of `seen` that are among `values` (hashing `values`, the smaller side)."""
+    if not len(seen) or not len(values):
+        return seen.clear()
+    return seen.filter(seen.is_in(values.implode()))
+
+
+def _extras_text(columns: Sequence[str], keys: Sequence[str]) -> list[pl.Expr]:
+    """`,"key":value` for each key, in order; `null` for a key the frame lacks."""
+    pieces: list[pl.Expr] = []
+    for key in keys:
+        pieces.append(pl.lit("," + json.dumps(key, ensure_ascii=False) + ":"))
+        pieces.append(pl.col(key).fill_null("null") if key in columns else pl.lit("null"))
+    return pieces
+
+
+def _encode(frame: pl.DataFrame, prefix: pl.Expr, keys: Sequence[str]) -> pl.DataFrame:
+    """Exported lines: the 49 fields, then `keys` as extra fields."""
+    return frame.select(pl.concat_str([prefix, *_extras_text(frame.columns, keys), pl.lit("}")]).alias("line"))
+
+
+@dataclass
+class _Part:
+    number: int
+    rows: int = 0
+    segments: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)  # (rows, extra keys written)
+    text: io.BytesIO = field(default_factory=io.BytesIO)
+    path: str = ""  # the compressed copy
+    info: PartInfo | None = None
+    blocks: list[str] = field(default_factory=list)
+
+    def add(self, lines: pl.DataFrame, keys: tuple[str, ...]) -> None:
+        lines.write_csv(self.text, include_header=False, quote_style="never", line_terminator="\n")
+        if self.segments and self.segments[-1][1] == keys:
+            self.segments[-1] = (self.segments[-1][0] + lines.height, keys)
+        else:
+            self.segments.append((lines.height, keys))
+        self.rows += lines.height
+
+
+def _stage(container: ContainerClient, name: str, data: bytes, tag: str, pool: ThreadPoolExecutor) -> list[str]:
+    """Stage `data` as blocks of `name` (uncommitted: the blob does not change yet)."""
+    blob = container.get_blob_client(name)
+    view = memoryview(data)
+    ids = [
+        base64.b64encode(f"{tag}-{i:06d}".encode()).decode()
+        for i in range(max(1, -(-len(data) // BLOCK_BYTES)))
+    ]
+    futures = [
+        pool.submit(blob.stage_block, block_id, view[i * BLOCK_BYTES : (i + 1) * BLOCK_BYTES])
+        for i, block_id in enumerate(ids)
+    ]
+    for future in futures:
+        future.result()
+    return ids
+
+
+def _commit(container: ContainerClient, name: str, part: _Part) -> None:
+    """Make the staged blocks the blob, with its Content-MD5 and type, in one commit."""
+    settings = ContentSettings(content_type=GZIP_CONTENT.content_type, content_md5=bytearray(bytes.fromhex(part.info.md5)))
+    container.get_blob_client(name).commit_block_list([BlobBlock(block_id=i) for i in part.blocks], content_settings=settings)
 
 
 def export_events_hour(
@@ -422,172 +512,165 @@ def export_events_hour(
     the parts) but has the exported columns.
     """
     timer = _Timer(timings)
-    with tempfile.TemporaryDirectory(prefix="amplitude-hour-") as spill_dir:
-        spilled, rejects, order, present, source_rows, repaired = _shape_and_spill(
-            chunks, hour, keep, spill_dir, lines_per_chunk, timer
-        )
+    prefix = _event_prefix()
+    dedup = FirstWins()
+    order: dict[str, None] = {}  # extra keys of parsed lines, in order of first appearance
+    present: set[str] = set()  # extra keys that some in-hour row carries
+    reject_frames: list[pl.DataFrame] = []
+    identity_frames: list[pl.DataFrame] = []
+    tally = {"source_rows": 0, "in_hour": 0, "unique": 0, "exported": 0, "repaired": 0}
+    parts: list[_Part] = []
+
+    with tempfile.TemporaryDirectory(prefix="amplitude-hour-") as workdir, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="amplitude-shape") as shaper, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="amplitude-compress") as compressor, \
+            ThreadPoolExecutor(max_workers=4, thread_name_prefix="amplitude-upload") as uploads:
+
+        def seal(part: _Part, tag: str) -> None:
+            """Compress a full part, keep a copy, stage its blocks."""
+            with timer("compress"):
+                with part.text.getbuffer() as view:
+                    data = gzip_bytes(view)
+                part.text.close()
+                part.text = io.BytesIO()
+                digest = hashlib.md5(data).hexdigest()
+                part.path = os.path.join(workdir, f"{part.number}.gz")
+                with open(part.path, "wb") as copy:
+                    copy.write(data)
+            name = layout.part(hour, part.number)
+            with timer("upload"):
+                part.blocks = _stage(container, name, data, tag, uploads)
+            part.info = PartInfo(name=name.rsplit("/", 1)[-1], rows=part.rows, bytes=len(data), md5=digest)
+
+        sealing: list[Future | None] = [None]
+
+        def hand_over(part: _Part) -> None:
+            # One part compresses while the next fills: wait for the one before.
+            if sealing[0] is not None:
+                sealing[0].result()
+            sealing[0] = compressor.submit(seal, part, f"{part.number:06d}-0")
+
+        def shape(offset: int, parsed: pl.DataFrame, unparseable: pl.DataFrame, chunk_extras: list[str], known: list[str]) -> None:
+            with timer("normalize"):
+                in_hour, outside = reject_outside_hour(parsed, hour)
+                del parsed
+                reject_frames.append(pl.concat([unparseable, outside]).with_columns(pl.col("_pos") + offset))
+                carried = [k for k in chunk_extras if in_hour[k].is_not_null().any()]
+                present.update(carried)
+                normalized, chunk_repaired = normalize(in_hour, carried)
+                tally["repaired"] += chunk_repaired
+                tally["in_hour"] += normalized.height
+                del in_hour
+            with timer("dedup"):
+                unique = dedup(normalized.select(_KEY_COLUMNS))
+                identity_frames.append(normalized.select(IDENTITY_COLUMNS).filter(unique))
+                exported = unique
+                if keep is not None:
+                    missing = [c for c in keep.meta.root_names() if c not in normalized.columns]
+                    # with_columns, not select: a condition on an extra field this chunk lacks
+                    # is a scalar, which must broadcast to every row.
+                    kept = normalized.with_columns(pl.lit(None, pl.String).alias(c) for c in missing).with_columns(
+                        keep.fill_null(False).alias("_keep")
+                    )["_keep"]
+                    exported = unique & kept
+                tally["unique"] += int(unique.sum())
+                tally["exported"] += int(exported.sum())
+            # The hour's extra keys so far, in order: all of the hour's, unless a later
+            # chunk brings a new one.
+            keys = tuple(k for k in known if k in present)
+            with timer("serialize"):
+                lines = _encode(normalized.filter(exported), prefix, keys)
+            del normalized
+            start = 0
+            while start < lines.height:
+                if not parts or parts[-1].rows == max_rows_per_file:
+                    parts.append(_Part(number=len(parts)))
+                part = parts[-1]
+                take = min(max_rows_per_file - part.rows, lines.height - start)
+                with timer("serialize"):
+                    part.add(lines.slice(start, take), keys)
+                start += take
+                if part.rows == max_rows_per_file:
+                    hand_over(part)
+
+        pending: Future | None = None
+        for chunk in _prefetch(_line_chunks(chunks, lines_per_chunk)):
+            with timer("parse"):
+                lines = read_lines(chunk)
+                del chunk
+                parsed, unparseable, chunk_extras = parse(lines)
+            offset = tally["source_rows"]
+            tally["source_rows"] += len(lines)
+            del lines
+            order.update(dict.fromkeys(chunk_extras))
+            if pending is not None:
+                pending.result()
+            pending = shaper.submit(shape, offset, parsed, unparseable, chunk_extras, list(order))
+            del parsed, unparseable
+        if pending is not None:
+            pending.result()
+        if parts and parts[-1].info is None and parts[-1].rows < max_rows_per_file:
+            hand_over(parts[-1])
+        if sealing[0] is not None:
+            sealing[0].result()
+
         extras = [k for k in order if k in present]
-        with timer("dedup"):
-            keys = pl.concat([pl.read_ipc(s.path, columns=[*_KEY_COLUMNS, "_keep"]) for s in spilled]) if spilled \
-                else pl.DataFrame(schema={**{k: pl.String for k in _KEY_COLUMNS}, "_keep": pl.Boolean})
-            unique = unique_mask(keys.select(_KEY_COLUMNS))
-            exported = unique & keys["_keep"]
-            del keys
-            identities = (
-                pl.concat([pl.read_ipc(s.path, columns=list(IDENTITY_COLUMNS)) for s in spilled]).filter(unique)
-                if spilled else pl.DataFrame(schema={c: event_schema()[c] for c in IDENTITY_COLUMNS})
-            )
+        for part in parts:
+            if any(list(keys) != extras for _, keys in part.segments):
+                _rebuild(part, extras, prefix, timer)
+                seal(part, f"{part.number:06d}-1")
+
+        rejects = (
+            pl.concat(reject_frames).sort("_pos").drop("_pos") if reject_frames
+            else pl.DataFrame(schema={"reason": pl.String, "line": pl.String})
+        )
+        identities = (
+            pl.concat(identity_frames) if identity_frames
+            else pl.DataFrame(schema={c: event_schema()[c] for c in IDENTITY_COLUMNS})
+        )
         counts = Counts(
-            source_rows=source_rows,
-            exported=int(exported.sum()),
-            duplicates=len(unique) - int(unique.sum()),
-            filtered=int(unique.sum()) - int(exported.sum()),
+            source_rows=tally["source_rows"],
+            exported=tally["exported"],
+            duplicates=tally["in_hour"] - tally["unique"],
+            filtered=tally["unique"] - tally["exported"],
             rejected=rejects.height,
-            repaired=repaired,
+            repaired=tally["repaired"],
         )
 
         delete_if_exists(container, layout.marker(hour))
-        parts = _write_parts(container, layout, hour, spilled, exported, extras, max_rows_per_file, timer)
+        with timer("upload"):
+            list(uploads.map(lambda part: _commit(container, layout.part(hour, part.number), part), parts))
 
-    manifest = finish_hour(container, layout, hour, parts, rejects, identities, counts, source)
+    manifest = finish_hour(container, layout, hour, [p.info for p in parts], rejects, identities, counts, source)
     columns = {**event_schema(), **{k: pl.String for k in extras}}
     result = HourResult(hour=hour, frame=pl.DataFrame(schema=columns), rejects=rejects, identities=identities, counts=counts)
     return manifest, result
 
 
-def _shape_and_spill(chunks, hour, keep, spill_dir, lines_per_chunk, timer):
-    """Shape every chunk and spill it; returns what the whole hour needs afterwards.
+def _rebuild(part: _Part, extras: list[str], prefix: pl.Expr, timer: _Timer) -> None:
+    """Rewrite a part's lines with the hour's extra keys, from its compressed copy.
 
-    Three chunks are in flight: the next one is read (and decompressed) in the
-    background, this one is parsed, and the one before is normalized, serialized and
-    spilled in a second thread, in order.
+    A segment written before a new key turned up lacks it at the end of each line: the
+    key is added there, as null. A segment whose keys are not the start of the hour's
+    (a key seen earlier only outside the hour, then inside it) is parsed again, which
+    gives back the same fields (the lines are the exporter's own), and re-encoded.
     """
-    spilled: list[_Spilled] = []
-    reject_frames: list[pl.DataFrame] = []
-    order: dict[str, None] = {}  # extra keys of parsed lines, in order of first appearance
-    present: set[str] = set()  # extra keys that some in-hour row carries
-    repaired = [0]
-    source_rows = 0
-    prefix = _event_prefix()
-
-    def finish(index: int, offset: int, parsed: pl.DataFrame, unparseable: pl.DataFrame, chunk_extras: list[str]) -> None:
-        with timer("normalize"):
-            in_hour, outside = reject_outside_hour(parsed, hour)
-            del parsed
-            reject_frames.append(pl.concat([unparseable, outside]).with_columns(pl.col("_pos") + offset))
-            carried = [k for k in chunk_extras if in_hour[k].is_not_null().any()]
-            present.update(carried)
-            normalized, chunk_repaired = normalize(in_hour, carried)
-            repaired[0] += chunk_repaired
-            del in_hour
-            if keep is not None:
-                missing = [c for c in keep.meta.root_names() if c not in normalized.columns]
-                # with_columns, not select: a condition on an extra field this chunk lacks
-                # is a scalar, which must broadcast to every row.
-                kept = normalized.with_columns(pl.lit(None, pl.String).alias(c) for c in missing).with_columns(
-                    keep.fill_null(False).alias("_keep")
-                )["_keep"]
+    with timer("serialize"):
+        with open(part.path, "rb") as copy:
+            lines = read_lines([igzip.decompress(copy.read())])
+        rebuilt: list[pl.DataFrame] = []
+        start = 0
+        for rows, keys in part.segments:
+            segment = lines.slice(start, rows)
+            start += rows
+            if list(keys) == extras[: len(keys)]:
+                tail = "".join("," + json.dumps(k, ensure_ascii=False) + ":null" for k in extras[len(keys):])
+                rebuilt.append(pl.DataFrame({"line": segment.str.head(-1) + (tail + "}")}))
             else:
-                kept = pl.repeat(True, normalized.height, dtype=pl.Boolean, eager=True).alias("_keep")
-        with timer("serialize"):
-            names = {k: f"x{i}" for i, k in enumerate(carried)}
-            spill = normalized.select(
-                prefix.alias("_prefix"),
-                *[pl.col(k).alias(names[k]) for k in carried],
-                *_KEY_COLUMNS,
-                *[c for c in IDENTITY_COLUMNS if c not in _KEY_COLUMNS],
-            ).with_columns(kept)
-            del normalized
-            path = os.path.join(spill_dir, f"{index}.arrow")
-            spill.write_ipc(path, compression="lz4")  # lz4: less to write and read than it costs
-            spilled.append(_Spilled(path=path, rows=spill.height, extras=names))
-
-    raw = _line_chunks(chunks, lines_per_chunk)
-    with ThreadPoolExecutor(max_workers=1) as shaper:
-        pending: Future | None = None
-        for index, chunk in enumerate(_prefetch(raw)):
-            with timer("parse"):
-                lines = read_lines(chunk)
-                del chunk
-                parsed, unparseable, chunk_extras = parse(lines)
-            offset = source_rows
-            source_rows += len(lines)
-            del lines
-            order.update(dict.fromkeys(chunk_extras))
-            if pending is not None:
-                pending.result()
-            pending = shaper.submit(finish, index, offset, parsed, unparseable, chunk_extras)
-            del parsed, unparseable
-        if pending is not None:
-            pending.result()
-    rejects = (
-        pl.concat(reject_frames).sort("_pos").drop("_pos") if reject_frames
-        else pl.DataFrame(schema={"reason": pl.String, "line": pl.String})
-    )
-    return spilled, rejects, order, present, source_rows, repaired[0]
-
-
-def _write_parts(container, layout, hour, spilled, exported, extras, max_rows, timer) -> list[PartInfo]:
-    """Assemble the parts from the spill in order; compress and upload them concurrently."""
-
-    def lines_of(s: _Spilled, mask: pl.Series) -> pl.DataFrame:
-        frame = pl.read_ipc(s.path, columns=["_prefix", *s.extras.values()]).filter(mask)
-        pieces: list[pl.Expr] = [pl.col("_prefix")]
-        for key in extras:
-            pieces.append(pl.lit("," + json.dumps(key, ensure_ascii=False) + ":"))
-            pieces.append(pl.col(s.extras[key]).fill_null("null") if key in s.extras else pl.lit("null"))
-        pieces.append(pl.lit("}"))
-        return frame.select(pl.concat_str(pieces).alias("line"))
-
-    def send(n: int, rows: int, data: bytes) -> PartInfo:
-        with timer("upload"):
-            info = upload(container, layout.part(hour, n), data, GZIP_CONTENT)
-        return PartInfo(name=info.name, rows=rows, bytes=info.bytes, md5=info.md5)
-
-    def compress(n: int, rows: int, text: io.BytesIO) -> Future:
-        with timer("compress"):
-            with text.getbuffer() as view:
-                data = gzip_bytes(view)
-        text.close()
-        return uploads.submit(send, n, rows, data)
-
-    # One part compresses while the next is assembled (a part's text is held whole, since
-    # the gzip stream must be the one-shot compressor's); uploads hold only gzip bytes.
-    sent: list[Future] = []
-    with ThreadPoolExecutor(max_workers=1) as compressor, ThreadPoolExecutor(max_workers=2) as uploads:
-        compressing: Future | None = None
-        number = 0
-
-        def submit(rows: int, text: io.BytesIO) -> None:
-            nonlocal compressing, number
-            if compressing is not None:
-                sent.append(compressing.result())
-            compressing = compressor.submit(compress, number, rows, text)
-            number += 1
-
-        text, rows, offset = io.BytesIO(), 0, 0
-        for s in spilled:
-            mask = exported.slice(offset, s.rows)
-            offset += s.rows
-            if not mask.any():
-                continue
-            with timer("serialize"):
-                lines = lines_of(s, mask)
-            start = 0
-            while start < lines.height:
-                take = min(max_rows - rows, lines.height - start)
-                with timer("serialize"):
-                    lines.slice(start, take).write_csv(
-                        text, include_header=False, quote_style="never", line_terminator="\n"
-                    )
-                rows += take
-                start += take
-                if rows == max_rows:
-                    submit(rows, text)
-                    text, rows = io.BytesIO(), 0
-            del lines
-        if rows:
-            submit(rows, text)
-        if compressing is not None:
-            sent.append(compressing.result())
-        return [f.result() for f in sent]
+                parsed, _, present = parse(segment)
+                normalized, _ = normalize(parsed, present)
+                rebuilt.append(_encode(normalized, prefix, extras))
+        part.text = io.BytesIO()
+        for frame in rebuilt:
+            frame.write_csv(part.text, include_header=False, quote_style="never", line_terminator="\n")
+        part.segments = [(part.rows, tuple(extras))]
