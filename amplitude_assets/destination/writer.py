@@ -400,41 +400,75 @@ class FirstWins:
 
     A row is kept when its uuid is null or unseen, then when its ($insert_id,
     device_id), both non-null, is unseen among the rows kept by uuid. Each chunk is
-    checked against the keys of the chunks before it: the hour's keys are probed
-    against this chunk's (a hash of the chunk, not of the hour, is built each time).
+    checked against the keys of the chunks before it, held in `SeenKeys`: a uuid as its
+    128 bits, a pair as its text and a hash of it (compared whole, so no event is ever
+    taken for another's copy).
     """
 
     def __init__(self) -> None:
-        self.uuids = pl.Series("uuid", [], dtype=pl.String)
-        self.pairs = pl.Series("pair", [], dtype=pl.Struct({"$insert_id": pl.String, "device_id": pl.String}))
+        self.uuids = SeenKeys()
+        self.pairs = SeenKeys()
 
     def __call__(self, keys: pl.DataFrame) -> pl.Series:
         """The chunk's mask: True for a row that is the first of its keys in the hour."""
         uuid = keys["uuid"]
         first = (uuid.is_null() | uuid.is_first_distinct()).fill_null(True)
-        fresh = uuid.filter(first).drop_nulls()
-        seen = _among(self.uuids, fresh)
-        if len(seen):
-            first = first & ~uuid.is_in(seen.implode()).fill_null(False)
-            fresh = fresh.filter(~fresh.is_in(seen.implode()))
-        self.uuids = self.uuids.append(fresh)
+        rows = (first & uuid.is_not_null()).arg_true()
+        digits = uuid.gather(rows).str.replace_all("-", "", literal=True)  # canonical: 32 hex digits
+        high = digits.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64)
+        low = digits.str.slice(16, 16).str.to_integer(base=16, dtype=pl.UInt64)
+        first = first.scatter(rows.filter(self.uuids.check(high, low)), False)
 
-        both = keys["$insert_id"].is_not_null() & keys["device_id"].is_not_null()
-        rows = (first & both).arg_true()
-        pairs = keys.select(pl.struct("$insert_id", "device_id").alias("pair"))["pair"].gather(rows)
-        new = pairs.is_first_distinct()
-        seen = _among(self.pairs, pairs.filter(new))
-        if len(seen):
-            new = new & ~pairs.is_in(seen.implode())
-        self.pairs = self.pairs.append(pairs.filter(new))
-        return first.scatter(rows.filter(~new), False).rename("unique")
+        both = first & keys["$insert_id"].is_not_null() & keys["device_id"].is_not_null()
+        rows = both.arg_true()
+        # One exact string per pair: the first part's length, then both parts.
+        pair = keys.select(
+            pl.concat_str(pl.col("$insert_id").str.len_bytes().cast(pl.String), pl.lit(":"), "$insert_id", "device_id")
+        ).to_series().gather(rows)
+        repeated = ~pair.is_first_distinct()
+        fresh = (~repeated).arg_true()
+        repeated = repeated.scatter(fresh.filter(self.pairs.check(pair.gather(fresh).hash(seed=0), pair.gather(fresh))), True)
+        return first.scatter(rows.filter(repeated), False).rename("unique")
 
 
-def _among(seen: pl.Series, values: pl.Series) -> pl.Series:
-    """The members of `seen` that are among `values` (hashing `values`, the smaller side)."""
-    if not len(seen) or not len(values):
-        return seen.clear()
-    return seen.filter(seen.is_in(values.implode()))
+class SeenKeys:
+    """A set of keys, each a 64-bit `high` part and the rest, in the order they came.
+
+    A chunk's keys are looked up by probing every key seen so far against a hash of
+    the chunk's `high` parts (one pass over the hour's integers, which is cheaper than
+    hashing the hour's keys each time); the few matches are then compared whole.
+    """
+
+    def __init__(self) -> None:
+        self.high = pl.Series("high", [], dtype=pl.UInt64)
+        self.rest: pl.Series | None = None
+
+    def check(self, high: pl.Series, rest: pl.Series) -> pl.Series:
+        """Which keys were seen before; records the others (distinct, as given)."""
+        seen = pl.zeros(len(high), pl.Boolean, eager=True)
+        if len(self.high) and len(high):
+            matches = self.high.is_in(high.implode()).arg_true()
+            if len(matches):
+                known = pl.struct(self.high.gather(matches).alias("h"), self.rest.gather(matches).alias("r"), eager=True)
+                seen = pl.struct(high.alias("h"), rest.alias("r"), eager=True).is_in(known.implode())
+        self.high = self.high.append(high.filter(~seen).rename("high"))
+        fresh = rest.filter(~seen).rename("rest")
+        self.rest = fresh if self.rest is None else self.rest.append(fresh)
+        return seen
+
+
+def _detached(frame: pl.DataFrame) -> pl.DataFrame:
+    """A copy of a few rows that does not keep their chunk's buffers alive.
+
+    A filtered string column still points into the whole chunk's text; kept for the
+    rest of the hour, every chunk's text would stay in memory.
+    """
+    if not frame.height:
+        return frame.clear()
+    buffer = io.BytesIO()
+    frame.write_ipc(buffer, compat_level=pl.CompatLevel.oldest())
+    buffer.seek(0)
+    return pl.read_ipc(buffer)
 
 
 def _extras_text(columns: Sequence[str], keys: Sequence[str]) -> list[pl.Expr]:
@@ -554,7 +588,7 @@ def export_events_hour(
             with timer("normalize"):
                 in_hour, outside = reject_outside_hour(parsed, hour)
                 del parsed
-                reject_frames.append(pl.concat([unparseable, outside]).with_columns(pl.col("_pos") + offset))
+                reject_frames.append(_detached(pl.concat([unparseable, outside]).with_columns(pl.col("_pos") + offset)))
                 carried = [k for k in chunk_extras if in_hour[k].is_not_null().any()]
                 present.update(carried)
                 normalized, chunk_repaired = normalize(in_hour, carried)
@@ -563,7 +597,7 @@ def export_events_hour(
                 del in_hour
             with timer("dedup"):
                 unique = dedup(normalized.select(_KEY_COLUMNS))
-                identity_frames.append(normalized.select(IDENTITY_COLUMNS).filter(unique))
+                identity_frames.append(_detached(normalized.select(IDENTITY_COLUMNS).filter(unique)))
                 exported = unique
                 if keep is not None:
                     missing = [c for c in keep.meta.root_names() if c not in normalized.columns]
