@@ -457,18 +457,19 @@ class SeenKeys:
         return seen
 
 
-def _detached(frame: pl.DataFrame) -> pl.DataFrame:
-    """A copy of a few rows that does not keep their chunk's buffers alive.
+def _packed(frame: pl.DataFrame) -> bytes:
+    """A chunk's few kept rows, compressed, for the end of the hour.
 
-    A filtered string column still points into the whole chunk's text; kept for the
-    rest of the hour, every chunk's text would stay in memory.
+    Held as frames, they would keep their chunk's whole text alive (a filtered string
+    column still points into it), and the hour's identities take room of their own.
     """
-    if not frame.height:
-        return frame.clear()
     buffer = io.BytesIO()
-    frame.write_ipc(buffer, compat_level=pl.CompatLevel.oldest())
-    buffer.seek(0)
-    return pl.read_ipc(buffer)
+    frame.write_ipc(buffer, compression="zstd", compat_level=pl.CompatLevel.oldest())
+    return buffer.getvalue()
+
+
+def _unpacked(packed: list[bytes]) -> list[pl.DataFrame]:
+    return [pl.read_ipc(io.BytesIO(data)) for data in packed]
 
 
 def _extras_text(columns: Sequence[str], keys: Sequence[str]) -> list[pl.Expr]:
@@ -550,8 +551,8 @@ def export_events_hour(
     dedup = FirstWins()
     order: dict[str, None] = {}  # extra keys of parsed lines, in order of first appearance
     present: set[str] = set()  # extra keys that some in-hour row carries
-    reject_frames: list[pl.DataFrame] = []
-    identity_frames: list[pl.DataFrame] = []
+    reject_frames: list[bytes] = []
+    identity_frames: list[bytes] = []
     tally = {"source_rows": 0, "in_hour": 0, "unique": 0, "exported": 0, "repaired": 0}
     parts: list[_Part] = []
 
@@ -588,7 +589,7 @@ def export_events_hour(
             with timer("normalize"):
                 in_hour, outside = reject_outside_hour(parsed, hour)
                 del parsed
-                reject_frames.append(_detached(pl.concat([unparseable, outside]).with_columns(pl.col("_pos") + offset)))
+                reject_frames.append(_packed(pl.concat([unparseable, outside]).with_columns(pl.col("_pos") + offset)))
                 carried = [k for k in chunk_extras if in_hour[k].is_not_null().any()]
                 present.update(carried)
                 normalized, chunk_repaired = normalize(in_hour, carried)
@@ -597,7 +598,7 @@ def export_events_hour(
                 del in_hour
             with timer("dedup"):
                 unique = dedup(normalized.select(_KEY_COLUMNS))
-                identity_frames.append(_detached(normalized.select(IDENTITY_COLUMNS).filter(unique)))
+                identity_frames.append(_packed(normalized.select(IDENTITY_COLUMNS).filter(unique)))
                 exported = unique
                 if keep is not None:
                     missing = [c for c in keep.meta.root_names() if c not in normalized.columns]
@@ -655,11 +656,11 @@ def export_events_hour(
                 seal(part, f"{part.number:06d}-1")
 
         rejects = (
-            pl.concat(reject_frames).sort("_pos").drop("_pos") if reject_frames
+            pl.concat(_unpacked(reject_frames)).sort("_pos").drop("_pos") if reject_frames
             else pl.DataFrame(schema={"reason": pl.String, "line": pl.String})
         )
         identities = (
-            pl.concat(identity_frames) if identity_frames
+            pl.concat(_unpacked(identity_frames)) if identity_frames
             else pl.DataFrame(schema={c: event_schema()[c] for c in IDENTITY_COLUMNS})
         )
         counts = Counts(
