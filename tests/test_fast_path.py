@@ -257,3 +257,24 @@ def test_a_key_first_seen_outside_the_hour_then_inside_it_reorders_earlier_parts
         for offset, length in part_slices(whole.frame.height, MAX_ROWS)
     ]
     assert result.counts == whole.counts
+
+
+def test_an_hour_that_fails_midway_leaves_the_earlier_export_of_it_whole(container):
+    lines = hour_input()
+    manifest, _, parts, _ = export(container, lines)
+    before = {b.name: b.content_settings.content_md5 for b in container.list_blobs()}
+    assert len(manifest.parts) > 1
+
+    def chunks():
+        changed = [line.replace('"Search"', '"Searched"') for line in lines]
+        yield from source_chunks(changed[:900])  # enough for whole parts to be compressed and staged
+        raise ConnectionError("download interrupted")
+
+    with pytest.raises(ConnectionError, match="download interrupted"):
+        export_events_hour(
+            container, EventsLayout("", PROJECT), chunks(), HOUR, keep=None, source="synthetic",
+            max_rows_per_file=MAX_ROWS, lines_per_chunk=97,
+        )
+    after = {b.name: b.content_settings.content_md5 for b in container.list_blobs()}
+    assert after == before
+    assert [container.download_blob(f"{PROJECT}/{p.name}").readall() for p in manifest.parts] == parts
