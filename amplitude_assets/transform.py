@@ -1,4 +1,7 @@
-"""Shaping an hour of events: parse -> reject -> normalize -> dedup -> filter, in pure polars.
+"""Shaping an hour of events: parse -> reject -> normalize -> dedup -> filter.
+
+JSON is read by DuckDB's JSON functions (exact objects, one struct per line); everything
+after that is polars expressions.
 
 Every source hands this module the same thing: the hour's JSON lines, in source order.
 The result is the normalized frame of exported rows (the 49 fields, typed, then any
@@ -409,8 +412,8 @@ _STRING_FIELDS = tuple(n for n, k in EVENT_FIELDS if k is Kind.STRING)
 def _objects_in_string_fields(frame: pl.DataFrame) -> dict[str, pl.Series]:
     """Rows whose string field holds a JSON object or array, which cannot be a string.
 
-    Polars reads such a value as its JSON text, indistinguishable from a string that
-    happens to start with `{` or `[`; DuckDB tells them apart on those few lines only.
+    The parse gives such a value as its JSON text, indistinguishable from a string that
+    happens to start with `{` or `[`; `json_type` tells them apart on those few lines only.
     """
     suspect = frame.select(
         pl.any_horizontal(

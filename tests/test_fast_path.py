@@ -1,6 +1,7 @@
 """The streaming export (`export_events_hour`) against a straightforward reference writer.
 
-The fast path reads an hour in chunks, spills them and assembles the parts afterwards.
+The fast path reads an hour in chunks, writes parts as they fill and rebuilds any part
+that a later extra key makes stale.
 Here it runs with tiny chunks and parts, so duplicates, new extra keys and rejects fall
 across chunk and part boundaries, and its decompressed output must equal, line for line,
 what a json.loads/json.dumps writer makes of the same input: same keys in the same
