@@ -194,7 +194,7 @@ def _extract_json(lines: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     return pl.DataFrame({key: values.list.get(i) for i, key in enumerate(keys)})
 
 
-def _fields(lines: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
+def json_fields(lines: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
     """The 49 fields and the extra fields of good lines, in one JSON parse per line.
 
     DuckDB's `json_transform` reads every line once into a struct: the 44 scalar fields
@@ -240,7 +240,7 @@ def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     if not good.height:
         known = pl.DataFrame(schema=_READ_SCHEMA).with_columns(pl.lit(None, pl.String).alias(k) for k in extras)
         return known.with_columns(good["_pos"], good["line"]), rejects, extras
-    fields = _fields(good, extras)
+    fields = json_fields(good, extras)
     if extras:
         # JSON null reads as a missing value; a key the line has is `null`, not missing.
         fields = fields.with_columns(

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import queue
+import secrets
 import tempfile
 import threading
 import time
@@ -32,10 +33,12 @@ from isal import igzip
 from amplitude_assets import __version__
 from amplitude_assets.destination.layout import EventsLayout
 from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, TIMESTAMP_FORMAT, Kind, event_schema
+from amplitude_assets.sources.files import line_chunks
 from amplitude_assets.transform import (
     IDENTITY_COLUMNS,
     Counts,
     HourResult,
+    json_fields,
     normalize,
     parse,
     read_lines,
@@ -547,6 +550,9 @@ def export_events_hour(
     the parts) but has the exported columns.
     """
     timer = _Timer(timings)
+    # Block IDs of this export alone: another export of the same hour at the same time
+    # stages its own blocks, and each commit takes only its own.
+    run = secrets.token_hex(6)
     prefix = _event_prefix()
     dedup = FirstWins()
     order: dict[str, None] = {}  # extra keys of parsed lines, in order of first appearance
@@ -583,7 +589,7 @@ def export_events_hour(
             # One part compresses while the next fills: wait for the one before.
             if sealing[0] is not None:
                 sealing[0].result()
-            sealing[0] = compressor.submit(seal, part, f"{part.number:06d}-0")
+            sealing[0] = compressor.submit(seal, part, f"{run}-{part.number:06d}-0")
 
         def shape(offset: int, parsed: pl.DataFrame, unparseable: pl.DataFrame, chunk_extras: list[str], known: list[str]) -> None:
             with timer("normalize"):
@@ -653,7 +659,7 @@ def export_events_hour(
         for part in parts:
             if any(list(keys) != extras for _, keys in part.segments):
                 _rebuild(part, extras, prefix, timer)
-                seal(part, f"{part.number:06d}-1")
+                seal(part, f"{run}-{part.number:06d}-1")
 
         rejects = (
             pl.concat(_unpacked(reject_frames)).sort("_pos").drop("_pos") if reject_frames
@@ -687,25 +693,38 @@ def _rebuild(part: _Part, extras: list[str], prefix: pl.Expr, timer: _Timer) -> 
 
     A segment written before a new key turned up lacks it at the end of each line: the
     key is added there, as null. A segment whose keys are not the start of the hour's
-    (a key seen earlier only outside the hour, then inside it) is parsed again, which
-    gives back the same fields (the lines are the exporter's own), and re-encoded.
+    (a key seen earlier only outside the hour, then inside it) has its fields read back
+    (the lines are the exporter's own, so they give the same values) and is re-encoded.
+    The copy is read a few megabytes at a time, so only the new text is held whole.
     """
     with timer("serialize"):
-        with open(part.path, "rb") as copy:
-            lines = read_lines([igzip.decompress(copy.read())])
-        rebuilt: list[pl.DataFrame] = []
-        start = 0
-        for rows, keys in part.segments:
-            segment = lines.slice(start, rows)
-            start += rows
-            if list(keys) == extras[: len(keys)]:
-                tail = "".join("," + json.dumps(k, ensure_ascii=False) + ":null" for k in extras[len(keys):])
-                rebuilt.append(pl.DataFrame({"line": segment.str.head(-1) + (tail + "}")}))
-            else:
-                parsed, _, present = parse(segment)
-                normalized, _ = normalize(parsed, present)
-                rebuilt.append(_encode(normalized, prefix, extras))
+        segments = [(rows, list(keys)) for rows, keys in part.segments]
         part.text = io.BytesIO()
-        for frame in rebuilt:
-            frame.write_csv(part.text, include_header=False, quote_style="never", line_terminator="\n")
+        written = 0
+        with igzip.open(part.path, "rb") as copy:
+            for chunk in line_chunks(copy):
+                lines = read_lines([chunk])
+                start = 0
+                while start < len(lines):
+                    rows, keys = segments[0]
+                    take = min(rows, len(lines) - start)
+                    _rewrite(lines.slice(start, take), keys, extras, prefix).write_csv(
+                        part.text, include_header=False, quote_style="never", line_terminator="\n"
+                    )
+                    start += take
+                    written += take
+                    segments[0] = (rows - take, keys)
+                    if not segments[0][0]:
+                        segments.pop(0)
+        if written != part.rows or segments:
+            raise RuntimeError(f"rebuilding part {part.number}: {written} lines where the part has {part.rows}")
         part.segments = [(part.rows, tuple(extras))]
+
+
+def _rewrite(lines: pl.Series, keys: list[str], extras: list[str], prefix: pl.Expr) -> pl.DataFrame:
+    """Lines written with extra keys `keys`, as they are with the hour's `extras`."""
+    if keys == extras[: len(keys)]:
+        tail = "".join("," + json.dumps(k, ensure_ascii=False) + ":null" for k in extras[len(keys):])
+        return pl.DataFrame({"line": lines.str.head(-1) + (tail + "}")})
+    normalized, _ = normalize(json_fields(pl.DataFrame({"line": lines}), keys), keys)
+    return _encode(normalized, prefix, extras)
