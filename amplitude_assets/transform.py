@@ -96,7 +96,8 @@ def _read_ndjson(lines: pl.Series, schema: dict[str, pl.DataType] | None) -> pl.
 
 
 def _json_path(key: str) -> str:
-    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A top-level key as a JSON Pointer, which (unlike JSONPath) names any key, `""` too."""
+    return "/" + key.replace("~", "~0").replace("/", "~1")
 
 
 def _arrow(frame: pl.DataFrame):

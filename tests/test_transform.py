@@ -270,3 +270,14 @@ def test_out_of_range_epochs_and_non_finite_floats_become_null_and_count_as_repa
     assert (line["location_lat"], line["location_lng"], line["user_creation_time"], line["event_time"]) == (None, None, None, None)
     assert line["client_event_time"] == "2020-01-25 17:10:00.000000"
     assert result.counts.repaired == 4
+
+
+def test_extra_keys_a_struct_cannot_name_are_read_by_pointer():
+    # An empty key, and keys that differ only in case (from each other, or from one of
+    # the 49) with `/` and `~` in them.
+    row = {"server_upload_time": "2020-01-25 17:10:00.000000", "city": "Paris", "": 5, "City": {"x": [1]},
+           "A/~": "up", "a/~": None}
+    result = process_hour([(dumps(row) + "\n").encode()], HOUR)
+    (line,) = exported(result)
+    assert line.endswith(',"":5,"City":{"x":[1]},"A/~":"up","a/~":null}')
+    assert json.loads(line)["city"] == "Paris"
