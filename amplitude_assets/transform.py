@@ -226,8 +226,14 @@ def json_fields(lines: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
     return fields
 
 
+# The parsed frame carries each line's position and text beside its fields, under names
+# that an event's own keys cannot take: a line with a key of either name is rejected.
+POS = "\x00pos"
+LINE = "\x00line"
+
+
 def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
-    """Parse JSON lines into text columns (plus `_pos` and the raw `line`), and rejects.
+    """Parse JSON lines into text columns (plus `POS` and the raw `LINE`), and rejects.
 
     The 44 scalar fields are read as text; the dict fields and the extra fields as exact
     JSON text, so no event's object is widened with another's keys and no value is
@@ -237,10 +243,18 @@ def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     source = pl.DataFrame({"_pos": pl.int_range(len(lines), eager=True, dtype=pl.Int64), "line": lines})
     good, rejects, extra_keys = _scan(source)
     order = extra_keys.explode().drop_nulls().unique(maintain_order=True).to_list()
+    if POS in order or LINE in order:
+        clash = extra_keys.list.contains(POS) | extra_keys.list.contains(LINE)
+        rejects = pl.concat([
+            rejects,
+            good.filter(clash).select("_pos", pl.lit("has a key that the exporter reserves").alias("reason"), "line"),
+        ]).sort("_pos")
+        good, extra_keys = good.filter(~clash), extra_keys.filter(~clash)
+        order = extra_keys.explode().drop_nulls().unique(maintain_order=True).to_list()
     extras = [k for k in order if k not in _READ_SCHEMA]
     if not good.height:
         known = pl.DataFrame(schema=_READ_SCHEMA).with_columns(pl.lit(None, pl.String).alias(k) for k in extras)
-        return known.with_columns(good["_pos"], good["line"]), rejects, extras
+        return known.with_columns(good["_pos"].alias(POS), good["line"].alias(LINE)), rejects, extras
     fields = json_fields(good, extras)
     if extras:
         # JSON null reads as a missing value; a key the line has is `null`, not missing.
@@ -248,7 +262,7 @@ def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
             pl.when(extra_keys.list.contains(key)).then(pl.col(key).fill_null("null")).alias(key)
             for key in extras
         )
-    return fields.with_columns(good["_pos"], good["line"]), rejects, extras
+    return fields.with_columns(good["_pos"].alias(POS), good["line"].alias(LINE)), rejects, extras
 
 
 # -- normalize -------------------------------------------------------------------------
@@ -421,11 +435,11 @@ def _objects_in_string_fields(frame: pl.DataFrame) -> dict[str, pl.Series]:
             pl.col(n).str.starts_with("{") | pl.col(n).str.starts_with("[") for n in _STRING_FIELDS
         ).fill_null(False)
     ).to_series()
-    if "line" not in frame.columns or not suspect.any():
+    if LINE not in frame.columns or not suspect.any():
         return {}
     rows = suspect.arg_true()
     con = duckdb.connect()
-    con.register("suspects", frame.select("line")[rows].to_arrow())
+    con.register("suspects", _arrow(frame.select(pl.col(LINE).alias("line"))[rows]))
     paths = ", ".join("'" + _json_path(n).replace("'", "''") + "'" for n in _STRING_FIELDS)
     kinds = con.sql(f"SELECT json_type(line, [{paths}]) AS k FROM suspects").pl()["k"]
     con.close()
@@ -459,9 +473,10 @@ def reject_outside_hour(frame: pl.DataFrame, hour: datetime) -> tuple[pl.DataFra
     )
     reasons = frame.select(reason.alias("reason"))["reason"]
     outside = reasons.is_not_null()
+    rejected = frame.select(pl.col(POS).alias("_pos"), reasons, pl.col(LINE).alias("line"))
     if not outside.any():  # the usual case: no copy of the hour's columns
-        return frame, frame.select("_pos", reasons, "line").clear()
-    rejected = frame.select("_pos", reasons, "line").filter(outside)
+        return frame, rejected.clear()
+    rejected = rejected.filter(outside)
     return frame.filter(~outside), rejected
 
 

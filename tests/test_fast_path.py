@@ -57,6 +57,7 @@ def hour_input() -> list[str]:
         json.dumps({**rows[13], "uuid": str(uuid.UUID(int=4)), "user_id": "", "device_id": "",
                     "os_version": 14, "event_properties": {"n": 1.5, "s": "1.5", "nested": {"b": [1, "2", None]}}}),
         json.dumps({**rows[14], "uuid": str(uuid.UUID(int=5)), "server_upload_time": "2020-01-25T17:59:59.999999Z"}),
+        json.dumps({**rows[15], "uuid": str(uuid.UUID(int=10)), "line": [1], "_pos": "x"}),  # keys named like internals
     ]
     for line in mess:
         lines.insert(rnd.randrange(40, len(lines)), line)
@@ -251,7 +252,7 @@ def test_a_key_first_seen_outside_the_hour_then_inside_it_reorders_earlier_parts
     assert len(got) == len(want)
     for i, (a, b) in enumerate(zip(got, want)):
         assert pairs(a) == pairs(b), f"line {i} differs:\n fast: {a}\n ref:  {b}"
-    assert list(json.loads(got[0]))[49:] == ["early_outside", "$insert_key", "data_type", "plan", "late_key"]
+    assert list(json.loads(got[0]))[49:] == ["early_outside", "$insert_key", "data_type", "plan", "line", "_pos", "late_key"]
     whole = process_hour(source_chunks(lines), HOUR)
     assert parts == [
         gzip_bytes(jsonl_bytes(encode_lines(whole.frame.slice(offset, length))))

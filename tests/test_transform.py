@@ -281,3 +281,24 @@ def test_extra_keys_a_struct_cannot_name_are_read_by_pointer():
     (line,) = exported(result)
     assert line.endswith(',"":5,"City":{"x":[1]},"A/~":"up","a/~":null}')
     assert json.loads(line)["city"] == "Paris"
+
+
+def test_extra_keys_named_like_the_parser_s_own_columns_are_kept_as_sent():
+    rows = [
+        {"server_upload_time": "2020-01-25 17:10:00.000000", "line": 1, "_pos": "hello"},
+        {"server_upload_time": "2020-01-25 17:11:00.000000"},
+        {"server_upload_time": "2020-01-25 18:11:00.000000", "reason": "outside"},  # rejected: not a key of the hour
+    ]
+    result = process_hour([("\n".join(dumps(r) for r in rows) + "\n").encode()], HOUR)
+    first, second = exported(result)
+    assert first.endswith(',"line":1,"_pos":"hello"}') and second.endswith(',"line":null,"_pos":null}')
+    assert result.rejects["line"].to_list() == [dumps(rows[2])]
+
+
+def test_a_line_with_a_key_the_parser_reserves_is_rejected_not_lost():
+    odd = '{"server_upload_time": "2020-01-25 17:10:00.000000", "\\u0000line": 1}'
+    good = '{"server_upload_time": "2020-01-25 17:11:00.000000"}'
+    result = process_hour([(odd + "\n" + good + "\n").encode()], HOUR)
+    assert len(exported(result)) == 1
+    assert result.rejects.rows() == [("has a key that the exporter reserves", odd)]
+    assert result.counts.reconciles()
