@@ -20,7 +20,6 @@ import time
 import zipfile
 from datetime import datetime, timezone
 
-import polars as pl
 from isal import igzip
 
 from amplitude_assets.destination import writer
