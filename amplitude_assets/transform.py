@@ -85,14 +85,15 @@ def _read_chunk(chunk: bytes) -> pl.DataFrame:
         return pl.read_lines(io.BytesIO(text.encode()))
 
 
-def _read_ndjson(lines: pl.Series, schema: dict[str, pl.DataType] | None) -> pl.DataFrame:
+def _read_ndjson(lines: pl.Series) -> pl.DataFrame:
+    """Polars' strict JSON reader over these lines (raises on any line it refuses)."""
     # The lines straight into a byte buffer: joining them into one Python string and
-    # encoding it would copy the hour twice more.
+    # encoding it would copy them twice more.
     buffer = io.BytesIO()
     pl.DataFrame({"line": lines}).write_csv(
         buffer, include_header=False, quote_style="never", line_terminator="\n"
     )
-    return pl.read_ndjson(io.BytesIO(buffer.getbuffer()), schema=schema)
+    return pl.read_ndjson(io.BytesIO(buffer.getbuffer()))
 
 
 def _json_path(key: str) -> str:
@@ -170,7 +171,7 @@ def _strictly_readable(lines: pl.Series) -> pl.Series:
 
     def visit(offset: int, part: pl.Series) -> None:
         try:
-            _read_ndjson(part, None)
+            _read_ndjson(part)
         except Exception:
             if len(part) == 1:
                 readable[offset] = False
@@ -362,13 +363,14 @@ def _repaired(name: str, kind: Kind) -> pl.Expr:
 _CANONICAL_TIMESTAMP = "%Y-%m-%d %H:%M:%S%.f"
 
 
-def _parse_timestamps(values: pl.Series) -> pl.Series:
-    """`parse_timestamp` over a column: the canonical form in one exact pass, the rest leniently."""
-    parsed = values.str.to_datetime(_CANONICAL_TIMESTAMP, strict=False, time_unit="us")
-    todo = (parsed.is_null() & values.is_not_null()).arg_true()
-    if len(todo):
-        parsed = parsed.scatter(todo, pl.select(parse_timestamp(pl.lit(values.gather(todo)))).to_series())
-    return parsed
+def _lenient_rest(name: str, kind: Kind, source: pl.Series, fast: pl.Series) -> pl.Series:
+    """`fast` (a canonical-form pass over `source`), with the values it left null that
+    `source` has put through the lenient `normalize_expr`."""
+    todo = (fast.is_null() & source.is_not_null()).arg_true()
+    if not len(todo):
+        return fast
+    lenient = source.gather(todo).to_frame(name).select(normalize_expr(name, kind)).to_series()
+    return fast.scatter(todo, lenient)
 
 
 _FAST_KINDS = (Kind.TIMESTAMP, Kind.UUID)
@@ -406,10 +408,7 @@ def normalize(frame: pl.DataFrame, extras: list[str]) -> tuple[pl.DataFrame, int
     for name, kind in EVENT_FIELDS:
         source = frame[name]
         if kind in _FAST_KINDS:
-            todo = (normalized[name].is_null() & source.is_not_null()).arg_true()
-            if len(todo):
-                lenient = frame.select(pl.col(name).gather(todo)).select(normalize_expr(name, kind)).to_series()
-                normalized = normalized.with_columns(normalized[name].scatter(todo, lenient))
+            normalized = normalized.with_columns(_lenient_rest(name, kind, source, normalized[name]))
         if kind is Kind.DICT:
             repairs += int(frame.select(_repaired(name, kind).sum()).item())
         elif kind is not Kind.STRING:
@@ -460,7 +459,8 @@ def reject_outside_hour(frame: pl.DataFrame, hour: datetime) -> tuple[pl.DataFra
     end = start + timedelta(hours=1)
     text = frame["server_upload_time"] if "server_upload_time" in frame.columns else None
     if text is not None and text.dtype == pl.String and len(text):
-        uploaded = pl.lit(_parse_timestamps(text))
+        canonical = text.to_frame().select(_canonical("server_upload_time", Kind.TIMESTAMP)).to_series()
+        uploaded = pl.lit(_lenient_rest("server_upload_time", Kind.TIMESTAMP, text, canonical))
     else:
         uploaded = parse_timestamp(pl.col("server_upload_time"))
     reason = (

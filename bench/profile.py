@@ -66,12 +66,11 @@ def main() -> None:
     normalized, _ = stage("normalize", lambda: normalize(in_hour, extras))
     keys = normalized.select("uuid", "$insert_id", "device_id")
     stage("dedup (first of a chunk, nothing seen)", lambda: writer.FirstWins()(keys))
-    prefix = writer._event_prefix()
-    encoded = stage("encode lines", lambda: writer._encode(normalized, prefix, extras))
+    encoded = stage("encode lines", lambda: writer._encode(normalized, extras))
 
     def csv() -> bytes:
         buffer = io.BytesIO()
-        encoded.write_csv(buffer, include_header=False, quote_style="never", line_terminator="\n")
+        writer.write_jsonl(encoded, buffer)
         return buffer.getvalue()
 
     body = stage("write part text", csv)

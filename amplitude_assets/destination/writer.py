@@ -85,12 +85,17 @@ def encode_lines(frame: pl.DataFrame, kinds: dict[str, Kind | None] | None = Non
     return frame.select(pl.concat_str(pieces).alias("line"))
 
 
+def write_jsonl(lines: pl.DataFrame, buffer: io.BytesIO) -> None:
+    """Append a `line` column to `buffer` as UTF-8 lines, each ending in a newline."""
+    lines.write_csv(buffer, include_header=False, quote_style="never", line_terminator="\n")
+
+
 def jsonl_bytes(lines: pl.DataFrame) -> bytes:
     """UTF-8 JSON lines, each ending in a newline."""
     if lines.height == 0:
         return b""
     buffer = io.BytesIO()
-    lines.write_csv(buffer, include_header=False, quote_style="never", line_terminator="\n")
+    write_jsonl(lines, buffer)
     return buffer.getvalue()
 
 
@@ -312,6 +317,9 @@ def _event_prefix() -> pl.Expr:
     return pl.concat_str(pieces)
 
 
+_EVENT_PREFIX = _event_prefix()
+
+
 def _line_chunks(chunks: Iterable[bytes], lines_per_chunk: int, max_bytes: int = CHUNK_BYTES) -> Iterator[list[bytes]]:
     """Group line-aligned source chunks into batches of about `lines_per_chunk` lines.
 
@@ -480,13 +488,13 @@ def _extras_text(columns: Sequence[str], keys: Sequence[str]) -> list[pl.Expr]:
     pieces: list[pl.Expr] = []
     for key in keys:
         pieces.append(pl.lit("," + json.dumps(key, ensure_ascii=False) + ":"))
-        pieces.append(pl.col(key).fill_null("null") if key in columns else pl.lit("null"))
+        pieces.append(json_fragment(key, None) if key in columns else pl.lit("null"))
     return pieces
 
 
-def _encode(frame: pl.DataFrame, prefix: pl.Expr, keys: Sequence[str]) -> pl.DataFrame:
+def _encode(frame: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
     """Exported lines: the 49 fields, then `keys` as extra fields."""
-    return frame.select(pl.concat_str([prefix, *_extras_text(frame.columns, keys), pl.lit("}")]).alias("line"))
+    return frame.select(pl.concat_str([_EVENT_PREFIX, *_extras_text(frame.columns, keys), pl.lit("}")]).alias("line"))
 
 
 @dataclass
@@ -500,7 +508,7 @@ class _Part:
     blocks: list[str] = field(default_factory=list)
 
     def add(self, lines: pl.DataFrame, keys: tuple[str, ...]) -> None:
-        lines.write_csv(self.text, include_header=False, quote_style="never", line_terminator="\n")
+        write_jsonl(lines, self.text)
         if self.segments and self.segments[-1][1] == keys:
             self.segments[-1] = (self.segments[-1][0] + lines.height, keys)
         else:
@@ -553,7 +561,6 @@ def export_events_hour(
     # Block IDs of this export alone: another export of the same hour at the same time
     # stages its own blocks, and each commit takes only its own.
     run = secrets.token_hex(6)
-    prefix = _event_prefix()
     dedup = FirstWins()
     order: dict[str, None] = {}  # extra keys of parsed lines, in order of first appearance
     present: set[str] = set()  # extra keys that some in-hour row carries
@@ -620,7 +627,7 @@ def export_events_hour(
             # chunk brings a new one.
             keys = tuple(k for k in known if k in present)
             with timer("serialize"):
-                lines = _encode(normalized.filter(exported), prefix, keys)
+                lines = _encode(normalized.filter(exported), keys)
             del normalized
             start = 0
             while start < lines.height:
@@ -658,7 +665,7 @@ def export_events_hour(
         extras = [k for k in order if k in present]
         for part in parts:
             if any(list(keys) != extras for _, keys in part.segments):
-                _rebuild(part, extras, prefix, timer)
+                _rebuild(part, extras, timer)
                 seal(part, f"{run}-{part.number:06d}-1")
 
         rejects = (
@@ -688,7 +695,7 @@ def export_events_hour(
     return manifest, result
 
 
-def _rebuild(part: _Part, extras: list[str], prefix: pl.Expr, timer: _Timer) -> None:
+def _rebuild(part: _Part, extras: list[str], timer: _Timer) -> None:
     """Rewrite a part's lines with the hour's extra keys, from its compressed copy.
 
     A segment written before a new key turned up lacks it at the end of each line: the
@@ -708,9 +715,7 @@ def _rebuild(part: _Part, extras: list[str], prefix: pl.Expr, timer: _Timer) -> 
                 while start < len(lines):
                     rows, keys = segments[0]
                     take = min(rows, len(lines) - start)
-                    _rewrite(lines.slice(start, take), keys, extras, prefix).write_csv(
-                        part.text, include_header=False, quote_style="never", line_terminator="\n"
-                    )
+                    write_jsonl(_rewrite(lines.slice(start, take), keys, extras), part.text)
                     start += take
                     written += take
                     segments[0] = (rows - take, keys)
@@ -721,10 +726,10 @@ def _rebuild(part: _Part, extras: list[str], prefix: pl.Expr, timer: _Timer) -> 
         part.segments = [(part.rows, tuple(extras))]
 
 
-def _rewrite(lines: pl.Series, keys: list[str], extras: list[str], prefix: pl.Expr) -> pl.DataFrame:
+def _rewrite(lines: pl.Series, keys: list[str], extras: list[str]) -> pl.DataFrame:
     """Lines written with extra keys `keys`, as they are with the hour's `extras`."""
     if keys == extras[: len(keys)]:
         tail = "".join("," + json.dumps(k, ensure_ascii=False) + ":null" for k in extras[len(keys):])
         return pl.DataFrame({"line": lines.str.head(-1) + (tail + "}")})
     normalized, _ = normalize(json_fields(pl.DataFrame({"line": lines}), keys), keys)
-    return _encode(normalized, prefix, extras)
+    return _encode(normalized, extras)
