@@ -23,6 +23,7 @@ from isal import igzip
 
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
+from amplitude_assets.destination.writer import md5_hex
 from amplitude_assets.schema import (
     EVENT_FIELD_NAMES,
     EVENT_FIELDS,
@@ -119,7 +120,7 @@ def list_blobs(client: ContainerClient, prefix: str) -> dict[str, dict]:
         return {
             b.name: {
                 "size": b.size,
-                "md5": bytes(b.content_settings.content_md5).hex() if b.content_settings.content_md5 else None,
+                "md5": md5_hex(b.content_settings.content_md5),
             }
             for b in client.list_blobs(name_starts_with=prefix)
         }
@@ -279,15 +280,26 @@ def _type_words(kind: Kind, nullable: bool) -> str:
 
 
 def schema_outcome(files: list[tuple[str, bytes]], head: tuple[str, ...], fields: tuple[tuple[str, Kind], ...],
-                   allow_extras: bool, nullable: bool = True) -> Outcome:
-    """Every line parses, has the keys in order (then the hour's extras) and the contract's JSON types."""
+                   allow_extras: bool, nullable: bool = True, fixed: dict[str, str] | None = None) -> Outcome:
+    """Every line parses, has the keys in order (then the hour's extras) and the contract's JSON types.
+
+    `fixed` names fields whose every value must be the given JSON text (the merged IDs' scope).
+    """
+    fixed = fixed or {}
     lines, problems = read_lines(files)
-    strings = [n for n, k in fields if k in (Kind.TIMESTAMP, Kind.UUID)]
+    strings = [n for n, k in fields if k in (Kind.TIMESTAMP, Kind.UUID) or n in fixed]
     scanned = json_columns(lines, [n for n, _ in fields], strings)
     objects, structure = _structure_problems(scanned)
     found = [Found(problems, len(problems)), structure, _key_problems(objects, head, allow_extras),
-             _type_problems(objects, fields, nullable)]
+             _type_problems(objects, fields, nullable), *(_fixed_problems(objects, n, v) for n, v in fixed.items())]
     return _combine(found, {"files_checked": len(files), "lines_checked": lines.height})
+
+
+def _fixed_problems(objects: pl.DataFrame, name: str, value: str) -> Found:
+    wrong = objects.filter(pl.col(f"s:{name}") != value)
+    problems = [{"file": r["file"], "line": r["line"], "field": name, "value": r[f"s:{name}"],
+                 "problem": f"must be {value}"} for r in wrong.head(MAX_REPORTED).iter_rows(named=True)]
+    return Found(problems, wrong.height)
 
 
 def unique_outcome(files: list[tuple[str, bytes]], keys: list[tuple[str, ...]]) -> Outcome:
@@ -484,16 +496,6 @@ def build_merged_ids_checks(settings: Settings, partitions: dg.PartitionsDefinit
     fields = tuple((name, Kind.INT) for name in MERGED_ID_FIELDS)
     scope = int(settings.merged_ids_scope)
 
-    def scoped(outcome: Outcome, files: list[tuple[str, bytes]]) -> Outcome:
-        lines, _ = read_lines(files)
-        if lines.height == 0 or not outcome.passed:
-            return outcome
-        scopes = json_columns(lines, [], ["scope"])
-        wrong = scopes.filter(pl.col("s:scope") != str(scope))
-        problems = [{"file": r["file"], "line": r["line"], "field": "scope", "value": r["s:scope"],
-                     "problem": f"must be {scope}"} for r in wrong.head(MAX_REPORTED).iter_rows(named=True)]
-        return _outcome(problems, outcome.facts) if problems else outcome
-
     @dg.asset_check(asset="merged_ids", name="schema", partitions_def=partitions, blocking=True,
                     description="Every line parses, has scope, merge_time, merge_server_time, amplitude_id, "
                                 "merged_amplitude_id in order, all integers (never null), and the configured scope.")
@@ -502,7 +504,8 @@ def build_merged_ids_checks(settings: Settings, partitions: dg.PartitionsDefinit
 
         def run(hour: datetime) -> Outcome:
             files = merged_ids_files(client, layout, hour)
-            return scoped(schema_outcome(files, MERGED_ID_FIELDS, fields, allow_extras=False, nullable=False), files)
+            return schema_outcome(files, MERGED_ID_FIELDS, fields, allow_extras=False, nullable=False,
+                                  fixed={"scope": str(scope)})
 
         return evaluate_hours(context, "merged_ids", "schema", True, storage, run)
 

@@ -29,6 +29,7 @@ from azure.storage.blob import ContainerClient
 
 from amplitude_assets.assets import GROUP, hours_of, refuse_young_hours
 from amplitude_assets.destination.credentials import AzureStorage
+from amplitude_assets.destination.io_manager import partition_key
 from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.destination.writer import (
     GZIP_CONTENT,
@@ -45,7 +46,7 @@ from amplitude_assets.destination.writer import (
 from amplitude_assets.identity import DELTA, IdentityState, decode_state, derive_merges, encode_state, stored_kind
 from amplitude_assets.partitions import PARTITION, RANGE_END, RANGE_START, UNFINISHED
 from amplitude_assets.schema import MERGED_ID_FIELDS
-from amplitude_assets.settings import PARTITION_KEY_FORMAT, Settings
+from amplitude_assets.settings import Settings
 
 MAX_DELTAS = 23  # a snapshot is stored at least once a day
 WAIT_SECONDS = 3 * 3600  # how long an hour waits for another run to export the hour before it
@@ -54,10 +55,6 @@ MERGED_IDS = dg.AssetKey("merged_ids")
 COLUMN_SCHEMA = dg.TableSchema(
     columns=[dg.TableColumn(name, "int" if name == "scope" else "long") for name in MERGED_ID_FIELDS]
 )
-
-
-def key_of(hour: datetime) -> str:
-    return hour.strftime(PARTITION_KEY_FORMAT)
 
 
 def iso_hour(hour: datetime) -> str:
@@ -84,8 +81,8 @@ def read_identities(client: ContainerClient, layout: EventsLayout, hour: datetim
         data = client.download_blob(name).readall()
     except ResourceNotFoundError:
         raise dg.Failure(
-            f"merged_ids {key_of(hour)}: the hour's identities ({name}) are missing. merged_ids reads "
-            f"what events wrote: materialize events for {key_of(hour)} first."
+            f"merged_ids {partition_key(hour)}: the hour's identities ({name}) are missing. merged_ids reads "
+            f"what events wrote: materialize events for {partition_key(hour)} first."
         ) from None
     return pl.read_parquet(io.BytesIO(data))
 
@@ -110,26 +107,26 @@ def read_carried_state(client: ContainerClient, layout: MergedIdsLayout, hour: d
         if earlier:
             latest = max(earlier)
             first = latest + timedelta(hours=1)
-            span = key_of(first) if first == previous else f"{key_of(first)} ... {key_of(previous)}"
+            span = partition_key(first) if first == previous else f"{partition_key(first)} ... {partition_key(previous)}"
             raise dg.Failure(
-                f"merged_ids {key_of(hour)}: the identity state of the hour before ({key_of(previous)}) is "
-                f"missing, and the latest earlier state is for {key_of(latest)}. Merged IDs are derived "
-                f"hour by hour: export merged_ids for {key_of(first)} first ({span}), then {key_of(hour)}."
+                f"merged_ids {partition_key(hour)}: the identity state of the hour before ({partition_key(previous)}) is "
+                f"missing, and the latest earlier state is for {partition_key(latest)}. Merged IDs are derived "
+                f"hour by hour: export merged_ids for {partition_key(first)} first ({span}), then {partition_key(hour)}."
             ) from None
         return Carried(IdentityState.empty(), None, None)
     frames = [pl.read_parquet(io.BytesIO(data))]
     at = previous
     while stored_kind(frames[-1]) == DELTA:
         if len(frames) > MAX_DELTAS:
-            raise dg.Failure(f"merged_ids {key_of(hour)}: no identity snapshot within {MAX_DELTAS} hours before {key_of(previous)}")
+            raise dg.Failure(f"merged_ids {partition_key(hour)}: no identity snapshot within {MAX_DELTAS} hours before {partition_key(previous)}")
         at -= timedelta(hours=1)
         try:
             frames.append(pl.read_parquet(io.BytesIO(client.download_blob(layout.state(at)).readall())))
         except ResourceNotFoundError:
             raise dg.Failure(
-                f"merged_ids {key_of(hour)}: the identity state of {key_of(previous)} is a delta on "
-                f"{key_of(at)}, whose state is missing. Re-export merged_ids from the last snapshot on: "
-                f"export merged_ids for {key_of(at)} ... {key_of(previous)} first."
+                f"merged_ids {partition_key(hour)}: the identity state of {partition_key(previous)} is a delta on "
+                f"{partition_key(at)}, whose state is missing. Re-export merged_ids from the last snapshot on: "
+                f"export merged_ids for {partition_key(at)} ... {partition_key(previous)} first."
             ) from None
     return Carried(decode_state(frames[::-1]), name, hashlib.md5(data).hexdigest())
 
@@ -158,25 +155,25 @@ def wait_for_the_hour_before(
     previous = hour - timedelta(hours=1)
     if existing_md5(client, layout.state(previous)) is not None:
         return
-    run_id = run_exporting(context.instance, key_of(previous), context.run_id)
+    run_id = run_exporting(context.instance, partition_key(previous), context.run_id)
     if run_id is None:
         return
     context.log.info(
-        f"merged_ids {key_of(hour)} waits for run {run_id}, which exports merged_ids for {key_of(previous)}: "
+        f"merged_ids {partition_key(hour)} waits for run {run_id}, which exports merged_ids for {partition_key(previous)}: "
         "merged IDs are derived in hour order"
     )
     deadline = time.monotonic() + WAIT_SECONDS
     while (run := context.instance.get_run_by_id(run_id)) is not None and run.status in UNFINISHED:
         if time.monotonic() > deadline:
             raise dg.Failure(
-                f"merged_ids {key_of(hour)}: run {run_id}, which exports merged_ids for {key_of(previous)}, "
-                f"has not finished after {WAIT_SECONDS} s. Re-run {key_of(hour)} once it has."
+                f"merged_ids {partition_key(hour)}: run {run_id}, which exports merged_ids for {partition_key(previous)}, "
+                f"has not finished after {WAIT_SECONDS} s. Re-run {partition_key(hour)} once it has."
             )
         time.sleep(POLL_SECONDS)
     if existing_md5(client, layout.state(previous)) is None:
         raise dg.Failure(
-            f"merged_ids {key_of(hour)}: run {run_id}, which was to export merged_ids for {key_of(previous)}, "
-            f"ended without it. Export merged_ids for {key_of(previous)} first."
+            f"merged_ids {partition_key(hour)}: run {run_id}, which was to export merged_ids for {partition_key(previous)}, "
+            f"ended without it. Export merged_ids for {partition_key(previous)} first."
         )
 
 
@@ -249,7 +246,7 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
         carried: Carried | None = None
         done: list[str] = []
         for hour in hours:
-            key = key_of(hour)
+            key = partition_key(hour)
             try:
                 started = time.perf_counter()
                 identities = read_identities(events_client, events_layout, hour)
@@ -260,7 +257,7 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
                     if carried.history_starts and existing_md5(events_client, events_layout.identities(before_hour)) is not None:
                         context.log.warning(
                             f"merged_ids {key}: no identity state exists before this hour, so the identity "
-                            f"history starts here, although events of {key_of(before_hour)} were exported. If "
+                            f"history starts here, although events of {partition_key(before_hour)} were exported. If "
                             f"merged_ids of earlier hours is meant to run (or is running), run it first and "
                             f"then re-run merged_ids from {key}."
                         )
@@ -286,7 +283,7 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
                 write_seconds = time.perf_counter() - started
             except Exception as exc:
                 message = exc.description if isinstance(exc, dg.Failure) else storage.redact(f"{type(exc).__name__}: {exc}")
-                not_run = [key_of(h) for h in hours[hours.index(hour) + 1:]]
+                not_run = [partition_key(h) for h in hours[hours.index(hour) + 1:]]
                 raise dg.Failure(
                     description=f"merged_ids {key} failed: {message}",
                     metadata={
@@ -299,7 +296,7 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
             later = hour + timedelta(hours=1)
             stale_from = None
             if before and before != state_md5 and existing_md5(client, layout.state(later)) is not None:
-                stale_from = key_of(later)
+                stale_from = partition_key(later)
                 context.log.warning(
                     f"merged_ids {key}: the identity state changed, and merged_ids from {stale_from} on was "
                     f"derived from the old one: re-run merged_ids from {stale_from} to the latest exported hour."

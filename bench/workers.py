@@ -91,24 +91,11 @@ def export(config: dict) -> dict:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     chunks = Timed(iter(_source(config).iter_lines(hour)), timings, "source")
-    if hasattr(writer, "export_events_hour"):
-        manifest, result = writer.export_events_hour(
-            container, layout, chunks, hour, keep=None, source="export_api",
-            max_rows_per_file=config["max_rows_per_file"], timings=timings,
-        )
-        counts = result.counts.as_dict()
-    else:  # the whole-hour path
-        from amplitude_assets.transform import process_hour
-
-        t = time.perf_counter()
-        result = process_hour(chunks, hour)
-        timings["shape"] = time.perf_counter() - t - timings.get("source", 0.0)
-        t = time.perf_counter()
-        manifest = writer.write_events_hour(
-            container, layout, result, source="export_api", max_rows_per_file=config["max_rows_per_file"]
-        )
-        timings["write"] = time.perf_counter() - t
-        counts = result.counts.as_dict()
+    manifest, result = writer.export_events_hour(
+        container, layout, chunks, hour, keep=None, source="export_api",
+        max_rows_per_file=config["max_rows_per_file"], timings=timings,
+    )
+    counts = result.counts.as_dict()
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds, "stages": timings, "events_in": counts["source_rows"], "rows_out": manifest.rows,

@@ -400,7 +400,8 @@ def test_range_run_fetches_each_hour_once_with_an_inclusive_end(api_env, server,
     server.fallback = reply
     result = materialize(definitions(), ["events"], start="2020-01-25-16:00", end="2020-01-25-18:00")
     assert result.success
-    # Whether hours are fetched one by one or in windows, no hour is fetched twice.
+    # The range is fetched as one window (the run prefetches it), and no hour twice.
+    assert server.windows == [("20200125T16", "20200125T18")]
     fetched = [h.strftime("%Y%m%dT%H") for s, e in server.windows for h in hours_between(s, e)]
     assert fetched == ["20200125T16", "20200125T17", "20200125T18"]
     stored = blobs(api_env)

@@ -99,7 +99,6 @@ class EventsIOManager(dg.ConfigurableIOManager):
         client = self.storage.container(self.container)
         failures: list[str] = []
         landed: dict[str, dict[str, Any]] = {}
-        rows = 0
         for hour in obj.hours:
             key = partition_key(hour)
             try:
@@ -114,7 +113,6 @@ class EventsIOManager(dg.ConfigurableIOManager):
                 context.log.error(f"hour {key} failed: {message}")
                 failures.append(f"{key}: {message}")
                 continue
-            rows += manifest.rows
             metadata = hour_metadata(
                 self.layout, self.container, self.storage.endpoint, result, manifest, timings
             )
