@@ -4,7 +4,6 @@ that the daemon runs under the asset's backfill policy (AMPLITUDE_HOURS_PER_RUN=
 from __future__ import annotations
 
 import json
-import math
 import re
 from datetime import timedelta
 
@@ -87,7 +86,6 @@ def assert_follows_policy(dagster, backfill: dict, hours, assets: list[str]) -> 
         assert ranges == expected, (
             f"{asset}: runs cover {ranges}; the policy multi_run({HOURS_PER_RUN}) gives {expected}"
         )
-        assert len(of_asset) == math.ceil(len(hours) / HOURS_PER_RUN)
     assert len(runs) <= len(assets) * len(expected), [(r["runId"][:8], run_range(r)) for r in runs]
 
 
@@ -118,7 +116,7 @@ def test_materialize_one_hour_from_the_asset_page(dagster, page, e2e_blobs):
     run = dagster.wait_for_run(runs[0]["runId"])
     assert run["status"] == "SUCCESS", f"run {run['runId']} {run['status']}:\n{dagster.run_failure(run['runId'])}"
     tags = {t["key"]: t["value"] for t in run["tags"]}
-    assert tags.get("dagster/from_ui") == "true" and tags["dagster/partition"] == key
+    assert tags.get("dagster/from_ui") == "true"  # launched from the UI (the run was found by its partition tag)
 
     assert_hours_landed(e2e_blobs, dagster.container, [hour])
     manifest = marker_manifest(e2e_blobs, dagster.container, hour)
@@ -148,13 +146,14 @@ def test_materialize_one_hour_from_the_asset_page(dagster, page, e2e_blobs):
 
 def test_range_backfill_through_graphql(dagster, e2e_blobs):
     hours = [dagster.start_hour + timedelta(hours=i) for i in range(6)]
-    assets = ["events"] + (["merged_ids"] if "merged_ids" in dagster.asset_keys() else [])
+    assert {"events", "merged_ids"} <= set(dagster.asset_keys())
+    assets = ["events", "merged_ids"]
     backfill_id = dagster.launch_partition_backfill(assets, [hour_key(h) for h in hours], "graphql range")
     backfill = dagster.wait_for_backfill(backfill_id)
 
     assert backfill["numPartitions"] == len(hours)
     assert_follows_policy(dagster, backfill, hours, assets)
-    assert_hours_landed(e2e_blobs, dagster.container, hours, merged_ids="merged_ids" in assets)
+    assert_hours_landed(e2e_blobs, dagster.container, hours, merged_ids=True)
 
 
 def test_range_backfill_through_the_ui_dialog(dagster, page, e2e_blobs):
