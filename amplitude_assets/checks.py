@@ -3,27 +3,41 @@
 events:     schema (blocking), unique, complete (blocking)
 merged_ids: schema (blocking), unique
 
+Each asset's checks are one step (`multi_asset_check`) that reads each hour once:
+one listing and the marker serve `complete`, and one streamed read of the parts serves
+`schema` and `unique`. The parts are downloaded and decompressed in bounded batches
+(BATCH_BYTES of text) while DuckDB scans the batch before, so the working set does not
+grow with the hour; `unique` keeps only compact keys across the hour (a uuid's 128 bits,
+a 128-bit hash of an `($insert_id, device_id)` pair, and each key's line position).
+
+A batch is first scanned for a yes/no per line (keys in order, JSON types, patterns):
+that is three DuckDB JSON functions per line. Only the lines that fail are looked at
+again, to say exactly what is wrong with them.
+
 Every check has `partitions_def`, so it runs for the hours of its run only and never
 loads the asset through the IO manager. In a range run Dagster records a partitioned
 check's result once, without a partition; so each hour's own result is also logged as an
 `AssetCheckEvaluation` with `partition` set, and the step's result summarizes the range.
 """
 
+
+import bisect
+import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import dagster as dg
-import duckdb
 import polars as pl
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 from isal import igzip
 
+from amplitude_assets import duck
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
-from amplitude_assets.destination.writer import md5_hex
+from amplitude_assets.destination.writer import _prefetch, md5_hex
 from amplitude_assets.schema import (
     EVENT_FIELD_NAMES,
     EVENT_FIELDS,
@@ -32,10 +46,11 @@ from amplitude_assets.schema import (
     UUID_PATTERN,
     Kind,
 )
-from amplitude_assets.settings import Settings, parse_hour
+from amplitude_assets.settings import parse_hour
 
 EXTRAS_NOTE = " (extra keys must be the same, in the same order, on every line of the hour as on its first)"
 MAX_REPORTED = 20  # problems listed in a failed evaluation's metadata (all are counted)
+BATCH_BYTES = 32 << 20  # decompressed text scanned at a time
 
 # DuckDB's json_type names, per contract type; None is SQL NULL (the key is absent).
 _JSON_TYPES: dict[Kind, tuple[str, ...]] = {
@@ -56,6 +71,7 @@ _TYPE_WORDS = {
     Kind.STRING: "a string or null",
     Kind.DICT: "an object ({} when empty)",
 }
+_PATTERNS = {Kind.TIMESTAMP: TIMESTAMP_PATTERN, Kind.UUID: UUID_PATTERN}
 
 
 @dataclass
@@ -100,7 +116,19 @@ def _outcome(problems: list[dict], facts: dict) -> Outcome:
     return Outcome(passed=not problems, problems=problems[:MAX_REPORTED], problem_count=len(problems), facts=facts)
 
 
-def _combine(found: list["Found"], facts: dict) -> Outcome:
+@dataclass
+class Found:
+    """The first MAX_REPORTED problems of one kind, and how many there are in all."""
+
+    problems: list[dict] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, other: "Found") -> None:
+        self.problems.extend(other.problems[: MAX_REPORTED - len(self.problems)])
+        self.count += other.count
+
+
+def _combine(found: list[Found], facts: dict) -> Outcome:
     problems = [p for f in found for p in f.problems]
     return Outcome(passed=not problems, problems=problems[:MAX_REPORTED],
                    problem_count=sum(f.count for f in found), facts=facts)
@@ -111,7 +139,7 @@ def _short(value: object, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-# -- reading the container ---------------------------------------------------------------
+# -- reading the container, a batch at a time ------------------------------------------------
 
 
 def list_blobs(client: ContainerClient, prefix: str) -> dict[str, dict]:
@@ -135,30 +163,122 @@ def read_blob(client: ContainerClient, name: str) -> bytes | None:
         return None
 
 
-def read_lines(files: list[tuple[str, bytes]]) -> tuple[pl.DataFrame, list[dict]]:
-    """The JSON lines of gzip files as a frame (file, line, text); and what is wrong with the files."""
-    frames, problems = [], []
-    for name, data in files:
+class BlobReader(io.RawIOBase):
+    """A blob download as a file object: read as it arrives, a few megabytes at a time."""
+
+    def __init__(self, downloader) -> None:
+        self.downloader = downloader
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.downloader.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@dataclass
+class Batch:
+    """Consecutive lines of one file: `lines` are lines `first_line`, `first_line + 1`, ..."""
+
+    file: str
+    first_line: int
+    lines: pl.Series
+
+
+def file_batches(client: ContainerClient, name: str, problems: list[dict],
+                 batch_bytes: int = BATCH_BYTES) -> Iterator[Batch]:
+    """The lines of one gzip blob, streamed and decompressed `batch_bytes` at a time.
+
+    A file that is not gzip of UTF-8 lines, or whose last line lacks its newline, adds a
+    problem to `problems`; the lines before the damage are still checked.
+    """
+    line = 1
+    rest = b""
+    try:
+        stream = BlobReader(client.download_blob(name, max_concurrency=1))
+        with igzip.IGzipFile(fileobj=stream, mode="rb") as gz:
+            while block := gz.read(batch_bytes):
+                if rest:
+                    block, rest = rest + block, b""
+                cut = block.rfind(b"\n") + 1
+                rest = block[cut:]
+                if cut:
+                    lines = _lines(block[:cut] if rest else block)
+                    del block
+                    yield Batch(name, line, lines)
+                    line += len(lines)
+    except ResourceNotFoundError:
+        problems.append({"file": name, "problem": "listed, but gone before it could be read"})
+        return
+    except (OSError, EOFError, ValueError, pl.exceptions.ComputeError) as exc:
+        problems.append({"file": name, "problem": f"not readable gzip UTF-8 JSON lines: {exc}"})
+        return
+    if rest:
+        problems.append({"file": name, "line": line, "problem": "the last line does not end in a newline"})
         try:
-            text = igzip.decompress(data).decode("utf-8")
-        except (OSError, EOFError, ValueError) as exc:
+            yield Batch(name, line, _lines(rest + b"\n"))
+        except pl.exceptions.ComputeError as exc:
             problems.append({"file": name, "problem": f"not readable gzip UTF-8 JSON lines: {exc}"})
-            continue
-        if not text:
-            continue
-        if not text.endswith("\n"):
-            problems.append({"file": name, "line": text.count("\n") + 1, "problem": "the last line does not end in a newline"})
-        else:
-            text = text[:-1]
-        lines = pl.Series("text", text.split("\n"), dtype=pl.String)
-        frames.append(pl.DataFrame({
-            "file": pl.Series([name] * len(lines), dtype=pl.String),
-            "line": pl.int_range(1, len(lines) + 1, eager=True, dtype=pl.Int64),
-            "text": lines,
-        }))
-    if not frames:
-        return pl.DataFrame(schema={"file": pl.String, "line": pl.Int64, "text": pl.String}), problems
-    return pl.concat(frames), problems
+
+
+def _lines(text: bytes) -> pl.Series:
+    """Newline-terminated UTF-8 lines as a string column (raises on invalid UTF-8)."""
+    return pl.read_lines(io.BytesIO(text)).to_series().rename("text")
+
+
+class Positions:
+    """Maps a line's position in the hour (0, 1, ...) back to its file and line number."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.batches: list[tuple[str, int]] = []
+        self.total = 0
+
+    def add(self, batch: Batch) -> int:
+        """Record a batch; returns the hour position of its first line."""
+        start = self.total
+        self.starts.append(start)
+        self.batches.append((batch.file, batch.first_line))
+        self.total += len(batch.lines)
+        return start
+
+    def locate(self, position: int) -> tuple[str, int]:
+        i = bisect.bisect_right(self.starts, position) - 1
+        name, first = self.batches[i]
+        return name, first + position - self.starts[i]
+
+
+# -- what a line must be ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LineRules:
+    """What each line of an hour's files must be."""
+
+    head: tuple[str, ...]  # the keys every line starts with, in order
+    fields: tuple[tuple[str, Kind], ...]  # their JSON types
+    allow_extras: bool  # the first line's further keys, then the same on every line
+    nullable: bool = True
+    fixed: tuple[tuple[str, str], ...] = ()  # fields whose every value must be this JSON text
+    unique: tuple[tuple[str, ...], ...] = ()  # keys that must not repeat (all parts non-null)
+
+    def expected_keys(self, first: list[str] | None) -> list[str]:
+        """The hour's keys: the head, then the first line's extras when they follow it."""
+        if first is None:
+            return list(self.head)
+        head = list(self.head)
+        extras = first[len(head):] if self.allow_extras and first[: len(head)] == head else []
+        return [*head, *extras]
+
+    @property
+    def string_fields(self) -> list[str]:
+        """Fields whose string value is looked at: patterns, fixed values, unique keys."""
+        names = [n for n, k in self.fields if k in _PATTERNS]
+        names += [n for n, _ in self.fixed]
+        names += [n for key in self.unique for n in key]
+        return list(dict.fromkeys(names))
 
 
 def _path(key: str) -> str:
@@ -166,31 +286,58 @@ def _path(key: str) -> str:
     return "'" + quoted.replace("'", "''") + "'"
 
 
-def json_columns(lines: pl.DataFrame, types: list[str], strings: list[str]) -> pl.DataFrame:
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _scan_sql(rules: LineRules, expected: list[str]) -> str:
+    """One yes/no per line (keys, types, patterns, fixed values) and the key fields' strings.
+
+    Three JSON functions read each line: its keys, its fields' types, and a few strings.
+    A line that is not JSON makes them fail; `try` turns that into NULL, and NULL is "no".
+    """
+    strings = rules.string_fields
+    index = {name: i + 1 for i, name in enumerate(strings)}
+    conditions = [f"array_to_string(k, chr(31)) = {_literal(chr(31).join(expected))}"]
+    for i, (name, kind) in enumerate(rules.fields, start=1):
+        allowed = [t for t in _JSON_TYPES[kind] if rules.nullable or t != "NULL"]
+        condition = f"t[{i}] IN ({', '.join(map(_literal, allowed))})"
+        if kind in _PATTERNS:
+            condition = f"({condition} AND (t[{i}] <> 'VARCHAR' OR regexp_full_match(s[{index[name]}], {_literal(_PATTERNS[kind].strip('^$'))})))"
+        conditions.append(condition)
+    conditions += [f"s[{index[name]}] IS NOT DISTINCT FROM {_literal(value)}" for name, value in rules.fixed]
+    keys = [f's[{index[name]}] AS "{name}"' for name in dict.fromkeys(n for key in rules.unique for n in key)]
+    paths = ", ".join(_path(n) for n, _ in rules.fields)
+    string_paths = ", ".join(_path(n) for n in strings)
+    return (
+        f"SELECT coalesce({' AND '.join(conditions)}, false) AS ok{''.join(', ' + k for k in keys)} "
+        f"FROM (SELECT _i, try(json_keys(text)) AS k, try(json_type(text, [{paths}])) AS t"
+        + (f", try(json_extract_string(text, [{string_paths}])) AS s" if strings else "")
+        + " FROM lines) ORDER BY _i"
+    )
+
+
+def json_columns(con, lines: pl.DataFrame, types: list[str], strings: list[str]) -> pl.DataFrame:
     """Per line: its JSON kind, its keys in order, the JSON type of each of `types`, the text of `strings`.
 
     DuckDB's JSON functions work per line, so every line keeps its own keys and types
-    (polars would infer one schema for all lines).
+    (polars would infer one schema for all lines). Used on the few lines that failed the scan.
     """
-    con = duckdb.connect()
-    try:
-        con.register("lines", lines.select("text").with_row_index("_i").to_arrow(compat_level=pl.CompatLevel.newest()))
-        # The list forms parse each line once for all paths.
-        # Invalid lines become an empty object, so no JSON function sees them.
-        columns = [
-            "CASE WHEN valid THEN json_type(j) END AS kind",
-            "CASE WHEN valid AND json_type(j) = 'OBJECT' THEN json_keys(j) END AS keys",
-        ]
-        if types:
-            paths = ", ".join(_path(k) for k in types)
-            columns.append(f"CASE WHEN valid AND json_type(j) = 'OBJECT' THEN json_type(j, [{paths}]) END AS types")
-        if strings:
-            paths = ", ".join(_path(k) for k in strings)
-            columns.append(f"CASE WHEN valid AND json_type(j) = 'OBJECT' THEN json_extract_string(j, [{paths}]) END AS strings")
-        checked = "SELECT _i, valid, CASE WHEN valid THEN text ELSE '{}' END AS j FROM (SELECT _i, text, json_valid(text) AS valid FROM lines)"
-        found = con.sql(f"SELECT {', '.join(columns)} FROM ({checked}) ORDER BY _i").pl()
-    finally:
-        con.close()
+    con.register("detail", lines.select("text").with_row_index("_i").to_arrow(compat_level=pl.CompatLevel.newest()))
+    # Invalid lines become an empty object, so no JSON function sees them.
+    columns = [
+        "CASE WHEN valid THEN json_type(j) END AS kind",
+        "CASE WHEN valid AND json_type(j) = 'OBJECT' THEN json_keys(j) END AS keys",
+    ]
+    if types:
+        paths = ", ".join(_path(k) for k in types)
+        columns.append(f"CASE WHEN valid AND json_type(j) = 'OBJECT' THEN json_type(j, [{paths}]) END AS types")
+    if strings:
+        paths = ", ".join(_path(k) for k in strings)
+        columns.append(f"CASE WHEN valid AND json_type(j) = 'OBJECT' THEN json_extract_string(j, [{paths}]) END AS strings")
+    checked = "SELECT _i, valid, CASE WHEN valid THEN text ELSE '{}' END AS j FROM (SELECT _i, text, json_valid(text) AS valid FROM detail)"
+    found = con.sql(f"SELECT {', '.join(columns)} FROM ({checked}) ORDER BY _i").pl()
+    con.unregister("detail")
     found = found.select(
         "kind", "keys",
         *(pl.col("types").list.get(i).alias(f"t:{k}") for i, k in enumerate(types)),
@@ -199,15 +346,7 @@ def json_columns(lines: pl.DataFrame, types: list[str], strings: list[str]) -> p
     return pl.concat([lines, found], how="horizontal")
 
 
-# -- the line checks ----------------------------------------------------------------------
-
-
-@dataclass
-class Found:
-    """The first MAX_REPORTED problems of one kind, and how many there are in all."""
-
-    problems: list[dict]
-    count: int
+# -- what is wrong with a line that failed the scan ----------------------------------------------
 
 
 def _structure_problems(scanned: pl.DataFrame) -> tuple[pl.DataFrame, Found]:
@@ -221,15 +360,11 @@ def _structure_problems(scanned: pl.DataFrame) -> tuple[pl.DataFrame, Found]:
     return scanned.filter(pl.col("kind") == "OBJECT"), Found(problems, bad.height)
 
 
-def _key_problems(objects: pl.DataFrame, expected_head: tuple[str, ...], allow_extras: bool) -> Found:
-    """Keys in the contract's order, then the same extra keys in the same order on every line."""
+def _key_problems(objects: pl.DataFrame, expected: list[str], extras: set[str]) -> Found:
+    """Keys in the expected order (the contract's, then the hour's extras)."""
     if objects.height == 0:
-        return Found([], 0)
-    first = objects["keys"][0].to_list()
-    extras = first[len(expected_head):] if allow_extras and first[: len(expected_head)] == list(expected_head) else []
-    expected = [*expected_head, *extras]
-    joined = "\x1f".join(expected)
-    bad = objects.filter(pl.col("keys").list.join("\x1f") != joined)
+        return Found()
+    bad = objects.filter(pl.col("keys").list.join("\x1f") != "\x1f".join(expected))
     problems = []
     for r in bad.head(MAX_REPORTED).iter_rows(named=True):
         keys = list(r["keys"])
@@ -254,15 +389,14 @@ def _type_problems(objects: pl.DataFrame, fields: tuple[tuple[str, Kind], ...], 
         jtype = pl.col(f"t:{name}")
         allowed = [t for t in _JSON_TYPES[kind] if nullable or t != "NULL"]
         wrong = ~jtype.is_in(allowed)  # an absent key is a key problem, not a type one
-        if kind in (Kind.TIMESTAMP, Kind.UUID):
-            pattern = TIMESTAMP_PATTERN if kind is Kind.TIMESTAMP else UUID_PATTERN
-            wrong = wrong | ((jtype == "VARCHAR") & ~pl.col(f"s:{name}").str.contains(pattern))
+        if kind in _PATTERNS:
+            wrong = wrong | ((jtype == "VARCHAR") & ~pl.col(f"s:{name}").str.contains(_PATTERNS[kind]))
         checks.append(wrong.fill_null(False).alias(name))
     flags = objects.select("file", "line", "text", *checks)
     long = (
         flags.unpivot(index=["file", "line", "text"], variable_name="field", value_name="wrong")
         .filter(pl.col("wrong"))
-        .sort("file", "line")
+        .sort("file", "line", maintain_order=True)
     )
     kinds = dict(fields)
     problems = []
@@ -279,69 +413,203 @@ def _type_words(kind: Kind, nullable: bool) -> str:
     return words if nullable else words.removesuffix(" or null")
 
 
-def schema_outcome(files: list[tuple[str, bytes]], head: tuple[str, ...], fields: tuple[tuple[str, Kind], ...],
-                   allow_extras: bool, nullable: bool = True, fixed: dict[str, str] | None = None) -> Outcome:
-    """Every line parses, has the keys in order (then the hour's extras) and the contract's JSON types.
-
-    `fixed` names fields whose every value must be the given JSON text (the merged IDs' scope).
-    """
-    fixed = fixed or {}
-    lines, problems = read_lines(files)
-    strings = [n for n, k in fields if k in (Kind.TIMESTAMP, Kind.UUID) or n in fixed]
-    scanned = json_columns(lines, [n for n, _ in fields], strings)
-    objects, structure = _structure_problems(scanned)
-    found = [Found(problems, len(problems)), structure, _key_problems(objects, head, allow_extras),
-             _type_problems(objects, fields, nullable), *(_fixed_problems(objects, n, v) for n, v in fixed.items())]
-    return _combine(found, {"files_checked": len(files), "lines_checked": lines.height})
-
-
 def _fixed_problems(objects: pl.DataFrame, name: str, value: str) -> Found:
-    wrong = objects.filter(pl.col(f"s:{name}") != value)
+    wrong = objects.filter(pl.col(f"s:{name}").ne_missing(value))
     problems = [{"file": r["file"], "line": r["line"], "field": name, "value": r[f"s:{name}"],
                  "problem": f"must be {value}"} for r in wrong.head(MAX_REPORTED).iter_rows(named=True)]
     return Found(problems, wrong.height)
 
 
-def unique_outcome(files: list[tuple[str, bytes]], keys: list[tuple[str, ...]]) -> Outcome:
-    """No key (one or more fields, all non-null) repeats across the hour's files."""
-    lines, problems = read_lines(files)
-    names = sorted({n for key in keys for n in key})
-    scanned = json_columns(lines, [], names)
-    found = [Found(problems, len(problems))]
-    for key in keys:
-        cols = [pl.col(f"s:{n}") for n in key]
-        values = pl.concat_str([c.str.to_lowercase() if key == ("uuid",) else c for c in cols], separator="\x1f")
-        present = pl.all_horizontal([c.is_not_null() for c in cols])
-        keyed = scanned.filter(present).with_columns(values.alias("_key"))
-        first = keyed.group_by("_key", maintain_order=True).agg(pl.col("file").first().alias("first_file"),
-                                                              pl.col("line").first().alias("first_line"))
-        repeats = keyed.filter(~pl.col("_key").is_first_distinct()).join(first, on="_key", how="left")
-        label = key[0] if len(key) == 1 else "(" + ", ".join(key) + ")"
-        repeated = []
-        for r in repeats.head(MAX_REPORTED).iter_rows(named=True):
-            repeated.append({"file": r["file"], "line": r["line"], "field": label,
-                             "value": _short(r["_key"].replace("\x1f", ", ")),
-                             "problem": f"repeats {r['first_file']} line {r['first_line']}"})
-        found.append(Found(repeated, repeats.height))
-    return _combine(found, {"files_checked": len(files), "lines_checked": lines.height})
+# -- unique keys across the hour --------------------------------------------------------------
+
+
+def _key_label(key: tuple[str, ...]) -> str:
+    return key[0] if len(key) == 1 else "(" + ", ".join(key) + ")"
+
+
+def compact_keys(frame: pl.DataFrame, key: tuple[str, ...], start: int) -> pl.DataFrame:
+    """A batch's keys as two 64-bit halves and the line's hour position; rows with a null part left out.
+
+    A canonical uuid is its own 128 bits; anything else is a 128-bit hash of its exact text
+    (a uuid lowercased first), so two different keys collide with odds of about 2^-128.
+    """
+    present = pl.all_horizontal([pl.col(n).is_not_null() for n in key])
+    if key == ("uuid",):
+        text = pl.col("uuid").str.to_lowercase()
+    elif len(key) == 1:
+        text = pl.col(key[0])
+    else:  # each part's length first, so ("ab", "c") and ("a", "bc") differ
+        text = pl.concat_str([e for n in key for e in (pl.col(n).str.len_bytes().cast(pl.String), pl.lit(":"), pl.col(n))])
+    keyed = frame.select(text.alias("text"), pl.int_range(start, start + frame.height, dtype=pl.UInt64).alias("pos"),
+                         present.alias("present")).filter("present")
+    hashed = (pl.col("text").hash(seed=1), pl.col("text").hash(seed=2))
+    if key == ("uuid",):
+        digits = pl.col("text").str.replace_all("-", "", literal=True)
+        canonical = pl.col("text").str.contains(UUID_PATTERN)
+        high = pl.when(canonical).then(digits.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64, strict=False))
+        low = pl.when(canonical).then(digits.str.slice(16, 16).str.to_integer(base=16, dtype=pl.UInt64, strict=False))
+        hashed = (high.otherwise(hashed[0]), low.otherwise(hashed[1]))
+    return keyed.select(hashed[0].alias("high"), hashed[1].alias("low"), "pos")
+
+
+@dataclass
+class Repeats:
+    """A key's repeats across the hour: how many, and (position, first position) of the first few."""
+
+    count: int
+    first: list[tuple[int, int]]
+
+
+def find_repeats(keys: list[pl.DataFrame]) -> Repeats:
+    """Repeats of a key over the hour's compact keys (in hour order): the first row wins."""
+    if not keys:
+        return Repeats(0, [])
+    frame = pl.concat(keys, rechunk=True)
+    keys.clear()
+    first = pl.struct("high", "low").is_first_distinct()
+    repeated = frame.filter(~first)
+    if repeated.height == 0:
+        return Repeats(0, [])
+    shown = repeated.head(MAX_REPORTED).join(
+        frame.filter(first), on=["high", "low"], how="left", suffix="_first", maintain_order="left"
+    )
+    return Repeats(repeated.height, list(zip(shown["pos"].to_list(), shown["pos_first"].to_list())))
+
+
+def fetch_lines(client: ContainerClient, wanted: dict[str, set[int]]) -> dict[tuple[str, int], str]:
+    """The text of a few lines, by file and line number (read again: only when keys repeat)."""
+    found: dict[tuple[str, int], str] = {}
+    for name, numbers in wanted.items():
+        last = max(numbers)
+        for batch in file_batches(client, name, []):
+            for number in numbers:
+                if batch.first_line <= number < batch.first_line + len(batch.lines):
+                    found[(name, number)] = batch.lines[number - batch.first_line]
+            if batch.first_line + len(batch.lines) > last:
+                break
+    return found
+
+
+def _key_value(text: str | None, key: tuple[str, ...]) -> str:
+    try:
+        row = json.loads(text)
+        parts = [row.get(n) for n in key]
+    except (TypeError, ValueError, AttributeError):
+        return "?"
+    parts = [p if isinstance(p, str) else json.dumps(p, ensure_ascii=False) for p in parts]
+    return ", ".join(p.lower() if key == ("uuid",) else p for p in parts)
+
+
+# -- one read of an hour -------------------------------------------------------------------
+
+
+@dataclass
+class LinesScan:
+    """What one read of an hour's files found: per check, the problems, and the facts."""
+
+    schema: list[Found]
+    unique: list[Found]
+    facts: dict
+    largest_batch: int  # lines in the largest batch handled: the working set's bound
+
+
+def scan_files(client: ContainerClient, names: list[str], rules: LineRules, *, schema: bool = True,
+               unique: bool = True, batch_bytes: int = BATCH_BYTES) -> LinesScan:
+    """Read the files once, a batch at a time, for the schema and the unique checks."""
+    read_problems: list[dict] = []
+    structure, keys_found, types_found, fixed_found = Found(), Found(), Found(), {n: Found() for n, _ in rules.fixed}
+    keys: dict[tuple[str, ...], list[pl.DataFrame]] = {key: [] for key in rules.unique}
+    positions = Positions()
+    expected: list[str] | None = None
+    extras: set[str] = set()
+    sql: str | None = None
+    largest = 0
+    con = duck.connect()
+    try:
+        batches = _prefetch(iter_batches(client, names, read_problems, batch_bytes))
+        for batch in batches:
+            start = positions.add(batch)
+            largest = max(largest, len(batch.lines))
+            con.register("lines", pl.DataFrame({"text": batch.lines}).with_row_index("_i")
+                         .to_arrow(compat_level=pl.CompatLevel.newest()))
+            if expected is None:
+                first = con.sql("SELECT k FROM (SELECT _i, try(json_keys(text)) AS k, try(json_type(text)) AS t "
+                                "FROM lines) WHERE t = 'OBJECT' ORDER BY _i LIMIT 1").fetchall()
+                if not first:
+                    sql = None
+                else:
+                    expected = rules.expected_keys(list(first[0][0]))
+                    extras = set(expected[len(rules.head):])
+                    sql = _scan_sql(rules, expected)
+            scanned = con.sql(sql).pl() if sql else pl.DataFrame(
+                {"ok": [False] * len(batch.lines), **{n: pl.Series([None] * len(batch.lines), dtype=pl.String)
+                                                      for key in rules.unique for n in key}})
+            con.unregister("lines")
+            if schema and not scanned["ok"].all():
+                bad = scanned["ok"].not_().arg_true()
+                lines = pl.DataFrame({
+                    "file": pl.Series([batch.file] * len(bad), dtype=pl.String),
+                    "line": (bad.cast(pl.Int64) + batch.first_line).alias("line"),
+                    "text": batch.lines.gather(bad),
+                })
+                details = json_columns(con, lines, [n for n, _ in rules.fields], rules.string_fields)
+                objects, found = _structure_problems(details)
+                structure.add(found)
+                keys_found.add(_key_problems(objects, expected or list(rules.head), extras))
+                types_found.add(_type_problems(objects, rules.fields, rules.nullable))
+                for name, value in rules.fixed:
+                    fixed_found[name].add(_fixed_problems(objects, name, value))
+            if unique:
+                for key in rules.unique:
+                    keys[key].append(compact_keys(scanned, key, start))
+            del scanned
+    finally:
+        con.close()
+    facts = {"files_checked": len(names), "lines_checked": positions.total}
+    read_found = Found(read_problems[:MAX_REPORTED], len(read_problems))
+    unique_found = [Found(read_problems[:MAX_REPORTED], len(read_problems))]
+    if unique:
+        repeats = {key: find_repeats(keys[key]) for key in rules.unique}
+        wanted: dict[str, set[int]] = {}
+        for r in repeats.values():
+            for pair in r.first:
+                for position in pair:
+                    name, number = positions.locate(position)
+                    wanted.setdefault(name, set()).add(number)
+        texts = fetch_lines(client, wanted) if wanted else {}
+        for key, r in repeats.items():
+            problems = []
+            for position, first in r.first:
+                (name, number), (first_name, first_number) = positions.locate(position), positions.locate(first)
+                problems.append({"file": name, "line": number, "field": _key_label(key),
+                                 "value": _short(_key_value(texts.get((name, number)), key)),
+                                 "problem": f"repeats {first_name} line {first_number}"})
+            unique_found.append(Found(problems, r.count))
+    return LinesScan(
+        schema=[read_found, structure, keys_found, types_found, *fixed_found.values()],
+        unique=unique_found, facts=facts, largest_batch=largest,
+    )
+
+
+def iter_batches(client: ContainerClient, names: list[str], problems: list[dict], batch_bytes: int) -> Iterator[Batch]:
+    for name in names:
+        yield from file_batches(client, name, problems, batch_bytes)
 
 
 # -- the marker ----------------------------------------------------------------------------
 
 
-def complete_outcome(client: ContainerClient, layout: EventsLayout, hour: datetime) -> Outcome:
-    """The marker's manifest matches the parts present (names, sizes, Content-MD5) and reconciles."""
+def complete_outcome(layout: EventsLayout, hour: datetime, listed: dict[str, dict], body: bytes | None) -> Outcome:
+    """The marker's manifest matches the parts listed (names, sizes, Content-MD5) and reconciles."""
     marker = layout.marker(hour)
-    listed = {n: v for n, v in list_blobs(client, layout.parts_prefix(hour)).items()
-              if layout.part_number(n, hour) is not None}
     facts = {"marker": marker, "parts_listed": len(listed)}
-    body = read_blob(client, marker)
     if body is None:
         return _outcome([{"file": marker, "problem": "the marker is missing: the hour is not (or no longer) exported"}], facts)
     try:
         manifest = json.loads(body)
         parts = {p["name"]: p for p in manifest["parts"]}
         counts = manifest["counts"]
+        numbers = sorted(layout.part_number(layout.folder + n, hour) for n in parts)
     except (ValueError, KeyError, TypeError) as exc:
         return _outcome([{"file": marker, "problem": f"the manifest is not readable: {type(exc).__name__}: {exc}"}], facts)
     problems: list[dict] = []
@@ -362,10 +630,9 @@ def complete_outcome(client: ContainerClient, layout: EventsLayout, hour: dateti
         if blob["md5"] != entry.get("md5"):
             problems.append({"file": listed_names[name], "field": "md5", "value": blob["md5"],
                              "problem": f"Content-MD5 differs from the manifest's {entry.get('md5')}"})
-    numbers = sorted(layout.part_number(layout.folder + n, hour) for n in parts)
-    if numbers != list(range(len(numbers))):
-        problems.append({"file": marker, "field": "parts", "value": _short(numbers),
-                         "problem": "part numbers must start at 0 and have no gaps"})
+    if None in numbers or numbers != list(range(len(numbers))):
+        problems.append({"file": marker, "field": "parts", "value": _short(sorted(parts)),
+                         "problem": "part names must be this hour's, numbered from 0 with no gaps"})
     rows = sum(int(p.get("rows", 0)) for p in parts.values())
     if manifest.get("rows") != rows:
         problems.append({"file": marker, "field": "rows", "value": manifest.get("rows"),
@@ -384,20 +651,25 @@ def complete_outcome(client: ContainerClient, layout: EventsLayout, hour: dateti
 
 # -- the checks ------------------------------------------------------------------------------
 
-
-def hour_files(client: ContainerClient, names: list[str]) -> list[tuple[str, bytes]]:
-    files = []
-    for name in names:
-        data = read_blob(client, name)
-        if data is not None:
-            files.append((name, data))
-    return files
+EVENT_RULES = LineRules(head=EVENT_FIELD_NAMES, fields=EVENT_FIELDS, allow_extras=True,
+                        unique=(("uuid",), ("$insert_id", "device_id")))
 
 
-def events_parts(client: ContainerClient, layout: EventsLayout, hour: datetime) -> list[tuple[str, bytes]]:
-    """The hour's parts present in the container, in part order."""
-    names = [n for n in list_blobs(client, layout.parts_prefix(hour)) if layout.part_number(n, hour) is not None]
-    return hour_files(client, sorted(names, key=lambda n: layout.part_number(n, hour)))
+def events_hour_outcomes(client: ContainerClient, layout: EventsLayout, hour: datetime,
+                         selected: set[str], batch_bytes: int = BATCH_BYTES) -> dict[str, Outcome]:
+    """The selected events checks of one hour, from one listing, the marker and one read of the parts."""
+    listed = {n: v for n, v in list_blobs(client, layout.parts_prefix(hour)).items()
+              if layout.part_number(n, hour) is not None}
+    outcomes: dict[str, Outcome] = {}
+    if "complete" in selected:
+        outcomes["complete"] = complete_outcome(layout, hour, listed, read_blob(client, layout.marker(hour)))
+    if selected & {"schema", "unique"}:
+        names = sorted(listed, key=lambda n: layout.part_number(n, hour))
+        scan = scan_files(client, names, EVENT_RULES, schema="schema" in selected, unique="unique" in selected,
+                          batch_bytes=batch_bytes)
+        outcomes["schema"] = _combine(scan.schema, scan.facts)
+        outcomes["unique"] = _combine(scan.unique, scan.facts)
+    return {name: outcomes[name] for name in selected}
 
 
 def _target(context: dg.AssetCheckExecutionContext, asset_key: dg.AssetKey, key: str):
@@ -419,101 +691,101 @@ def _target(context: dg.AssetCheckExecutionContext, asset_key: dg.AssetKey, key:
 def evaluate_hours(
     context: dg.AssetCheckExecutionContext,
     asset: str,
-    name: str,
-    blocking: bool,
+    specs: list[dg.AssetCheckSpec],
     storage: AzureStorage,
-    run: Callable[[datetime], Outcome],
-) -> dg.AssetCheckResult:
-    """Run one check for every hour of the step; one evaluation per hour, and a summary result."""
+    run: Callable[[datetime, set[str]], dict[str, Outcome]],
+) -> Iterator[dg.AssetCheckResult]:
+    """Run the selected checks for every hour of the step; one evaluation per check and hour, and a summary."""
+    asset_key = dg.AssetKey(asset)
+    selected = {k.name for k in context.selected_asset_check_keys if k.asset_key == asset_key}
+    specs = [s for s in specs if s.name in selected]
     keys = list(context.partition_keys)
-    outcomes: dict[str, Outcome] = {}
+    outcomes: dict[str, dict[str, Outcome]] = {}
     for key in keys:
         try:
-            outcomes[key] = run(parse_hour(key))
+            outcomes[key] = run(parse_hour(key), selected)
         except Exception as exc:  # the container could not be read: that hour fails, saying why
             message = storage.redact(f"{type(exc).__name__}: {exc}")
-            outcomes[key] = _outcome([{"problem": f"could not read the container: {message}"}], {})
-        outcome = outcomes[key]
-        (context.log.info if outcome.passed else context.log.error)(f"{asset} {name} {key}: {outcome.description}")
+            failed = _outcome([{"problem": f"could not read the container: {message}"}], {})
+            outcomes[key] = {name: failed for name in selected}
+        for spec in specs:
+            outcome = outcomes[key][spec.name]
+            (context.log.info if outcome.passed else context.log.error)(f"{asset} {spec.name} {key}: {outcome.description}")
     if len(keys) == 1:
-        outcome = outcomes[keys[0]]
-        return dg.AssetCheckResult(passed=outcome.passed, metadata=outcome.metadata(), description=outcome.description)
-    asset_key = dg.AssetKey(asset)
-    for key, outcome in outcomes.items():
-        context.op_execution_context.log_event(dg.AssetCheckEvaluation(
-            asset_key=asset_key, check_name=name, passed=outcome.passed, metadata=outcome.metadata(),
-            description=outcome.description, blocking=blocking, partition=key,
-            target_materialization_data=_target(context, asset_key, key),
-        ))
-    failed = [k for k, o in outcomes.items() if not o.passed]
-    return dg.AssetCheckResult(
-        passed=not failed,
-        description=f"{len(keys) - len(failed)} of {len(keys)} hours passed"
-        + (f"; failed: {', '.join(failed[:10])}" if failed else ""),
-        metadata={"hours_checked": len(keys), "hours_failed": dg.MetadataValue.json(failed),
-                  "first_hour": keys[0], "last_hour": keys[-1]},
-    )
+        for spec in specs:
+            outcome = outcomes[keys[0]][spec.name]
+            yield dg.AssetCheckResult(asset_key=asset_key, check_name=spec.name, passed=outcome.passed,
+                                      metadata=outcome.metadata(), description=outcome.description)
+        return
+    for key in keys:
+        target = _target(context, asset_key, key)
+        for spec in specs:
+            outcome = outcomes[key][spec.name]
+            context.op_execution_context.log_event(dg.AssetCheckEvaluation(
+                asset_key=asset_key, check_name=spec.name, passed=outcome.passed, metadata=outcome.metadata(),
+                description=outcome.description, blocking=spec.blocking, partition=key,
+                target_materialization_data=target,
+            ))
+    for spec in specs:
+        failed = [k for k in keys if not outcomes[k][spec.name].passed]
+        yield dg.AssetCheckResult(
+            asset_key=asset_key, check_name=spec.name, passed=not failed,
+            description=f"{len(keys) - len(failed)} of {len(keys)} hours passed"
+            + (f"; failed: {', '.join(failed[:10])}" if failed else ""),
+            metadata={"hours_checked": len(keys), "hours_failed": dg.MetadataValue.json(failed),
+                      "first_hour": keys[0], "last_hour": keys[-1]},
+        )
 
 
-def build_events_checks(settings: Settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
+def build_events_checks(settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
     layout = EventsLayout(settings.events_prefix, settings.project_id)
     container = settings.events_container
+    specs = [
+        dg.AssetCheckSpec("schema", asset="events", blocking=True, partitions_def=partitions,
+                          description="Every line of the hour's parts parses, has the 49 keys in order (then the "
+                                      "same extra keys on every line) and the contract's JSON types."),
+        dg.AssetCheckSpec("unique", asset="events", partitions_def=partitions,
+                          description="No uuid and no ($insert_id, device_id) repeats across the hour's parts."),
+        dg.AssetCheckSpec("complete", asset="events", blocking=True, partitions_def=partitions,
+                          description="The marker's manifest matches the parts in the container (names, sizes, "
+                                      "Content-MD5, no stray parts) and its counts reconcile."),
+    ]
 
-    @dg.asset_check(asset="events", name="schema", partitions_def=partitions, blocking=True,
-                    description="Every line of the hour's parts parses, has the 49 keys in order (then the "
-                                "same extra keys on every line) and the contract's JSON types.")
-    def events_schema(context: dg.AssetCheckExecutionContext, storage: AzureStorage) -> dg.AssetCheckResult:
+    @dg.multi_asset_check(specs=specs, name="events_checks", can_subset=True,
+                          description="One read of each hour serves the schema, unique and complete checks.")
+    def events_checks(context: dg.AssetCheckExecutionContext, storage: AzureStorage):
         client = storage.container(container)
-        return evaluate_hours(context, "events", "schema", True, storage, lambda hour: schema_outcome(
-            events_parts(client, layout, hour), EVENT_FIELD_NAMES, EVENT_FIELDS, allow_extras=True))
+        yield from evaluate_hours(context, "events", specs, storage,
+                                  lambda hour, selected: events_hour_outcomes(client, layout, hour, selected))
 
-    @dg.asset_check(asset="events", name="unique", partitions_def=partitions,
-                    description="No uuid and no ($insert_id, device_id) repeats across the hour's parts.")
-    def events_unique(context: dg.AssetCheckExecutionContext, storage: AzureStorage) -> dg.AssetCheckResult:
-        client = storage.container(container)
-        return evaluate_hours(context, "events", "unique", False, storage, lambda hour: unique_outcome(
-            events_parts(client, layout, hour), [("uuid",), ("$insert_id", "device_id")]))
-
-    @dg.asset_check(asset="events", name="complete", partitions_def=partitions, blocking=True,
-                    description="The marker's manifest matches the parts in the container (names, sizes, "
-                                "Content-MD5, no stray parts) and its counts reconcile.")
-    def events_complete(context: dg.AssetCheckExecutionContext, storage: AzureStorage) -> dg.AssetCheckResult:
-        client = storage.container(container)
-        return evaluate_hours(context, "events", "complete", True, storage,
-                              lambda hour: complete_outcome(client, layout, hour))
-
-    return [events_schema, events_unique, events_complete]
+    return [events_checks]
 
 
-def merged_ids_files(client: ContainerClient, layout: MergedIdsLayout, hour: datetime) -> list[tuple[str, bytes]]:
-    """The hour's merged-IDs file, when the hour has merges."""
-    return hour_files(client, [layout.file(hour)])
-
-
-def build_merged_ids_checks(settings: Settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
+def build_merged_ids_checks(settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
     layout = MergedIdsLayout(settings.merged_ids_prefix, settings.merged_ids_scope)
     container = settings.merged_ids_container
-    fields = tuple((name, Kind.INT) for name in MERGED_ID_FIELDS)
-    scope = int(settings.merged_ids_scope)
+    rules = LineRules(head=MERGED_ID_FIELDS, fields=tuple((name, Kind.INT) for name in MERGED_ID_FIELDS),
+                      allow_extras=False, nullable=False, fixed=(("scope", str(int(settings.merged_ids_scope))),),
+                      unique=(("amplitude_id",),))
+    specs = [
+        dg.AssetCheckSpec("schema", asset="merged_ids", blocking=True, partitions_def=partitions,
+                          description="Every line parses, has scope, merge_time, merge_server_time, amplitude_id, "
+                                      "merged_amplitude_id in order, all integers (never null), and the configured scope."),
+        dg.AssetCheckSpec("unique", asset="merged_ids", partitions_def=partitions,
+                          description="No amplitude_id is merged away twice in the hour."),
+    ]
 
-    @dg.asset_check(asset="merged_ids", name="schema", partitions_def=partitions, blocking=True,
-                    description="Every line parses, has scope, merge_time, merge_server_time, amplitude_id, "
-                                "merged_amplitude_id in order, all integers (never null), and the configured scope.")
-    def merged_ids_schema(context: dg.AssetCheckExecutionContext, storage: AzureStorage) -> dg.AssetCheckResult:
+    def run(client: ContainerClient, hour: datetime, selected: set[str]) -> dict[str, Outcome]:
+        name = layout.file(hour)
+        names = [name] if name in list_blobs(client, name) else []  # the file exists only when the hour has merges
+        scan = scan_files(client, names, rules, schema="schema" in selected, unique="unique" in selected)
+        outcomes = {"schema": _combine(scan.schema, scan.facts), "unique": _combine(scan.unique, scan.facts)}
+        return {n: outcomes[n] for n in selected}
+
+    @dg.multi_asset_check(specs=specs, name="merged_ids_checks", can_subset=True,
+                          description="One read of each hour's merged-IDs file serves the schema and unique checks.")
+    def merged_ids_checks(context: dg.AssetCheckExecutionContext, storage: AzureStorage):
         client = storage.container(container)
+        yield from evaluate_hours(context, "merged_ids", specs, storage, lambda hour, selected: run(client, hour, selected))
 
-        def run(hour: datetime) -> Outcome:
-            files = merged_ids_files(client, layout, hour)
-            return schema_outcome(files, MERGED_ID_FIELDS, fields, allow_extras=False, nullable=False,
-                                  fixed={"scope": str(scope)})
-
-        return evaluate_hours(context, "merged_ids", "schema", True, storage, run)
-
-    @dg.asset_check(asset="merged_ids", name="unique", partitions_def=partitions,
-                    description="No amplitude_id is merged away twice in the hour.")
-    def merged_ids_unique(context: dg.AssetCheckExecutionContext, storage: AzureStorage) -> dg.AssetCheckResult:
-        client = storage.container(container)
-        return evaluate_hours(context, "merged_ids", "unique", False, storage, lambda hour: unique_outcome(
-            merged_ids_files(client, layout, hour), [("amplitude_id",)]))
-
-    return [merged_ids_schema, merged_ids_unique]
+    return [merged_ids_checks]

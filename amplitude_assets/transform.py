@@ -19,9 +19,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
-import duckdb
 import polars as pl
 
+from amplitude_assets import duck
 from amplitude_assets.schema import (
     EVENT_FIELD_NAMES,
     EVENT_FIELDS,
@@ -130,7 +130,7 @@ def _scan(source: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series]:
     and for values that are not objects, which `json_type` then tells apart on those
     few lines. Returns the good lines, the rejects and, per good line, its extra keys.
     """
-    con = duckdb.connect()
+    con = duck.connect()
     con.register("source", _arrow(source))
     scanned = con.sql(
         f"""
@@ -188,7 +188,7 @@ def _extract_json(lines: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     """Each key's value as exact JSON text (strings stay quoted, objects keep their keys)."""
     if not keys:
         return pl.DataFrame(schema={})
-    con = duckdb.connect()
+    con = duck.connect()
     con.register("good", _arrow(lines.select("line")))
     paths = ", ".join(_sql_text(_json_path(k)) for k in keys)
     values = con.sql(f"SELECT json_extract(line, [{paths}]) AS v FROM good").pl()["v"]
@@ -215,7 +215,7 @@ def json_fields(lines: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
             by_path.append(key)
     structure = {name: ("JSON" if kind is Kind.DICT else "VARCHAR") for name, kind in EVENT_FIELDS}
     structure.update((key, "JSON") for key in in_struct)
-    con = duckdb.connect()
+    con = duck.connect()
     con.register("good", _arrow(lines.select("line")))
     fields = pl.from_arrow(
         con.sql(f"SELECT unnest(json_transform(line, {_sql_text(json.dumps(structure))})) FROM good").arrow()
@@ -437,7 +437,7 @@ def _objects_in_string_fields(frame: pl.DataFrame) -> dict[str, pl.Series]:
     if LINE not in frame.columns or not suspect.any():
         return {}
     rows = suspect.arg_true()
-    con = duckdb.connect()
+    con = duck.connect()
     con.register("suspects", _arrow(frame.select(pl.col(LINE).alias("line"))[rows]))
     paths = ", ".join("'" + _json_path(n).replace("'", "''") + "'" for n in _STRING_FIELDS)
     kinds = con.sql(f"SELECT json_type(line, [{paths}]) AS k FROM suspects").pl()["k"]

@@ -1,0 +1,76 @@
+"""DuckDB connections with explicit limits.
+
+DuckDB's defaults are 80% of the machine's RAM and one thread per core. In a container
+both describe the node, not the pod: a pod limited to 4 GiB on a 64 GiB node would let
+DuckDB plan for 51 GiB and be OOM-killed. So every connection gets a `memory_limit` and
+`threads` derived from the cgroup limits where there are any, and the settings
+`AMPLITUDE_DUCKDB_MEMORY_LIMIT` (e.g. `1GB`) and `AMPLITUDE_DUCKDB_THREADS` override them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from pathlib import Path
+
+import duckdb
+
+MEMORY_SHARE = 0.25  # of the process's memory limit: DuckDB shares the process with polars and the upload
+MIN_MEMORY = 256 << 20
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def memory_limit_bytes(root: Path = CGROUP) -> int:
+    """The memory this process may use: the cgroup limit (v2 or v1), else the machine's RAM."""
+    limits = []
+    for name in ("memory.max", "memory/memory.limit_in_bytes"):
+        text = _read(root / name)
+        if text and text.isdigit() and int(text) < 1 << 60:  # v1 says "no limit" with a huge number
+            limits.append(int(text))
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError):
+        pass
+    return min(limits) if limits else 4 << 30
+
+
+def cpu_limit(root: Path = CGROUP) -> int:
+    """The cores this process may use: the cgroup quota (v2 or v1), the affinity mask, the cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    text = _read(root / "cpu.max")
+    if text:
+        quota, _, period = text.partition(" ")
+        if quota.isdigit() and period.isdigit() and int(period):
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    quota, period = _read(root / "cpu/cpu.cfs_quota_us"), _read(root / "cpu/cpu.cfs_period_us")
+    if quota and period and quota.isdigit() and period.isdigit() and int(period):
+        cores = min(cores, math.ceil(int(quota) / int(period)))
+    return max(1, cores)
+
+
+@functools.cache
+def limits() -> dict[str, str | int]:
+    """DuckDB's `memory_limit` and `threads` for this process (settings win over cgroups)."""
+    memory = os.environ.get("AMPLITUDE_DUCKDB_MEMORY_LIMIT", "").strip()
+    threads = os.environ.get("AMPLITUDE_DUCKDB_THREADS", "").strip()
+    if threads and not (threads.isdigit() and int(threads) > 0):
+        raise ValueError(f"AMPLITUDE_DUCKDB_THREADS must be a positive whole number, got {threads!r}")
+    if not memory:
+        memory = f"{max(MIN_MEMORY, int(memory_limit_bytes() * MEMORY_SHARE)) >> 20}MB"
+    return {"memory_limit": memory, "threads": int(threads) if threads else cpu_limit()}
+
+
+def connect() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection within this process's limits."""
+    try:
+        return duckdb.connect(config=dict(limits()))
+    except duckdb.Error as exc:
+        raise ValueError(f"AMPLITUDE_DUCKDB_MEMORY_LIMIT is not a size DuckDB understands: {exc}") from None
