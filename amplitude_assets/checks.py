@@ -22,9 +22,12 @@ check's result once, without a partition; so each hour's own result is also logg
 
 
 import bisect
+import collections
 import io
 import json
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -515,56 +518,93 @@ class LinesScan:
 
 def scan_files(client: ContainerClient, names: list[str], rules: LineRules, *, schema: bool = True,
                unique: bool = True, batch_bytes: int = BATCH_BYTES) -> LinesScan:
-    """Read the files once, a batch at a time, for the schema and the unique checks."""
+    """Read the files once, a batch at a time, for the schema and the unique checks.
+
+    One thread downloads and decompresses the next batch; the batches before it are
+    scanned side by side, one DuckDB thread each (a batch is smaller than the row group
+    DuckDB splits work by, so one query would use one core); results are taken in order.
+    """
     read_problems: list[dict] = []
     structure, keys_found, types_found, fixed_found = Found(), Found(), Found(), {n: Found() for n, _ in rules.fixed}
     keys: dict[tuple[str, ...], list[pl.DataFrame]] = {key: [] for key in rules.unique}
+    key_fields = list(dict.fromkeys(n for key in rules.unique for n in key))
     positions = Positions()
     expected: list[str] | None = None
     extras: set[str] = set()
-    sql: str | None = None
     largest = 0
-    con = duck.connect()
+    workers = duck.limits()["threads"]
+    local = threading.local()
+    connections: list = []
+
+    def connection():
+        if not hasattr(local, "con"):
+            local.con = duck.connect(threads=1)
+            connections.append(local.con)
+        return local.con
+
+    def scan(batch: Batch, sql: str | None) -> pl.DataFrame:
+        if sql is None:  # no JSON object in the hour yet: every line is looked at closely
+            return pl.DataFrame({"ok": [False] * len(batch.lines),
+                                 **{n: pl.Series([None] * len(batch.lines), dtype=pl.String) for n in key_fields}})
+        con = connection()
+        con.register("lines", pl.DataFrame({"text": batch.lines}).with_row_index("_i")
+                     .to_arrow(compat_level=pl.CompatLevel.newest()))
+        try:
+            return con.sql(sql).pl()
+        finally:
+            con.unregister("lines")
+
+    def first_keys(batch: Batch) -> list[str] | None:
+        con = connection()
+        con.register("lines", pl.DataFrame({"text": batch.lines}).with_row_index("_i").to_arrow())
+        try:
+            first = con.sql("SELECT k FROM (SELECT _i, try(json_keys(text)) AS k, try(json_type(text)) AS t "
+                            "FROM lines) WHERE t = 'OBJECT' ORDER BY _i LIMIT 1").fetchall()
+        finally:
+            con.unregister("lines")
+        return list(first[0][0]) if first else None
+
+    def take(batch: Batch, start: int, scanned: pl.DataFrame) -> None:
+        if schema and not scanned["ok"].all():
+            bad = scanned["ok"].not_().arg_true()
+            lines = pl.DataFrame({
+                "file": pl.Series([batch.file] * len(bad), dtype=pl.String),
+                "line": (bad.cast(pl.Int64) + batch.first_line).alias("line"),
+                "text": batch.lines.gather(bad),
+            })
+            details = json_columns(connection(), lines, [n for n, _ in rules.fields], rules.string_fields)
+            objects, found = _structure_problems(details)
+            structure.add(found)
+            keys_found.add(_key_problems(objects, expected or list(rules.head), extras))
+            types_found.add(_type_problems(objects, rules.fields, rules.nullable))
+            for name, value in rules.fixed:
+                fixed_found[name].add(_fixed_problems(objects, name, value))
+        if unique:
+            for key in rules.unique:
+                keys[key].append(compact_keys(scanned, key, start))
+
+    sql: str | None = None
+    pending: collections.deque = collections.deque()
     try:
-        batches = _prefetch(iter_batches(client, names, read_problems, batch_bytes))
-        for batch in batches:
-            start = positions.add(batch)
-            largest = max(largest, len(batch.lines))
-            con.register("lines", pl.DataFrame({"text": batch.lines}).with_row_index("_i")
-                         .to_arrow(compat_level=pl.CompatLevel.newest()))
-            if expected is None:
-                first = con.sql("SELECT k FROM (SELECT _i, try(json_keys(text)) AS k, try(json_type(text)) AS t "
-                                "FROM lines) WHERE t = 'OBJECT' ORDER BY _i LIMIT 1").fetchall()
-                if not first:
-                    sql = None
-                else:
-                    expected = rules.expected_keys(list(first[0][0]))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="amplitude-check") as pool:
+            for batch in _prefetch(iter_batches(client, names, read_problems, batch_bytes)):
+                start = positions.add(batch)
+                largest = max(largest, len(batch.lines))
+                if expected is None and (first := first_keys(batch)) is not None:
+                    expected = rules.expected_keys(first)
                     extras = set(expected[len(rules.head):])
                     sql = _scan_sql(rules, expected)
-            scanned = con.sql(sql).pl() if sql else pl.DataFrame(
-                {"ok": [False] * len(batch.lines), **{n: pl.Series([None] * len(batch.lines), dtype=pl.String)
-                                                      for key in rules.unique for n in key}})
-            con.unregister("lines")
-            if schema and not scanned["ok"].all():
-                bad = scanned["ok"].not_().arg_true()
-                lines = pl.DataFrame({
-                    "file": pl.Series([batch.file] * len(bad), dtype=pl.String),
-                    "line": (bad.cast(pl.Int64) + batch.first_line).alias("line"),
-                    "text": batch.lines.gather(bad),
-                })
-                details = json_columns(con, lines, [n for n, _ in rules.fields], rules.string_fields)
-                objects, found = _structure_problems(details)
-                structure.add(found)
-                keys_found.add(_key_problems(objects, expected or list(rules.head), extras))
-                types_found.add(_type_problems(objects, rules.fields, rules.nullable))
-                for name, value in rules.fixed:
-                    fixed_found[name].add(_fixed_problems(objects, name, value))
-            if unique:
-                for key in rules.unique:
-                    keys[key].append(compact_keys(scanned, key, start))
-            del scanned
+                pending.append((batch, start, pool.submit(scan, batch, sql)))
+                del batch
+                while len(pending) >= workers:
+                    done, at, future = pending.popleft()
+                    take(done, at, future.result())
+            while pending:
+                done, at, future = pending.popleft()
+                take(done, at, future.result())
     finally:
-        con.close()
+        for con in connections:
+            con.close()
     facts = {"files_checked": len(names), "lines_checked": positions.total}
     read_found = Found(read_problems[:MAX_REPORTED], len(read_problems))
     unique_found = [Found(read_problems[:MAX_REPORTED], len(read_problems))]

@@ -68,9 +68,12 @@ def limits() -> dict[str, str | int]:
     return {"memory_limit": memory, "threads": int(threads) if threads else cpu_limit()}
 
 
-def connect() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection within this process's limits."""
+def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection within this process's limits (`threads` fewer, to share the cores)."""
+    config = dict(limits())
+    if threads is not None:
+        config["threads"] = min(threads, config["threads"])
     try:
-        return duckdb.connect(config=dict(limits()))
+        return duckdb.connect(config=config)
     except duckdb.Error as exc:
         raise ValueError(f"AMPLITUDE_DUCKDB_MEMORY_LIMIT is not a size DuckDB understands: {exc}") from None
