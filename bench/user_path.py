@@ -8,6 +8,8 @@ processes Dagster starts), Azurite and the stand-in are sampled every 50 ms; eac
 its own peak RSS. Each step's wall time comes from the run's event log in the fresh
 `DAGSTER_HOME` instance (STEP_START to STEP_SUCCESS or STEP_FAILURE), so the figures do
 not depend on how the checks are written: whatever steps the run has are reported.
+`--select events` runs the asset's checks too (the CLI's asset selection brings the
+checks of the selected assets); the report lists the check evaluations it recorded.
 """
 
 from __future__ import annotations
@@ -203,10 +205,10 @@ def materialize_hour(
     processes = []
     for seen in sorted(sampler.seen.values(), key=lambda s: s.first_seen):
         label = seen.label
-        if seen.pid in by_pid:
-            label = f"step {by_pid[seen.pid]}"
-        elif seen.pid == process.pid and seen.pid in by_pid.values():
+        if seen.pid == process.pid and seen.pid in by_pid:
             label = "dagster asset materialize (steps in process)"
+        elif seen.pid in by_pid:
+            label = f"step {by_pid[seen.pid]}"
         service = seen.label in services
         processes.append({
             "label": label, "pid": seen.pid, "peak_rss": seen.peak_rss, "cpu_seconds": seen.cpu_seconds,
