@@ -12,6 +12,34 @@ from datetime import datetime, timedelta, timezone
 from amplitude_assets.settings import PARTITION_KEY_FORMAT, Settings, SettingsError, parse_hour
 
 BACKFILL_TAG = "amplitude_assets/cli_backfill"
+LOG_WIDTH = 200  # columns when the output goes to a file or a pipe, where rich would assume 80
+SUMMARY_COLUMNS = ("rows", "parts", "bytes", "dups", "filtered", "rejected", "merges")
+
+
+def output_console(file=None):
+    """The command's rich console: a terminal's own width, or, sent to a log file or a pipe, wide
+    enough that the summary table keeps whole values (rich would fit it to 80 columns, or to
+    COLUMNS, and cut them)."""
+    from rich.console import Console
+
+    console = Console(file=file)
+    if not console.is_terminal:
+        console.width = LOG_WIDTH
+    return console
+
+
+def summary_table(title: str, rows: list[tuple[str, ...]]):
+    """What landed, one row per hour: hour, status, then SUMMARY_COLUMNS."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("hour", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for column in SUMMARY_COLUMNS:
+        table.add_column(column, justify="right", overflow="fold")  # a narrow terminal folds, never cuts
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def _hours(start: datetime, end: datetime) -> list[datetime]:
@@ -48,11 +76,9 @@ def _hour_report(storage, settings: Settings, hour: datetime, since: datetime) -
 
 def backfill(args: argparse.Namespace) -> int:
     import dagster as dg
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
-    console = Console(stderr=False)
+    console = output_console()
     settings = Settings.from_env()
     start = parse_hour(args.start, "--start")
     end = parse_hour(args.end, "--end")
@@ -130,11 +156,7 @@ def backfill(args: argparse.Namespace) -> int:
                 in_failed_run.update(chunk)
 
     storage = defs.resources["storage"].process_config_and_initialize()  # resolves the EnvVars
-    table = Table(title=f"What landed ({settings.events_container}/{settings.events_prefix or ''})")
-    table.add_column("hour", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    for column in ("rows", "parts", "bytes", "dups", "filtered", "rejected", "merges"):
-        table.add_column(column, justify="right")
+    rows = []
     failures = 0
     for hour in hours:
         report = _hour_report(storage, settings, hour, started_at)
@@ -143,7 +165,7 @@ def backfill(args: argparse.Namespace) -> int:
         ok = landed and hour not in in_failed_run
         failures += not ok
         counts = (events or {}).get("counts", {})
-        table.add_row(
+        rows.append((
             hour.strftime(PARTITION_KEY_FORMAT),
             "[green]ok" if ok else ("[red]FAILED (run)" if landed else "[red]FAILED"),
             str(events["rows"]) if events else "-",
@@ -153,8 +175,8 @@ def backfill(args: argparse.Namespace) -> int:
             str(counts.get("filtered", "-")),
             str(counts.get("rejected", "-")),
             str(merged["rows"]) if merged else "-",
-        )
-    console.print(table)
+        ))
+    console.print(summary_table(f"What landed ({settings.events_container}/{settings.events_prefix or ''})", rows))
     if failed_runs:
         console.print(f"[red]{len(failed_runs)} run(s) failed: {', '.join(failed_runs)}; open them in the Dagster UI (Runs) for the errors")
     if failures:

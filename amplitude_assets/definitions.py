@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
 from amplitude_assets.assets import build_events_asset
@@ -14,6 +16,12 @@ from amplitude_assets.partitions import hourly_partitions
 from amplitude_assets.resources import AmplitudeSource
 from amplitude_assets.sensors import build_hourly_export_sensor
 from amplitude_assets.settings import Settings
+
+# Dagster warns, each time the location loads, that `backfill_policy` is in beta and that
+# partitioned asset checks are in preview. The project uses both on purpose; the warnings
+# give a user nothing to act on. Only these two categories are silenced.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:

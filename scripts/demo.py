@@ -146,6 +146,38 @@ def hours_to_export(settings, storage, window: list[datetime]) -> list[datetime]
     return hours
 
 
+def suggested_hour(settings, storage, window: list[datetime]) -> tuple[datetime, bool]:
+    """An hour to materialize from the UI, and whether it is exported already.
+
+    The newest hour before the demo's window that has no events marker, or else an hour of
+    the window that has none (a failed one). Only when every hour has been exported is it an
+    exported one, the oldest: a run replaces it in place.
+    """
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from amplitude_assets.destination.layout import EventsLayout
+    from amplitude_assets.destination.writer import existing_markers
+
+    events = EventsLayout(settings.events_prefix, settings.project_id)
+    hours, hour = [], settings.start_hour
+    while hour <= window[-1]:
+        hours.append(hour)
+        hour += timedelta(hours=1)
+    try:
+        have = existing_markers(
+            storage.container(settings.events_container), events.folder, [events.marker(h) for h in hours]
+        )
+    except ResourceNotFoundError:  # nothing exported yet
+        have = set()
+    missing = [h for h in hours if events.marker(h) not in have]
+    before = [h for h in missing if h < window[0]]
+    if before:
+        return before[-1], False
+    if missing:
+        return missing[0], False
+    return hours[0], True
+
+
 def summary(settings, storage, window: list[datetime]) -> None:
     """What the container holds for the window: hours, parts, rows and bytes, read from the markers."""
     from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
@@ -215,13 +247,14 @@ def wait_for_ui(process: subprocess.Popen, timeout: float = 180) -> bool:
     return False
 
 
-def where_to_click(example: str, earlier: str) -> None:
+def where_to_click(example: str, earlier: str, exported: bool = False) -> None:
     ui = f"http://127.0.0.1:{UI_PORT}"
+    state = "exported already; a run replaces it" if exported else "not exported yet"
     print(f"""
 {GREEN}{BOLD}The Dagster UI is ready: {ui}{RESET}
 
   See the hours that landed  {ui}/assets/events?view=partitions   (click an hour: rows, parts, blob paths)
-  Materialize one hour       {ui}/assets/events   Materialize… > type an hour, e.g. {example} > Launch 1 run
+  Materialize one hour       {ui}/assets/events   Materialize… > type an hour, e.g. {example} ({state}) > Launch 1 run
   Launch a range backfill    the same dialog with a range, e.g. {earlier} > Launch backfill
   Turn on the hourly sync    {ui}/automation   hourly_export_sensor > toggle it on
   Runs and backfills         {ui}/runs
@@ -307,10 +340,11 @@ def main() -> int:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
             print(f"{RED}dagster dev did not come up; the end of .demo/dagster-dev.log:{RESET}\n{tail}", file=sys.stderr)
             return 1
-        before = max(settings.start_hour, window[0] - timedelta(hours=1))
+        before, exported = suggested_hour(settings, storage, window)
         where_to_click(
             before.strftime("%Y-%m-%d-%H:%M"),
             f"[{settings.start_hour:%Y-%m-%d-%H:%M}...{before:%Y-%m-%d-%H:%M}]",
+            exported,
         )
         wait(dagster)
         print(f"{RED}dagster dev exited with {dagster.returncode}; see .demo/dagster-dev.log{RESET}", file=sys.stderr)
