@@ -122,10 +122,15 @@ class HourLease:
 
 def _holder_text(blob: BlobClient) -> str:
     """`since 2024-01-01T05:00:00Z (run abc, host h, pid 12)`, from the lock blob's metadata."""
-    try:
-        metadata = blob.get_blob_properties().metadata or {}
-    except HttpResponseError:
-        metadata = {}
+    metadata: dict = {}
+    for _ in range(5):  # the holder records itself just after taking the lease
+        try:
+            metadata = blob.get_blob_properties().metadata or {}
+        except HttpResponseError:
+            metadata = {}
+        if metadata.get("started_at"):
+            break
+        time.sleep(0.2)
     started = metadata.get("started_at")
     who = ", ".join(
         f"{label} {metadata[key]}" for key, label in (("run_id", "run"), ("host", "host"), ("pid", "pid")) if metadata.get(key)
