@@ -155,6 +155,21 @@ def test_the_wait_setting():
         Settings.from_env({"AMPLITUDE_HOUR_LOCK_WAIT_SECONDS": "soon"})
 
 
+# -- the lease ---------------------------------------------------------------------------
+
+
+def test_the_lease_is_renewed_for_as_long_as_it_is_held(client):
+    name = EVENTS.lock(HOUR)
+    with hour_lease(client, name, "events 2020-01-25-17:00", 0, holder="run-a", lease_seconds=15) as held:
+        time.sleep(17)  # past the lease's 15 s: only its renewals keep it
+        with pytest.raises(HourLocked, match=r"\(run run-a, "):
+            with hour_lease(client, name, "events 2020-01-25-17:00", 0, holder="run-b"):
+                pass
+        held.confirm()
+        assert client.get_blob_client(name).get_blob_properties().metadata["run_id"] == "run-a"
+    assert lock_blobs(client) == []
+
+
 # -- events ------------------------------------------------------------------------------
 
 
@@ -365,8 +380,12 @@ def test_after_a_holder_is_killed_the_hour_exports_again_once_its_lease_lapses(c
     )
     try:
         assert process.stdout.readline().strip() == "holding"
-        time.sleep(0.5)
         assert client.get_blob_client(EVENTS.lock(HOUR)).get_blob_properties().lease.state == "leased"
+        part = client.get_blob_client(EVENTS.part(HOUR, 0))
+        deadline = time.monotonic() + 20
+        while not part.get_block_list("uncommitted")[1]:  # killed midway: its blocks are staged
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
