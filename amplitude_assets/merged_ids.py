@@ -19,6 +19,7 @@ written before that hour's marker, and its own metadata.
 import hashlib
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -203,6 +204,7 @@ def write_merged_ids_hour(
     extra: dict[str, Any],
     lock_wait_seconds: float = Settings.hour_lock_wait_seconds,
     holder: str | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Export one hour in the four-step order; the state snapshot goes in just before the marker.
 
@@ -211,7 +213,7 @@ def write_merged_ids_hour(
     one wait up to `lock_wait_seconds`, then fail with `HourLocked`, changing nothing.
     """
     label = f"merged_ids {partition_key(hour)}"
-    with hour_lease(client, layout.lock(hour), label, lock_wait_seconds, holder=holder) as lease:
+    with hour_lease(client, layout.lock(hour), label, lock_wait_seconds, holder=holder, notify=notify) as lease:
         delete_if_exists(client, layout.marker(hour))
         parts = []
         if rows.height:
@@ -291,7 +293,7 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
                 manifest = write_merged_ids_hour(
                     client, layout, hour, rows, state_bytes, source=settings.source,
                     counts={"identity_rows": identities.height, "merges": rows.height}, extra=extra,
-                    lock_wait_seconds=settings.hour_lock_wait_seconds, holder=context.run_id,
+                    lock_wait_seconds=settings.hour_lock_wait_seconds, holder=context.run_id, notify=context.log.info,
                 )
                 write_seconds = time.perf_counter() - started
             except Exception as exc:

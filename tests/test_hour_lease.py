@@ -22,6 +22,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+import dagster as dg
 import polars as pl
 import pytest
 from azure.storage.blob import BlobLeaseClient, BlobServiceClient, ContainerClient
@@ -81,10 +82,10 @@ def expected_parts(lines: list[str], max_rows: int) -> list[bytes]:
     ]
 
 
-def export(client, lines, max_rows, *, pause=0.0, wait=WAIT, holder=None):
+def export(client, lines, max_rows, *, pause=0.0, wait=WAIT, holder=None, notify=None):
     return export_events_hour(
         client, EVENTS, chunks_of(lines, pause), HOUR, keep=None, source="synthetic",
-        max_rows_per_file=max_rows, lines_per_chunk=97, lock_wait_seconds=wait, holder=holder,
+        max_rows_per_file=max_rows, lines_per_chunk=97, lock_wait_seconds=wait, holder=holder, notify=notify,
     )
 
 
@@ -200,9 +201,13 @@ def test_a_locked_hour_fails_clearly_and_leaves_the_earlier_export_whole(client)
     before = {b.name: (b.etag, bytes(b.content_settings.content_md5 or b"")) for b in client.list_blobs()}
     with hour_lease(client, EVENTS.lock(HOUR), "events 2020-01-25-17:00", 0, holder="run-x"):
         started = time.monotonic()
+        told: list[str] = []
         with pytest.raises(HourLocked) as failure:
-            export(client, second, 700, wait=1)
+            export(client, second, 700, wait=1, notify=told.append)
         assert 1 <= time.monotonic() - started < 5
+    assert len(told) == 1 and re.fullmatch(
+        rf"events 2020-01-25-17:00: another export holds this hour {SINCE} \(run run-x, host .+, pid {os.getpid()}\); "
+        r"waiting up to 1 s for it \(AMPLITUDE_HOUR_LOCK_WAIT_SECONDS\)", told[0]), told
     assert str(failure.value).startswith("events 2020-01-25-17:00: another export holds this hour since ")
     assert re.search(rf"{SINCE} \(run run-x, host .+, pid {os.getpid()}\); gave up after waiting 1 s "
                      r"\(AMPLITUDE_HOUR_LOCK_WAIT_SECONDS\)\. Nothing of the hour was changed\. The hour is free once that "
@@ -257,10 +262,14 @@ def test_a_locked_hour_fails_alone_in_a_range_run(synthetic_hours, clean_env, az
     clean_env.setenv("AMPLITUDE_HOUR_LOCK_WAIT_SECONDS", "1")
     client = BlobServiceClient.from_connection_string(azurite).get_container_client(synthetic_hours)
     middle = datetime(2020, 1, 25, 7, tzinfo=timezone.utc)
+    instance = dg.DagsterInstance.ephemeral()
     with hour_lease(client, EVENTS.lock(middle), "events 2020-01-25-07:00", 0, holder="run-x"):
         result = materialize(definitions(), ["events"], start="2020-01-25-06:00", end="2020-01-25-08:00",
-                             raise_on_error=False)
+                             raise_on_error=False, instance=instance)
     assert not result.success
+    logged = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any(re.fullmatch(rf"events 2020-01-25-07:00: another export holds this hour {SINCE} \(run run-x, .+\); "
+                            r"waiting up to 1 s for it \(AMPLITUDE_HOUR_LOCK_WAIT_SECONDS\)", m) for m in logged), logged
     failure = result.failure_data_for_node("events")
     assert "1 of 3 hour(s) failed to export" in failure.error.message
     [failed] = failure.user_failure_data.metadata["failed_hours"].value

@@ -24,7 +24,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
@@ -148,11 +148,13 @@ def hour_lease(
     *,
     holder: str | None = None,
     lease_seconds: int | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> Iterator[HourLease]:
     """Hold the lease on an hour's lock blob for the duration of the block.
 
     Creates the lock blob if it is missing. While another export holds it, tries again
-    every `POLL_SECONDS` until `wait_seconds` have passed, then raises `HourLocked`.
+    every `POLL_SECONDS` until `wait_seconds` have passed, then raises `HourLocked`;
+    `notify` (a logger) hears once that it waits, and for whom.
     `holder` (a run ID) is recorded in the lock blob's metadata with the start time.
     """
     lease_seconds = LEASE_SECONDS if lease_seconds is None else lease_seconds
@@ -173,6 +175,10 @@ def hour_lease(
             if exc.error_code != _HELD:
                 raise
         remaining = deadline - time.monotonic()
+        if notify is not None and remaining > 0:
+            notify(f"{hour_label}: another export holds this hour {_holder_text(blob)}; waiting up to "
+                   f"{wait_seconds:g} s for it ({WAIT_VARIABLE})")
+            notify = None
         if remaining <= 0:
             raise HourLocked(
                 f"{hour_label}: another export holds this hour {_holder_text(blob)}; gave up after waiting "

@@ -20,7 +20,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -561,6 +561,7 @@ def export_events_hour(
     timings: dict | None = None,
     lock_wait_seconds: float = Settings.hour_lock_wait_seconds,
     holder: str | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> tuple[Manifest, HourResult]:
     """Shape and export one hour from its source chunks, in bounded memory.
 
@@ -570,10 +571,11 @@ def export_events_hour(
 
     The whole export holds the hour's lease (`lease.hour_lease` on `layout.lock(hour)`),
     taken before any block is staged: another export of the hour waits up to
-    `lock_wait_seconds`, then fails with `HourLocked` and changes nothing.
+    `lock_wait_seconds` (telling `notify` that it waits), then fails with `HourLocked`
+    and changes nothing.
     """
     label = f"events {hour.strftime(PARTITION_KEY_FORMAT)}"
-    with hour_lease(container, layout.lock(hour), label, lock_wait_seconds, holder=holder) as lease:
+    with hour_lease(container, layout.lock(hour), label, lock_wait_seconds, holder=holder, notify=notify) as lease:
         return _export_events_hour(
             container, layout, chunks, hour, keep=keep, source=source, max_rows_per_file=max_rows_per_file,
             lines_per_chunk=lines_per_chunk, timings=timings, lease=lease,
