@@ -43,6 +43,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 prefix=settings.events_prefix,
                 project_id=settings.project_id,
                 max_rows_per_file=settings.max_rows_per_file,
+                hour_lock_wait_seconds=settings.hour_lock_wait_seconds,
             ),
         },
     )

@@ -9,6 +9,7 @@ For each hour of the step, oldest first:
   4. write in the four-step order: delete the marker, write the file (only when the hour
      has merges) with its Content-MD5, delete a stale file, write the marker. The hour's
      state (a delta, or a snapshot after hour 23) is written just before the marker.
+     These writes hold the hour's lease: one writer per merged-ID hour.
 
 The asset writes in its body and returns a `MaterializeResult`: an IO manager would get
 one output for the whole range, but every hour needs the state of the hour before it,
@@ -18,6 +19,7 @@ written before that hour's marker, and its own metadata.
 import hashlib
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,6 +33,7 @@ from amplitude_assets.assets import GROUP, hours_of, refuse_young_hours
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.io_manager import partition_key
 from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
+from amplitude_assets.destination.lease import hour_lease
 from amplitude_assets.destination.writer import (
     GZIP_CONTENT,
     JSON_CONTENT,
@@ -199,18 +202,29 @@ def write_merged_ids_hour(
     source: str,
     counts: dict[str, int],
     extra: dict[str, Any],
+    lock_wait_seconds: float = Settings.hour_lock_wait_seconds,
+    holder: str | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> Manifest:
-    """Export one hour in the four-step order; the state snapshot goes in just before the marker."""
-    delete_if_exists(client, layout.marker(hour))
-    parts = []
-    if rows.height:
-        info = upload(client, layout.file(hour), encode_records(rows), GZIP_CONTENT)
-        parts.append(PartInfo(name=info.name, rows=rows.height, bytes=info.bytes, md5=info.md5))
-    else:
-        delete_if_exists(client, layout.file(hour))  # a stale file from an earlier export
-    upload(client, layout.state(hour), state, PARQUET_CONTENT)
-    manifest = Manifest(hour=hour, source=source, parts=parts, counts=counts, extra=extra)
-    upload(client, layout.marker(hour), manifest.to_json(), JSON_CONTENT)
+    """Export one hour in the four-step order; the state snapshot goes in just before the marker.
+
+    All of it under the hour's lease (`destination/lease.py`): two runs never write the
+    state, file or marker of one hour at once. Another run's export of the hour makes this
+    one wait up to `lock_wait_seconds`, then fail with `HourLocked`, changing nothing.
+    """
+    label = f"merged_ids {partition_key(hour)}"
+    with hour_lease(client, layout.lock(hour), label, lock_wait_seconds, holder=holder, notify=notify) as lease:
+        delete_if_exists(client, layout.marker(hour))
+        parts = []
+        if rows.height:
+            info = upload(client, layout.file(hour), encode_records(rows), GZIP_CONTENT)
+            parts.append(PartInfo(name=info.name, rows=rows.height, bytes=info.bytes, md5=info.md5))
+        else:
+            delete_if_exists(client, layout.file(hour))  # a stale file from an earlier export
+        upload(client, layout.state(hour), state, PARQUET_CONTENT)
+        manifest = Manifest(hour=hour, source=source, parts=parts, counts=counts, extra=extra)
+        lease.confirm()
+        upload(client, layout.marker(hour), manifest.to_json(), JSON_CONTENT)
     return manifest
 
 
@@ -279,6 +293,7 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
                 manifest = write_merged_ids_hour(
                     client, layout, hour, rows, state_bytes, source=settings.source,
                     counts={"identity_rows": identities.height, "merges": rows.height}, extra=extra,
+                    lock_wait_seconds=settings.hour_lock_wait_seconds, holder=context.run_id, notify=context.log.info,
                 )
                 write_seconds = time.perf_counter() - started
             except Exception as exc:

@@ -154,6 +154,7 @@ class Settings:
     sensor_max_attempts: int = 3
     api_max_attempts: int = 6
     api_timeout_seconds: int = 600
+    hour_lock_wait_seconds: int = 600
     events_container: str = "amplitude"
     events_prefix: str = ""
     merged_ids_container: str = "amplitude"
@@ -195,6 +196,7 @@ class Settings:
             sensor_max_attempts=_int(env, "AMPLITUDE_SENSOR_MAX_ATTEMPTS", 3, minimum=1),
             api_max_attempts=_int(env, "AMPLITUDE_API_MAX_ATTEMPTS", 6, minimum=1),
             api_timeout_seconds=_int(env, "AMPLITUDE_API_TIMEOUT_SECONDS", 600, minimum=1),
+            hour_lock_wait_seconds=_int(env, "AMPLITUDE_HOUR_LOCK_WAIT_SECONDS", 600),
             events_container=events_container,
             events_prefix=_prefix(env, "AZURE_EVENTS_PREFIX", ""),
             merged_ids_container=merged_container,

@@ -88,6 +88,7 @@ class EventsIOManager(dg.ConfigurableIOManager):
     prefix: str = ""
     project_id: str = "187520"
     max_rows_per_file: int = 500_000
+    hour_lock_wait_seconds: int = 600  # how long an hour waits for another export of it
 
     @property
     def layout(self) -> EventsLayout:
@@ -106,6 +107,7 @@ class EventsIOManager(dg.ConfigurableIOManager):
                 manifest, result = export_events_hour(
                     client, self.layout, obj.lines(hour), hour, keep=obj.keep, source=obj.source,
                     max_rows_per_file=self.max_rows_per_file,
+                    lock_wait_seconds=self.hour_lock_wait_seconds, holder=context.run_id, notify=context.log.info,
                 )
                 timings = {"export_seconds": round(time.perf_counter() - started, 3)}
             except Exception as exc:  # keep going: every other hour of the range still lands

@@ -5,6 +5,7 @@ Marker:      [P/]{project_id}/{project_id}_{yyyy-MM-dd}_{H}_complete
 Rejected:    [P/]_rejected/{project_id}/{project_id}_{yyyy-MM-dd}_{H}.jsonl.gz
 Merged IDs:  [Q/]{scope}/{scope}_{yyyy-MM-dd}_{H}.json.gz   (scope is -{org_id} or {project_id})
 State:       [Q/]_state/{scope}/...                          (identity state, outside reader globs)
+Locks:       [P/]_locks/{project_id}/{project_id}_{yyyy-MM-dd}_{H}.lock, [Q/]_locks/{scope}/... (leased while exporting)
 `H` is the UTC hour, not zero-padded.
 """
 
@@ -58,6 +59,10 @@ class EventsLayout:
         """The hour's identity observations, written beside the export for `merged_ids`."""
         return _join(self.prefix, "_state", self.project_id, "identities", hour_stem(self.project_id, hour)) + ".parquet"
 
+    def lock(self, hour: datetime) -> str:
+        """The blob whose lease an export of the hour holds (`destination/lease.py`)."""
+        return _join(self.prefix, "_locks", self.project_id, hour_stem(self.project_id, hour)) + ".lock"
+
     def part_number(self, name: str, hour: datetime) -> int | None:
         """`n` of a part blob of this hour, or None when the name is not one."""
         match = re.fullmatch(re.escape(self.parts_prefix(hour)) + r"(\d+)\.json\.gz", name)
@@ -89,6 +94,10 @@ class MergedIdsLayout:
     def state(self, hour: datetime) -> str:
         """The identity state after `hour` (Parquet): a snapshot, or a delta on the hour before."""
         return _join(self.prefix, "_state", self.scope, hour_stem(self.scope, hour)) + ".parquet"
+
+    def lock(self, hour: datetime) -> str:
+        """The blob whose lease an export of the merged-ID hour holds (`destination/lease.py`)."""
+        return _join(self.prefix, "_locks", self.scope, hour_stem(self.scope, hour)) + ".lock"
 
     @property
     def state_folder(self) -> str:

@@ -5,6 +5,7 @@ Exporting an hour runs in this order, so an hour that has a marker is always com
   2. write and commit the parts (gzip JSON lines), each with its Content-MD5;
   3. delete stale parts (a higher `n` left by an earlier export);
   4. write the new marker, whose body is the JSON manifest.
+`export_events_hour` does all of it under the hour's lease (`lease.py`): one writer per hour.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,7 +33,9 @@ from isal import igzip
 
 from amplitude_assets import __version__
 from amplitude_assets.destination.layout import EventsLayout
+from amplitude_assets.destination.lease import HourLease, hour_lease
 from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, TIMESTAMP_FORMAT, Kind, event_schema
+from amplitude_assets.settings import PARTITION_KEY_FORMAT, Settings
 from amplitude_assets.sources.files import line_chunks
 from amplitude_assets.transform import (
     IDENTITY_COLUMNS,
@@ -219,8 +222,12 @@ def finish_hour(
     identities: pl.DataFrame,
     counts: Counts,
     source: str,
+    lease: HourLease | None = None,
 ) -> Manifest:
-    """Steps 3 and 4, once the parts are committed: stale parts, rejects, identities, marker."""
+    """Steps 3 and 4, once the parts are committed: stale parts, rejects, identities, marker.
+
+    Under `lease`, the marker is written only once the lease is confirmed still held.
+    """
     delete_stale_parts(container, layout, hour, keep=len(parts))
     if rejects.height:
         upload(container, layout.rejected(hour), encode_records(rejects), GZIP_CONTENT)
@@ -228,6 +235,8 @@ def finish_hour(
         delete_if_exists(container, layout.rejected(hour))
     upload(container, layout.identities(hour), parquet_bytes(identities), PARQUET_CONTENT)
     manifest = Manifest(hour=hour, source=source, parts=parts, counts=counts.as_dict())
+    if lease is not None:
+        lease.confirm()
     upload(container, layout.marker(hour), manifest.to_json(), JSON_CONTENT)
     return manifest
 
@@ -550,13 +559,42 @@ def export_events_hour(
     max_rows_per_file: int,
     lines_per_chunk: int = CHUNK_LINES,
     timings: dict | None = None,
+    lock_wait_seconds: float = Settings.hour_lock_wait_seconds,
+    holder: str | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> tuple[Manifest, HourResult]:
     """Shape and export one hour from its source chunks, in bounded memory.
 
     Same blobs, bytes and order of steps as `write_events_hour(process_hour(chunks))`.
     Returns the manifest and the hour's result; its `frame` is empty (the rows went to
     the parts) but has the exported columns.
+
+    The whole export holds the hour's lease (`lease.hour_lease` on `layout.lock(hour)`),
+    taken before any block is staged: another export of the hour waits up to
+    `lock_wait_seconds` (telling `notify` that it waits), then fails with `HourLocked`
+    and changes nothing.
     """
+    label = f"events {hour.strftime(PARTITION_KEY_FORMAT)}"
+    with hour_lease(container, layout.lock(hour), label, lock_wait_seconds, holder=holder, notify=notify) as lease:
+        return _export_events_hour(
+            container, layout, chunks, hour, keep=keep, source=source, max_rows_per_file=max_rows_per_file,
+            lines_per_chunk=lines_per_chunk, timings=timings, lease=lease,
+        )
+
+
+def _export_events_hour(
+    container: ContainerClient,
+    layout: EventsLayout,
+    chunks: Iterable[bytes],
+    hour: datetime,
+    *,
+    keep: pl.Expr | None,
+    source: str,
+    max_rows_per_file: int,
+    lines_per_chunk: int,
+    timings: dict | None,
+    lease: HourLease,
+) -> tuple[Manifest, HourResult]:
     timer = _Timer(timings)
     # Block IDs of this export alone: another export of the same hour at the same time
     # stages its own blocks, and each commit takes only its own.
@@ -685,11 +723,12 @@ def export_events_hour(
             repaired=tally["repaired"],
         )
 
+        lease.confirm()  # the hour is still ours: only now does the container change
         delete_if_exists(container, layout.marker(hour))
         with timer("upload"):
             list(uploads.map(lambda part: _commit(container, layout.part(hour, part.number), part), parts))
 
-    manifest = finish_hour(container, layout, hour, [p.info for p in parts], rejects, identities, counts, source)
+    manifest = finish_hour(container, layout, hour, [p.info for p in parts], rejects, identities, counts, source, lease=lease)
     columns = {**event_schema(), **{k: pl.String for k in extras}}
     result = HourResult(hour=hour, frame=pl.DataFrame(schema=columns), rejects=rejects, identities=identities, counts=counts)
     return manifest, result
