@@ -11,6 +11,7 @@ Exporting an hour runs in this order, so an hour that has a marker is always com
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import io
 import json
@@ -25,11 +26,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import IO
 
 import polars as pl
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobBlock, ContainerClient, ContentSettings
-from isal import igzip
+from isal import igzip, isal_zlib
 
 from amplitude_assets import __version__
 from amplitude_assets.destination.layout import EventsLayout
@@ -102,9 +104,60 @@ def jsonl_bytes(lines: pl.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def gzip_bytes(data: bytes) -> bytes:
-    """Deterministic gzip: fixed compressor and level, mtime 0."""
-    return igzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+GZIP_PIECE = 4 << 20  # the compressor always takes its input in pieces of this size
+
+
+class Gzipper:
+    """Deterministic streaming gzip into a binary file: fixed compressor and level, mtime 0.
+
+    Whatever sizes the text arrives in, the compressor is fed the same pieces
+    (GZIP_PIECE bytes, then the rest), so the same text always gives the same bytes,
+    whether it was written at once or a chunk at a time. The MD5 and size of the
+    compressed bytes are kept as they are written.
+    """
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31)  # 31: a gzip header, mtime 0
+        self.pending = bytearray()
+        self.md5 = hashlib.md5()
+        self.size = 0
+
+    def write(self, data) -> None:
+        view = memoryview(data).cast("B")
+        if self.pending:
+            take = min(GZIP_PIECE - len(self.pending), len(view))
+            self.pending += view[:take]
+            view = view[take:]
+            if len(self.pending) < GZIP_PIECE:
+                return
+            self._emit(self.compressor.compress(self.pending))
+            self.pending = bytearray()
+        whole = len(view) - len(view) % GZIP_PIECE
+        for start in range(0, whole, GZIP_PIECE):
+            self._emit(self.compressor.compress(view[start : start + GZIP_PIECE]))
+        self.pending += view[whole:]
+
+    def close(self) -> None:
+        if self.pending:
+            self._emit(self.compressor.compress(self.pending))
+            self.pending = bytearray()
+        self._emit(self.compressor.flush())
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self.out.write(data)
+            self.md5.update(data)
+            self.size += len(data)
+
+
+def gzip_bytes(data) -> bytes:
+    """Deterministic gzip of `data` (the same bytes `Gzipper` gives for the same text)."""
+    out = io.BytesIO()
+    gz = Gzipper(out)
+    gz.write(data)
+    gz.close()
+    return out.getvalue()
 
 
 def encode_records(frame: pl.DataFrame) -> bytes:
@@ -421,8 +474,8 @@ class FirstWins:
     A row is kept when its uuid is null or unseen, then when its ($insert_id,
     device_id), both non-null, is unseen among the rows kept by uuid. Each chunk is
     checked against the keys of the chunks before it, held in `SeenKeys`: a uuid as its
-    128 bits, a pair as its text and a hash of it (compared whole, so no event is ever
-    taken for another's copy).
+    128 bits, a pair as two 64-bit hashes of its exact text (within a chunk, pairs are
+    compared whole). So the keys take 32 bytes an event, whatever the ids' lengths.
     """
 
     def __init__(self) -> None:
@@ -447,7 +500,12 @@ class FirstWins:
         ).to_series().gather(rows)
         repeated = ~pair.is_first_distinct()
         fresh = (~repeated).arg_true()
-        repeated = repeated.scatter(fresh.filter(self.pairs.check(pair.gather(fresh).hash(seed=0), pair.gather(fresh))), True)
+        fresh_pairs = pair.gather(fresh)
+        # Across chunks a pair is kept as 128 bits of hash (two seeds): 16 bytes an event
+        # instead of its text, and a false match between two of an hour's millions of
+        # pairs has odds of about 2^-80.
+        seen = self.pairs.check(fresh_pairs.hash(seed=0), fresh_pairs.hash(seed=1))
+        repeated = repeated.scatter(fresh.filter(seen), True)
         return first.scatter(rows.filter(repeated), False).rename("unique")
 
 
@@ -508,36 +566,50 @@ def _encode(frame: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
 
 @dataclass
 class _Part:
+    """A part being written: its text is compressed as it comes, into a file (the part's copy)."""
+
     number: int
+    path: str  # the compressed part, kept until the commit (a rebuild reads it back)
     rows: int = 0
     segments: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)  # (rows, extra keys written)
-    text: io.BytesIO = field(default_factory=io.BytesIO)
-    path: str = ""  # the compressed copy
+    file: IO[bytes] | None = None
+    gz: Gzipper | None = None
     info: PartInfo | None = None
     blocks: list[str] = field(default_factory=list)
 
-    def add(self, lines: pl.DataFrame, keys: tuple[str, ...]) -> None:
-        write_jsonl(lines, self.text)
+    def __post_init__(self) -> None:
+        self.file = open(self.path, "wb")
+        self.gz = Gzipper(self.file)
+
+    def note(self, rows: int, keys: tuple[str, ...]) -> None:
+        """Count `rows` more lines, written with extra keys `keys`."""
         if self.segments and self.segments[-1][1] == keys:
-            self.segments[-1] = (self.segments[-1][0] + lines.height, keys)
+            self.segments[-1] = (self.segments[-1][0] + rows, keys)
         else:
-            self.segments.append((lines.height, keys))
-        self.rows += lines.height
+            self.segments.append((rows, keys))
+        self.rows += rows
+
+    def finish(self, name: str) -> None:
+        self.gz.close()
+        self.file.close()
+        self.info = PartInfo(name=name.rsplit("/", 1)[-1], rows=self.rows, bytes=self.gz.size, md5=self.gz.md5.hexdigest())
 
 
-def _stage(container: ContainerClient, name: str, data: bytes, tag: str, pool: ThreadPoolExecutor) -> list[str]:
-    """Stage `data` as blocks of `name` (uncommitted: the blob does not change yet)."""
+def _stage(container: ContainerClient, name: str, path: str, size: int, tag: str, pool: ThreadPoolExecutor) -> list[str]:
+    """Stage the file at `path` as blocks of `name` (uncommitted: the blob does not change yet).
+
+    Each block is read from the file when its upload starts, so only the blocks being
+    sent are in memory.
+    """
     blob = container.get_blob_client(name)
-    view = memoryview(data)
-    ids = [
-        base64.b64encode(f"{tag}-{i:06d}".encode()).decode()
-        for i in range(max(1, -(-len(data) // BLOCK_BYTES)))
-    ]
-    futures = [
-        pool.submit(blob.stage_block, block_id, view[i * BLOCK_BYTES : (i + 1) * BLOCK_BYTES])
-        for i, block_id in enumerate(ids)
-    ]
-    for future in futures:
+
+    def stage(block_id: str, offset: int) -> None:
+        with open(path, "rb") as copy:
+            copy.seek(offset)
+            blob.stage_block(block_id, copy.read(BLOCK_BYTES))
+
+    ids = [base64.b64encode(f"{tag}-{i:06d}".encode()).decode() for i in range(max(1, -(-size // BLOCK_BYTES)))]
+    for future in [pool.submit(stage, block_id, i * BLOCK_BYTES) for i, block_id in enumerate(ids)]:
         future.result()
     return ids
 
@@ -613,28 +685,28 @@ def _export_events_hour(
             ThreadPoolExecutor(max_workers=4, thread_name_prefix="amplitude-upload") as uploads:
 
         def seal(part: _Part, tag: str) -> None:
-            """Compress a full part, keep a copy, stage its blocks."""
-            with timer("compress"):
-                with part.text.getbuffer() as view:
-                    data = gzip_bytes(view)
-                part.text.close()
-                part.text = io.BytesIO()
-                digest = hashlib.md5(data).hexdigest()
-                part.path = os.path.join(workdir, f"{part.number}.gz")
-                with open(part.path, "wb") as copy:
-                    copy.write(data)
+            """Finish a full part's compression and stage its blocks."""
             name = layout.part(hour, part.number)
+            with timer("compress"):
+                part.finish(name)
             with timer("upload"):
-                part.blocks = _stage(container, name, data, tag, uploads)
-            part.info = PartInfo(name=name.rsplit("/", 1)[-1], rows=part.rows, bytes=len(data), md5=digest)
+                part.blocks = _stage(container, name, part.path, part.info.bytes, tag, uploads)
 
-        sealing: list[Future | None] = [None]
+        def compress(part: _Part, data: bytes) -> None:
+            with timer("compress"):
+                part.gz.write(data)
+
+        # The compressor thread takes the parts' text and seals full parts, in order; the
+        # shaper waits only when two pieces of work are already queued for it.
+        queued: collections.deque[Future] = collections.deque()
+
+        def to_compressor(fn: Callable, *args) -> None:
+            while len(queued) >= 2:
+                queued.popleft().result()
+            queued.append(compressor.submit(fn, *args))
 
         def hand_over(part: _Part) -> None:
-            # One part compresses while the next fills: wait for the one before.
-            if sealing[0] is not None:
-                sealing[0].result()
-            sealing[0] = compressor.submit(seal, part, f"{run}-{part.number:06d}-0")
+            to_compressor(seal, part, f"{run}-{part.number:06d}-0")
 
         def shape(offset: int, parsed: pl.DataFrame, unparseable: pl.DataFrame, chunk_extras: list[str], known: list[str]) -> None:
             with timer("normalize"):
@@ -670,11 +742,14 @@ def _export_events_hour(
             start = 0
             while start < lines.height:
                 if not parts or parts[-1].rows == max_rows_per_file:
-                    parts.append(_Part(number=len(parts)))
+                    parts.append(_Part(number=len(parts), path=os.path.join(workdir, f"{len(parts)}.gz")))
                 part = parts[-1]
                 take = min(max_rows_per_file - part.rows, lines.height - start)
                 with timer("serialize"):
-                    part.add(lines.slice(start, take), keys)
+                    data = jsonl_bytes(lines.slice(start, take))
+                part.note(take, keys)
+                to_compressor(compress, part, data)
+                del data
                 start += take
                 if part.rows == max_rows_per_file:
                     hand_over(part)
@@ -695,10 +770,10 @@ def _export_events_hour(
             del parsed, unparseable
         if pending is not None:
             pending.result()
-        if parts and parts[-1].info is None and parts[-1].rows < max_rows_per_file:
+        if parts and parts[-1].rows < max_rows_per_file:
             hand_over(parts[-1])
-        if sealing[0] is not None:
-            sealing[0].result()
+        while queued:
+            queued.popleft().result()
 
         extras = [k for k in order if k in present]
         for part in parts:
@@ -745,16 +820,18 @@ def _rebuild(part: _Part, extras: list[str], timer: _Timer) -> None:
     """
     with timer("serialize"):
         segments = [(rows, list(keys)) for rows, keys in part.segments]
-        part.text = io.BytesIO()
+        copy_path, part.path = part.path, part.path + ".rebuilt"
+        part.file = open(part.path, "wb")
+        part.gz = Gzipper(part.file)
         written = 0
-        with igzip.open(part.path, "rb") as copy:
+        with igzip.open(copy_path, "rb") as copy:
             for chunk in line_chunks(copy):
                 lines = read_lines([chunk])
                 start = 0
                 while start < len(lines):
                     rows, keys = segments[0]
                     take = min(rows, len(lines) - start)
-                    write_jsonl(_rewrite(lines.slice(start, take), keys, extras), part.text)
+                    part.gz.write(jsonl_bytes(_rewrite(lines.slice(start, take), keys, extras)))
                     start += take
                     written += take
                     segments[0] = (rows - take, keys)
