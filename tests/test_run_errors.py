@@ -19,9 +19,12 @@ from tests.test_export_api import HOUR, KEY, SECRET, ExportServer, Reply
 PARTITION = "2020-01-25-17:00"
 
 
-def run_events(**env: str) -> dg.ExecuteInProcessResult:
+def run_events(env: pytest.MonkeyPatch, **settings: str) -> dg.ExecuteInProcessResult:
     """`events` for one hour through dagster.materialize, as the code location defines it."""
-    defs = definitions(AMPLITUDE_START="2020-01-25-00:00", AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR="50", **env)
+    for name, value in {"AMPLITUDE_START": "2020-01-25-00:00", "AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR": "50",
+                        **settings}.items():
+        env.setenv(name, value)
+    defs = definitions()
     events = next(a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.key == dg.AssetKey("events"))
     return dg.materialize(
         [events], resources=defs.resources, partition_key=PARTITION,
@@ -39,19 +42,19 @@ def headline(result: dg.ExecuteInProcessResult) -> tuple[str, object]:
 
 
 def test_no_settings_fail_the_run_with_the_variables_as_headline(clean_env):
-    description, cause = headline(run_events())
+    description, cause = headline(run_events(clean_env))
     assert description == NO_CREDENTIALS
     assert cause is None
 
 
 def test_a_malformed_connection_string_is_the_headline(clean_env):
-    description, cause = headline(run_events(AZURE_STORAGE_CONNECTION_STRING="AccountName=acct;AccountKey=c2VjcmV0!!"))
+    description, cause = headline(run_events(clean_env, AZURE_STORAGE_CONNECTION_STRING="AccountName=acct;AccountKey=c2VjcmV0!!"))
     assert description == "AZURE_STORAGE_CONNECTION_STRING is malformed: its AccountKey is not base64"
     assert cause is None
 
 
-def test_a_refused_key_names_the_credential_variable(container, azurite):
-    result = run_events(AZURE_STORAGE_CONNECTION_STRING=azurite.replace(ACCOUNT_KEY, WRONG_KEY))
+def test_a_refused_key_names_the_credential_variable(container, azurite, clean_env):
+    result = run_events(clean_env, AZURE_STORAGE_CONNECTION_STRING=azurite.replace(ACCOUNT_KEY, WRONG_KEY))
     description, cause = headline(result)
     assert description.startswith(
         "authentication failed: the storage account refused the credential from AZURE_STORAGE_CONNECTION_STRING "
@@ -70,7 +73,7 @@ def test_a_missing_permission_names_the_rbac_action(container, azurite, clean_en
     )
     endpoint = azurite.split("BlobEndpoint=")[1].rstrip(";")
     clean_env.delenv("AZURE_STORAGE_CONNECTION_STRING")
-    result = run_events(AZURE_STORAGE_ACCOUNT_URL=endpoint, AZURE_STORAGE_SAS_TOKEN=sas)
+    result = run_events(clean_env, AZURE_STORAGE_ACCOUNT_URL=endpoint, AZURE_STORAGE_SAS_TOKEN=sas)
     description, cause = headline(result)
     assert description.startswith("permission denied: grant the Azure RBAC data action "), description
     # The export's first request writes (or deletes an old marker): both are refused here.
@@ -91,10 +94,10 @@ def export_api():
     server.httpd.server_close()
 
 
-def test_a_refused_export_api_key_is_the_headline(container, export_api):
+def test_a_refused_export_api_key_is_the_headline(container, export_api, clean_env):
     export_api.script(HOUR, Reply(401, b"Invalid"))
     result = run_events(
-        AMPLITUDE_SOURCE="export_api", AMPLITUDE_EXPORT_API_URL=export_api.url,
+        clean_env, AMPLITUDE_SOURCE="export_api", AMPLITUDE_EXPORT_API_URL=export_api.url,
         AMPLITUDE_API_KEY=KEY, AMPLITUDE_SECRET_KEY=SECRET, AMPLITUDE_EXPORT_DELAY_MINUTES="0",
     )
     description, cause = headline(result)
@@ -103,3 +106,14 @@ def test_a_refused_export_api_key_is_the_headline(container, export_api):
     assert cause is None
     text = "".join(str(e) for e in result.all_events)
     assert KEY not in text and SECRET not in text
+
+
+def test_merged_ids_without_settings_fails_with_the_variables_as_headline(clean_env):
+    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
+    result = definitions().resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), partition_key=PARTITION,
+        asset_selection=[dg.AssetKey("merged_ids")], raise_on_error=False,
+    )
+    description, cause = headline(result)
+    assert description == NO_CREDENTIALS
+    assert cause is None
