@@ -178,3 +178,16 @@ def test_a_malformed_connection_string_names_the_variable_not_its_value(text, re
     assert message.startswith("AZURE_STORAGE_CONNECTION_STRING is malformed: ")
     assert reason in message
     assert "c2VjcmV0a2V5" not in message
+
+
+def test_a_missing_container_is_named_from_the_request(azurite):
+    from azure.core.exceptions import ResourceNotFoundError
+
+    storage = AzureStorage(connection_string=azurite)
+    absent = f"t{uuid.uuid4().hex[:20]}"
+    with pytest.raises(ResourceNotFoundError) as failure:
+        storage.container(absent).upload_blob("x.txt", b"x")
+    assert storage.explain(failure.value).startswith(
+        f"container {absent!r} does not exist: create it, or set AZURE_CREATE_CONTAINERS=true. [ContainerNotFound: "
+    )
+    assert storage.explain(ValueError("not about Azure")) is None

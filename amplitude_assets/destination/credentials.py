@@ -347,9 +347,10 @@ class AzureStorage(AzureBlobStorageResource):
                 f"authentication failed: the storage account refused the credential from {method} "
                 f"(a wrong or rotated key, an expired SAS token or a refused token). Check {method}. [{detail}]"
             )
+        request = getattr(getattr(exc, "response", None), "request", None)
         if action is None:
-            request = getattr(getattr(exc, "response", None), "request", None)
             action = _HTTP_ACTIONS.get(str(getattr(request, "method", "")).upper(), "write")
+        container = container or self._container_of(getattr(request, "url", None))
         where = f" on container {container!r}" if container else ""
         if code in PERMISSION_CODES or status == 403:
             hint = f"grant the Azure RBAC data action {RBAC_ACTIONS[action]}{where}"
@@ -362,6 +363,14 @@ class AzureStorage(AzureBlobStorageResource):
         if isinstance(exc, ServiceRequestError):
             return f"could not reach {self.endpoint}: {detail}"
         return None
+
+    def _container_of(self, url: str | None) -> str | None:
+        """The container a request went to: the first path segment after the account's own."""
+        if not url:
+            return None
+        skip = len([p for p in urlparse(self.endpoint).path.split("/") if p])
+        segments = [p for p in urlparse(url).path.split("/") if p]
+        return segments[skip] if len(segments) > skip else None
 
 
 @contextmanager

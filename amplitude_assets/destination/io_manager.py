@@ -110,7 +110,7 @@ class EventsIOManager(dg.ConfigurableIOManager):
                 )
                 timings = {"export_seconds": round(time.perf_counter() - started, 3)}
             except Exception as exc:  # keep going: every other hour of the range still lands
-                cause = self.storage.explain(exc, container=self.container)
+                cause = self.storage.explain(exc)
                 message = cause or self.storage.redact(f"{type(exc).__name__}: {exc}")
                 context.log.error(f"hour {key} failed: {message}")
                 failures.append(f"{key}: {message}")
