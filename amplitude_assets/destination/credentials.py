@@ -372,17 +372,3 @@ class AzureStorage(AzureBlobStorageResource):
         segments = [p for p in urlparse(url).path.split("/") if p]
         return segments[skip] if len(segments) > skip else None
 
-
-@contextmanager
-def causes_first(storage: AzureStorage | None = None, container: str | None = None) -> Iterator[None]:
-    """Inside a run, turn an error the user can fix into a `dagster.Failure` whose description
-    is what to fix, so the run's headline is the cause, not Dagster's wrapper around it."""
-    try:
-        yield
-    except dg.Failure:
-        raise
-    except Exception as exc:
-        message = storage.explain(exc, container=container) if storage else None
-        if message is None:
-            raise
-        raise dg.Failure(description=message, allow_retries=False) from None
