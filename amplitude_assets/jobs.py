@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import dagster as dg
-from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
+from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError, ServiceResponseError
 from azure.storage.blob import ContentSettings
 
 from amplitude_assets.destination.credentials import RBAC_ACTIONS, AzureStorage
@@ -104,7 +104,7 @@ def check_one(storage: AzureStorage, label: str, container: str, prefix: str) ->
             failed = name
         except Exception as exc:  # every failure becomes a line of the report
             report.steps.append(Step(name, False, explain(exc, name, storage, container)))
-            report.account_wide = isinstance(exc, (ServiceRequestError, ClientAuthenticationError)) or (
+            report.account_wide = isinstance(exc, (ServiceRequestError, ServiceResponseError, ClientAuthenticationError)) or (
                 report.steps[-1].message.startswith("authentication failed")
             )
             failed = name

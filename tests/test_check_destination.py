@@ -7,6 +7,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -265,6 +266,24 @@ def test_an_unreachable_endpoint_is_reported_within_20_seconds_once(clean_env):
     assert done.stdout.count("could not reach") == 1
     assert done.stderr == ""
     assert ACCOUNT_KEY not in done.stdout
+
+
+def test_an_endpoint_that_never_answers_is_reported_within_20_seconds(clean_env):
+    with socket.socket() as silent:  # accepts connections (the backlog does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}/{ACCOUNT}"
+        env = settings_free_env()
+        env["AZURE_STORAGE_CONNECTION_STRING"] = (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};BlobEndpoint={endpoint};"
+        )
+        started = time.monotonic()
+        done = run_cli(env)
+        elapsed = time.monotonic() - started
+    assert elapsed < 20, f"check-destination took {elapsed:.1f} s against an endpoint that never answers"
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.count(f"could not reach {endpoint}: ") == 1, done.stdout
+    assert "merged IDs destination (amplitude/merged_ids/_amplitude_assets_probe.txt): skipped" in done.stdout
 
 
 def test_a_malformed_connection_string_is_one_line_naming_the_variable(clean_env):

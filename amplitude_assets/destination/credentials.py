@@ -32,6 +32,7 @@ from azure.core.exceptions import (
     ResourceExistsError,
     ResourceNotFoundError,
     ServiceRequestError,
+    ServiceResponseError,
 )
 from azure.storage.blob import BlobServiceClient, ContainerClient, LinearRetry
 from dagster_azure.blob import (
@@ -62,7 +63,7 @@ EMULATOR_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K
 # 20 s connect timeout and 3 retries 15-60 s apart; the export keeps the SDK's policy.
 PROBE_CLIENT_OPTIONS = {
     "connection_timeout": 4,
-    "read_timeout": 8,
+    "read_timeout": 4,
     "retry_policy": LinearRetry(backoff=1, random_jitter_range=0, retry_total=1),
 }
 
@@ -331,7 +332,7 @@ class AzureStorage(AzureBlobStorageResource):
         `action` is write, read, list or delete; without it, it is taken from the request."""
         if isinstance(exc, SettingsError):
             return self.redact(str(exc))
-        if not isinstance(exc, (HttpResponseError, ServiceRequestError)):
+        if not isinstance(exc, (HttpResponseError, ServiceRequestError, ServiceResponseError)):
             return None
         code = getattr(exc, "error_code", None) or ""
         code = str(getattr(code, "value", code))
@@ -362,6 +363,8 @@ class AzureStorage(AzureBlobStorageResource):
             return f"container {name} does not exist: create it, or set AZURE_CREATE_CONTAINERS=true. [{detail}]"
         if isinstance(exc, ServiceRequestError):
             return f"could not reach {self.endpoint}: {detail}"
+        if isinstance(exc, ServiceResponseError):  # connected, but no (complete) answer in time
+            return f"could not reach {self.endpoint}: no answer ({detail})"
         return None
 
     def _container_of(self, url: str | None) -> str | None:
