@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import urlparse
 
+import dagster as dg
+
 PARTITION_KEY_FORMAT = "%Y-%m-%d-%H:%M"
 SOURCES = ("synthetic", "export_api", "files")
 REGION_URLS = {"us": "https://amplitude.com", "eu": "https://analytics.eu.amplitude.com"}
@@ -30,8 +32,15 @@ SECRET_VARIABLES = (
 )
 
 
-class SettingsError(ValueError):
-    """A setting is missing or malformed. The message names the variable."""
+class SettingsError(ValueError, dg.Failure):
+    """A setting is missing or malformed. The message names the variable.
+
+    It is also a `dagster.Failure`, so a run that meets it fails with the message as its
+    headline (not "Error occurred while handling output …" with the cause underneath), and
+    a retry policy does not retry it."""
+
+    def __init__(self, message: str):
+        dg.Failure.__init__(self, description=message, allow_retries=False)
 
 
 def is_loopback(host: str | None) -> bool:

@@ -7,6 +7,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -227,3 +228,129 @@ def test_service_principal_variables_build_a_client_secret_credential(clean_env)
     assert isinstance(credential, ClientSecretCredential)
     assert credential._tenant_id == "00000000-0000-0000-0000-000000000001"
     assert credential._client_id == "00000000-0000-0000-0000-000000000002"
+
+
+# -- failing fast, each message once ----------------------------------------------------------
+
+
+def settings_free_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "AMPLITUDE_"))}
+
+
+def test_an_unreachable_endpoint_is_reported_within_20_seconds_once(clean_env):
+    port = free_port()  # nothing listens there: connections are refused
+    endpoint = f"http://127.0.0.1:{port}/{ACCOUNT}"
+    env = settings_free_env()
+    env["AZURE_STORAGE_CONNECTION_STRING"] = (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};BlobEndpoint={endpoint};"
+    )
+    started = time.monotonic()
+    done = run_cli(env)
+    elapsed = time.monotonic() - started
+    assert elapsed < 20, f"check-destination took {elapsed:.1f} s against a refused port"  # the README's promise
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines == [
+        f"Azure Blob Storage at {endpoint}, credential from AZURE_STORAGE_CONNECTION_STRING",
+        "events destination (amplitude/_amplitude_assets_probe.txt): FAILED",
+        lines[2],
+        "  read    skipped  the write failed",
+        "  list    skipped  the write failed",
+        "  delete  skipped  nothing was written",
+        "merged IDs destination (amplitude/merged_ids/_amplitude_assets_probe.txt): skipped: same storage "
+        "account as the events destination, which failed above",
+        "Some destination checks failed.",
+    ], done.stdout
+    assert lines[2].startswith(f"  write   FAILED   could not reach {endpoint}: ServiceRequestError: ")
+    assert "Connection refused" in lines[2]
+    assert done.stdout.count("could not reach") == 1
+    assert done.stderr == ""
+    assert ACCOUNT_KEY not in done.stdout
+
+
+def test_an_endpoint_that_never_answers_is_reported_within_20_seconds(clean_env):
+    with socket.socket() as silent:  # accepts connections (the backlog does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}/{ACCOUNT}"
+        env = settings_free_env()
+        env["AZURE_STORAGE_CONNECTION_STRING"] = (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};BlobEndpoint={endpoint};"
+        )
+        started = time.monotonic()
+        done = run_cli(env)
+        elapsed = time.monotonic() - started
+    assert elapsed < 20, f"check-destination took {elapsed:.1f} s against an endpoint that never answers"
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.count(f"could not reach {endpoint}: ") == 1, done.stdout
+    assert "merged IDs destination (amplitude/merged_ids/_amplitude_assets_probe.txt): skipped" in done.stdout
+
+
+def test_a_malformed_connection_string_is_one_line_naming_the_variable(clean_env):
+    env = settings_free_env()
+    env["AZURE_STORAGE_CONNECTION_STRING"] = "AccountName=acct;c2VjcmV0a2V5"
+    done = run_cli(env)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "error: AZURE_STORAGE_CONNECTION_STRING is malformed: expected Key=value pairs separated by ';' "
+        "(copy it from the storage account's Access keys page)"
+    ]
+
+
+def test_no_settings_is_one_line_naming_the_variables(clean_env):
+    done = run_cli(settings_free_env())
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "error: No Azure credentials: set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_URL with "
+        "AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET, AZURE_STORAGE_SAS_TOKEN, or a managed identity"
+    ]
+
+
+def test_after_an_authentication_failure_the_rest_is_skipped(container, azurite):
+    storage = AzureStorage(connection_string=azurite.replace(ACCOUNT_KEY, WRONG_KEY))
+    events, merged = check_destinations(Settings.from_env(), storage)
+    result = steps(events)
+    assert result["write"][0] is False and result["write"][1].startswith("authentication failed")
+    assert {name: result[name] for name in ("read", "list", "delete")} == {
+        "read": (None, "the write failed"),
+        "list": (None, "the write failed"),
+        "delete": (None, "nothing was written"),
+    }
+    assert merged.steps == []
+    assert merged.skipped == "skipped: same storage account as the events destination, which failed above"
+
+
+def test_a_permission_failure_skips_the_steps_after_it(container, azurite, clean_env):
+    # A SAS that may write and delete but not read: read fails, list is skipped, the probe is deleted.
+    sas = generate_account_sas(
+        ACCOUNT, ACCOUNT_KEY, resource_types=ResourceTypes(container=True, object=True),
+        permission=AccountSasPermissions(write=True, create=True, delete=True),
+        expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1),
+    )
+    endpoint = azurite.split("BlobEndpoint=")[1].rstrip(";")
+    storage = AzureStorage(account_url=endpoint, sas_token=sas)
+    events = check_destinations(Settings.from_env(), storage)[0]
+    result = steps(events)
+    assert result["write"][0] is True
+    assert result["read"][0] is False
+    assert result["read"][1].startswith(
+        f"permission denied: grant the Azure RBAC data action {ACTIONS['read']} on container {container!r}, "
+        "or issue a SAS token with the r permission."
+    )
+    assert result["list"] == (None, "the read failed")
+    assert result["delete"] == (True, "deleted the probe")
+
+
+def test_the_job_fails_with_a_setting_as_its_headline(clean_env):
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountName=acct;AccountKey=c2VjcmV0a2V5!!")
+    result = definitions().resolve_job_def("check_destination").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+    )
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    data = failure.event_specific_data
+    assert data.user_failure_data.description == (
+        "AZURE_STORAGE_CONNECTION_STRING is malformed: its AccountKey is not base64"
+    )
+    assert data.error.cause is None

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
+from dagster_azure.blob import (
+    AzureBlobStorageDefaultCredential,
+    AzureBlobStorageKeyCredential,
+    AzureBlobStorageResource,
+)
 
 from amplitude_assets.destination.credentials import (
     AzureStorage,
     check_transport,
     connection_string_endpoint,
+    parse_connection_string,
     redact,
 )
 from amplitude_assets.settings import SettingsError
+from tests.conftest import ACCOUNT, ACCOUNT_KEY
 from tests.helpers import definitions, materialize
 
 
@@ -73,3 +82,112 @@ def test_a_run_without_credentials_names_the_variables(clean_env):
     ) + str([e.event_specific_data for e in result.all_events if e.is_failure])
     assert "AZURE_STORAGE_CONNECTION_STRING" in messages
     assert "AZURE_STORAGE_ACCOUNT_URL" in messages
+
+
+# -- the dagster-azure resource, against Azurite ------------------------------------------------
+
+
+def test_the_storage_resource_is_dagster_azures_and_reaches_azurite(container, azurite, blobs):
+    storage = definitions().resources["storage"]
+    assert isinstance(storage, AzureBlobStorageResource)
+    storage = storage.process_config_and_initialize()  # resolves the EnvVar of the connection string
+    endpoint = azurite.split("BlobEndpoint=")[1].rstrip(";")
+    # The connection string is parsed into dagster-azure's two fields' worth: an account URL and a key.
+    url, credential = parse_connection_string(azurite)
+    assert url == endpoint
+    assert credential == {"account_name": ACCOUNT, "account_key": ACCOUNT_KEY}
+    with storage.get_client() as client:  # dagster-azure's accessor
+        assert client.url.rstrip("/") == endpoint
+        assert container in [c.name for c in client.list_containers()]
+        client.get_container_client(container).upload_blob("through/get_client.txt", b"hello\n")
+    assert blobs(container) == {"through/get_client.txt": b"hello\n"}
+
+
+def test_a_dagster_azure_key_credential_reaches_azurite(container, azurite, blobs):
+    endpoint = azurite.split("BlobEndpoint=")[1].rstrip(";")
+    storage = AzureStorage(account_url=endpoint, credential=AzureBlobStorageKeyCredential(key=ACCOUNT_KEY))
+    assert storage.method == "the resource's account key (AzureBlobStorageKeyCredential)"
+    storage.container(container).upload_blob("key.txt", b"k")
+    assert blobs(container) == {"key.txt": b"k"}
+    assert storage.redact(f"key {ACCOUNT_KEY} leaked") == "key *** leaked"
+
+
+def test_one_client_per_account_and_container_reused(azurite):
+    storage = AzureStorage(connection_string=azurite)
+    assert storage.container("amplitude") is storage.container("amplitude")
+    assert storage.container("amplitude") is not storage.container("other")
+    with storage.get_client() as first, storage.get_client() as second:
+        assert first is second is storage.service
+    # The probe's client is separate, with short timeouts and one retry; the export's keeps the SDK's.
+    probe = storage.container("amplitude", probe=True)
+    assert probe is not storage.container("amplitude")
+    assert probe._config.retry_policy.total_retries == 1
+    assert storage.container("amplitude")._config.retry_policy.total_retries == 3
+
+
+def test_missing_containers_are_created_only_when_asked(azurite, blobs):
+    service = blobs.service
+    absent, created = f"t{uuid.uuid4().hex[:20]}", f"t{uuid.uuid4().hex[:20]}"
+    AzureStorage(connection_string=azurite).container(absent)
+    AzureStorage(connection_string=azurite, create_containers=True).container(created)
+    names = {c.name for c in service.list_containers()}
+    assert created in names and absent not in names
+
+
+def test_token_credentials_of_dagster_azure_need_https_too():
+    storage = AzureStorage(account_url="http://127.0.0.1:10000/devstoreaccount1",
+                           credential=AzureBlobStorageDefaultCredential())
+    with pytest.raises(SettingsError, match="AZURE_STORAGE_ACCOUNT_URL must use https with DefaultAzureCredential"):
+        storage.service
+    # A key or a SAS may use plain http to the emulator.
+    AzureStorage(account_url="http://127.0.0.1:10000/devstoreaccount1",
+                 credential=AzureBlobStorageKeyCredential(key=ACCOUNT_KEY)).service
+
+
+@pytest.mark.parametrize(
+    ("text", "url", "credential"),
+    [
+        ("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0a2V5;EndpointSuffix=core.windows.net",
+         "https://acct.blob.core.windows.net", {"account_name": "acct", "account_key": "c2VjcmV0a2V5"}),
+        ("accountname=acct;accountkey=c2VjcmV0a2V5;endpointsuffix=core.chinacloudapi.cn",
+         "https://acct.blob.core.chinacloudapi.cn", {"account_name": "acct", "account_key": "c2VjcmV0a2V5"}),
+        ("BlobEndpoint=https://acct.blob.core.windows.net/;SharedAccessSignature=sv=2024-01-01&sig=abc",
+         "https://acct.blob.core.windows.net", "sv=2024-01-01&sig=abc"),
+        ("UseDevelopmentStorage=true", "http://127.0.0.1:10000/devstoreaccount1",
+         {"account_name": ACCOUNT, "account_key": ACCOUNT_KEY}),
+    ],
+)
+def test_connection_string_forms(text, url, credential):
+    assert parse_connection_string(text) == (url, credential)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("garbage-c2VjcmV0a2V5", "expected Key=value pairs"),
+        (";", "expected Key=value pairs"),
+        ("AccountName=acct;AccountKey=c2VjcmV0a2V5!!", "its AccountKey is not base64"),
+        ("AccountName=acct;EndpointSuffix=core.windows.net", "needs AccountName and AccountKey"),
+        ("AccountKey=c2VjcmV0a2V5", "neither BlobEndpoint nor AccountName"),
+    ],
+)
+def test_a_malformed_connection_string_names_the_variable_not_its_value(text, reason):
+    with pytest.raises(SettingsError) as failure:
+        AzureStorage(connection_string=text).service
+    message = str(failure.value)
+    assert message.startswith("AZURE_STORAGE_CONNECTION_STRING is malformed: ")
+    assert reason in message
+    assert "c2VjcmV0a2V5" not in message
+
+
+def test_a_missing_container_is_named_from_the_request(azurite):
+    from azure.core.exceptions import ResourceNotFoundError
+
+    storage = AzureStorage(connection_string=azurite)
+    absent = f"t{uuid.uuid4().hex[:20]}"
+    with pytest.raises(ResourceNotFoundError) as failure:
+        storage.container(absent).upload_blob("x.txt", b"x")
+    assert storage.explain(failure.value).startswith(
+        f"container {absent!r} does not exist: create it, or set AZURE_CREATE_CONTAINERS=true. [ContainerNotFound: "
+    )
+    assert storage.explain(ValueError("not about Azure")) is None

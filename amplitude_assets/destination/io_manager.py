@@ -100,6 +100,7 @@ class EventsIOManager(dg.ConfigurableIOManager):
         client = self.storage.container(self.container)
         failures: list[str] = []
         landed: dict[str, dict[str, Any]] = {}
+        cause = None  # what the user must fix, when an hour failed for such a reason
         for hour in obj.hours:
             key = partition_key(hour)
             try:
@@ -111,9 +112,12 @@ class EventsIOManager(dg.ConfigurableIOManager):
                 )
                 timings = {"export_seconds": round(time.perf_counter() - started, 3)}
             except Exception as exc:  # keep going: every other hour of the range still lands
-                message = self.storage.redact(f"{type(exc).__name__}: {exc}")
+                cause = self.storage.explain(exc)
+                message = cause or self.storage.redact(f"{type(exc).__name__}: {exc}")
                 context.log.error(f"hour {key} failed: {message}")
                 failures.append(f"{key}: {message}")
+                if cause:  # a setting, credential or permission to fix: later hours would fail alike
+                    break
                 continue
             metadata = hour_metadata(
                 self.layout, self.container, self.storage.endpoint, result, manifest, timings
@@ -129,11 +133,16 @@ class EventsIOManager(dg.ConfigurableIOManager):
         if failures:
             # Dagster records a step's materializations only when its output is handled, so
             # record the hours that did land before failing the step for the others.
-            for key, metadata in landed.items():
-                context.log_event(dg.AssetMaterialization(context.asset_key, partition=key, metadata=metadata))
+            for done, metadata in landed.items():
+                context.log_event(dg.AssetMaterialization(context.asset_key, partition=done, metadata=metadata))
+            counted = f"{len(failures)} of {len(obj.hours)} hour(s) failed to export"
+            if cause:  # the headline is what to fix; the count follows
+                skipped = len(obj.hours) - len(landed) - len(failures)
+                counted = f"hour {key} failed" + (f", {skipped} later hour(s) not attempted" if skipped else "")
             raise dg.Failure(
-                description=f"{len(failures)} of {len(obj.hours)} hour(s) failed to export",
+                description=f"{cause} ({counted})" if cause else counted,
                 metadata={"failed_hours": dg.MetadataValue.json(failures)},
+                allow_retries=not cause,
             )
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:

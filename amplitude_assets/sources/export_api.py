@@ -32,6 +32,7 @@ from isal import igzip
 
 from amplitude_assets.destination.credentials import redact
 from amplitude_assets.destination.layout import PART_NAME_RE
+from amplitude_assets.settings import SettingsError
 from amplitude_assets.sources.files import CHUNK_BYTES, gzip_line_chunks, is_gzip, line_chunks
 
 HOUR_FORMAT = "%Y%m%dT%H"
@@ -44,8 +45,8 @@ class ExportApiError(RuntimeError):
     """An hour could not be fetched from the Export API; the message names the hour."""
 
 
-class ExportApiAuthError(ExportApiError):
-    """The Export API refused the credentials (401/403): retrying cannot help."""
+class ExportApiAuthError(SettingsError, ExportApiError):
+    """The Export API refused the credentials (401/403): retrying cannot help, the settings must change."""
 
 
 class _Retryable(Exception):
