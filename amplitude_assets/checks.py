@@ -443,7 +443,7 @@ def compact_keys(frame: pl.DataFrame, key: tuple[str, ...], start: int) -> pl.Da
         text = pl.col(key[0])
     else:  # each part's length first, so ("ab", "c") and ("a", "bc") differ
         text = pl.concat_str([e for n in key for e in (pl.col(n).str.len_bytes().cast(pl.String), pl.lit(":"), pl.col(n))])
-    keyed = frame.select(text.alias("text"), pl.int_range(start, start + frame.height, dtype=pl.UInt64).alias("pos"),
+    keyed = frame.select(text.alias("text"), pl.int_range(start, start + frame.height, dtype=pl.UInt32).alias("pos"),
                          present.alias("present")).filter("present")
     hashed = (pl.col("text").hash(seed=1), pl.col("text").hash(seed=2))
     if key == ("uuid",):
@@ -464,17 +464,23 @@ class Repeats:
 
 
 def find_repeats(keys: list[pl.DataFrame]) -> Repeats:
-    """Repeats of a key over the hour's compact keys (in hour order): the first row wins."""
+    """Repeats of a key over the hour's compact keys (in hour order): the first row wins.
+
+    Only keys whose first half repeats can repeat whole, so the 128-bit comparison runs
+    on those few; the hour's keys are looked at as the batches left them, not copied.
+    """
     if not keys:
         return Repeats(0, [])
-    frame = pl.concat(keys, rechunk=True)
-    keys.clear()
+    frame = pl.concat(keys, rechunk=False)
+    candidates = frame.filter(pl.col("high").is_duplicated())
+    if candidates.height == 0:
+        return Repeats(0, [])
     first = pl.struct("high", "low").is_first_distinct()
-    repeated = frame.filter(~first)
+    repeated = candidates.filter(~first)
     if repeated.height == 0:
         return Repeats(0, [])
     shown = repeated.head(MAX_REPORTED).join(
-        frame.filter(first), on=["high", "low"], how="left", suffix="_first", maintain_order="left"
+        candidates.filter(first), on=["high", "low"], how="left", suffix="_first", maintain_order="left"
     )
     return Repeats(repeated.height, list(zip(shown["pos"].to_list(), shown["pos_first"].to_list())))
 
@@ -609,7 +615,10 @@ def scan_files(client: ContainerClient, names: list[str], rules: LineRules, *, s
     read_found = Found(read_problems[:MAX_REPORTED], len(read_problems))
     unique_found = [Found(read_problems[:MAX_REPORTED], len(read_problems))]
     if unique:
-        repeats = {key: find_repeats(keys[key]) for key in rules.unique}
+        repeats = {}
+        for key in rules.unique:
+            repeats[key] = find_repeats(keys[key])
+            keys[key].clear()
         wanted: dict[str, set[int]] = {}
         for r in repeats.values():
             for pair in r.first:
