@@ -721,22 +721,6 @@ def events_hour_outcomes(client: ContainerClient, layout: EventsLayout, hour: da
     return {name: outcomes[name] for name in selected}
 
 
-def _target(context: dg.AssetCheckExecutionContext, asset_key: dg.AssetKey, key: str):
-    """The hour's latest materialization, so the UI knows which one the evaluation is about."""
-    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-        AssetCheckEvaluationTargetMaterializationData,
-    )
-
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[key]), limit=1
-    ).records
-    if not records:
-        return None
-    return AssetCheckEvaluationTargetMaterializationData(
-        run_id=records[0].event_log_entry.run_id, storage_id=records[0].storage_id, timestamp=records[0].timestamp
-    )
-
-
 def evaluate_hours(
     context: dg.AssetCheckExecutionContext,
     asset: str,
@@ -767,13 +751,11 @@ def evaluate_hours(
                                       metadata=outcome.metadata(), description=outcome.description)
         return
     for key in keys:
-        target = _target(context, asset_key, key)
         for spec in specs:
             outcome = outcomes[key][spec.name]
             context.op_execution_context.log_event(dg.AssetCheckEvaluation(
                 asset_key=asset_key, check_name=spec.name, passed=outcome.passed, metadata=outcome.metadata(),
                 description=outcome.description, blocking=spec.blocking, partition=key,
-                target_materialization_data=target,
             ))
     for spec in specs:
         failed = [k for k in keys if not outcomes[k][spec.name].passed]
