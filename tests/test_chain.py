@@ -198,3 +198,27 @@ def test_merged_ids_follows_events_through_its_automation_condition(env):
     assert materialize(defs, ["events", "merged_ids"], partition=key(2), instance=instance).success
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
     assert result.total_requested == 0
+
+
+def test_an_hour_that_failed_for_want_of_the_hour_before_is_requested_again_once_it_lands(env):
+    import uuid
+
+    instance = dg.DagsterInstance.ephemeral()
+    defs = definitions()
+    merged = dg.AssetKey("merged_ids")
+    start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert materialize(defs, ["events"], start=key(0), end=key(1), instance=instance).success
+    requested = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+    assert requested.get_requested_partitions(merged) == {key(0), key(1)}
+    # 07:00 ran first, while another run still exported 06:00: it failed at once.
+    busy = dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
+                         asset_selection=frozenset({merged}), tags={"dagster/partition": key(0)})
+    instance.add_run(busy)
+    assert not materialize(defs, ["merged_ids"], partition=key(1), instance=instance, raise_on_error=False).success
+    instance.report_run_failed(busy)
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=requested.cursor)
+    assert result.total_requested == 0  # 06:00 is still missing: nothing to do yet
+    # 06:00 lands: 07:00, failed, is requested again.
+    assert materialize(defs, ["merged_ids"], partition=key(0), instance=instance).success
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert result.get_requested_partitions(merged) == {key(1)}
