@@ -3,10 +3,13 @@
 On each tick it:
   1. takes the hours that closed at least AMPLITUDE_EXPORT_DELAY_MINUTES ago, from the later
      of AMPLITUDE_START and AMPLITUDE_CATCH_UP_HOURS ago (from the partitions definition);
-  2. lists the events and merged-IDs markers, one listing per day and destination;
+  2. lists the events and merged-IDs markers, one listing per day and destination; the
+     merged-IDs markers' blob metadata tells which hours are stale (`chain.py`), and those
+     count as missing;
   3. drops hours that a queued or running run already covers (sensor, backfill or UI);
   4. requests the rest, oldest first, consecutive hours batched into range runs of at most
-     AMPLITUDE_HOURS_PER_RUN hours.
+     AMPLITUDE_HOURS_PER_RUN hours (`merged_ids` alone where the events are in place),
+     tagged so that a run-queue limit can run them one after the other.
 
 The cursor (JSON) counts the runs requested per hour since the hour was last seen exported.
 An hour whose marker is still missing once its run is over is requested again, in a run
@@ -189,6 +192,7 @@ def build_hourly_export_sensor(
         minimum_interval_seconds=300,
         description=(
             "Exports every closed hour that is not in the container yet (events and merged IDs), "
+            "and re-exports stale merged IDs, "
             f"{settings.export_delay_minutes} min after it closes, looking back "
             f"{settings.catch_up_hours} h; batches up to {settings.hours_per_run} hours per run and "
             f"gives up on an hour after {settings.sensor_max_attempts} failed runs."
@@ -208,8 +212,9 @@ def build_hourly_export_sensor(
             ) from None
         # Stale merged IDs are re-exported like missing ones, oldest first.
         missing = [k for k in due if k not in found.done]
-        for key, reason in found.stale.items():
-            context.log.info(f"merged_ids {key} is stale: {reason}")
+        if found.stale:
+            first = min(found.stale)
+            context.log.info(f"{len(found.stale)} hour(s) of merged_ids are stale, from {first}: {found.stale[first]}")
         busy = hours_in_flight(context.instance, partitions)
 
         # An hour seen exported starts afresh (a marker that vanishes later is requested
