@@ -26,6 +26,7 @@ from azure.storage.blob import ContainerClient
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.io_manager import partition_key as hour_key
 from amplitude_assets.destination.layout import MergedIdsLayout
+from amplitude_assets.partitions import RANGE_START
 from amplitude_assets.settings import Settings, parse_hour
 
 # Blob metadata on each merged-IDs marker (names must be C# identifiers; values never empty).
@@ -154,14 +155,17 @@ def build_chain_check(settings: Settings, partitions: dg.PartitionsDefinition) -
             extra[hour_key(after)] = _checked(storage, lambda: chain_outcome(client, layout, after))
         for key, outcome in {**outcomes, **extra}.items():
             (context.log.info if outcome.passed else context.log.warning)(f"merged_ids chain {key}: {outcome.description}")
-        logged = extra if len(keys) == 1 else {**outcomes, **extra}
+        # A run of one partition records the result below with its partition; a range run (even
+        # of one hour, as the sensor's) records it without one, so each hour is logged on its own.
+        single = len(keys) == 1 and RANGE_START not in context.run.tags
+        logged = extra if single else {**outcomes, **extra}
         for key, outcome in logged.items():
             context.op_execution_context.log_event(dg.AssetCheckEvaluation(
                 asset_key=asset_key, check_name="chain", passed=outcome.passed, metadata=outcome.metadata(),
                 description=outcome.description, partition=key,
                 target_materialization_data=_target(context, asset_key, key),
             ))
-        if len(keys) == 1:
+        if single:
             outcome = outcomes[keys[0]]
             return dg.AssetCheckResult(passed=outcome.passed, metadata=outcome.metadata(), description=outcome.description)
         failed = [k for k, o in outcomes.items() if not o.passed]

@@ -179,6 +179,9 @@ def test_re_exporting_a_middle_hour_makes_the_sensor_re_export_the_rest_of_the_c
     assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
             for r in first.run_requests] == [(key(2), key(5))]
     assert set(first.run_requests[0].asset_selection) == {dg.AssetKey("merged_ids")}
+    # A range run of one hour (as the sensor's retries are) records the hour's own evaluation too.
+    one = materialize(definitions(), ["merged_ids"], start=key(2), end=key(2), instance=instance)
+    assert chain_evaluations(one) == {key(2): True, key(3): False}
 
 
 def test_merged_ids_follows_events_through_its_automation_condition(env):
