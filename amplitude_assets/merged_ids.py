@@ -208,9 +208,9 @@ def write_merged_ids_hour(
 def follows_events() -> dg.AutomationCondition:
     """Request an hour once its events land, in hour order; the automation condition sensor evaluates it.
 
-    - Trigger: the hour's `events` was materialized (by any run: the UI, a backfill, the command
-      line), or the hour before's `merged_ids` landed while this hour is missing or failed (it
-      had to wait for it).
+    - Trigger: the hour's `events` was materialized by a run that did not also materialize
+      `merged_ids` (a run or backfill of `events` from the UI or GraphQL), or the hour before's
+      `merged_ids` landed while this hour is missing or failed (it had to wait for it).
     - Not while the hour's events, or the hour before's events or merged IDs, are in progress:
       that hour comes first. Hours that become ready on the same tick go into one backfill,
       which Dagster runs in hour order along the self-dependency.
