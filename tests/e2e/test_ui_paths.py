@@ -220,6 +220,17 @@ def test_range_backfill_through_the_ui_dialog(dagster, page, e2e_blobs):
     assert sorted(backfill["partitionNames"]) == [hour_key(h) for h in hours]
     assert_follows_policy(dagster, backfill, hours, ["events"])
     assert_hours_landed(e2e_blobs, dagster.container, hours)
+
+    # The backfill selected events only; merged_ids follows its hours, in hour order.
+    markers = [f"merged_ids/{hour_blobs(h)[1]}" for h in hours]
+    deadline = time.monotonic() + FOLLOW_TIMEOUT + 120
+    while time.monotonic() < deadline and not set(markers) <= set(e2e_blobs(dagster.container)):
+        time.sleep(5)
+    assert_hours_landed(e2e_blobs, dagster.container, hours, merged_ids=True)
+    client = e2e_blobs.service.get_container_client(dagster.container)
+    chain = [json.loads(client.download_blob(m).readall()) for m in markers]
+    for before, after in zip(chain, chain[1:]):
+        assert after["previous_state"]["md5"] == before["state"]["md5"], (before["hour"], after["hour"])
     page.goto(f"{dagster.url}/runs/b/{result['backfillId']}")
     page.get_by_text(result["backfillId"]).first.wait_for()
     page.screenshot(path=str(ARTIFACTS / "05-backfill-page.png"))
