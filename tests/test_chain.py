@@ -128,6 +128,11 @@ def test_hours_exported_out_of_order_are_found_stale_reported_and_repaired(env, 
     assert "later_hours_stale_from" not in metadata[key(0)]
     assert metadata[key(1)]["chain"].value == f"starts from the state {key(0)} left"
     assert metadata[key(0)]["chain"].value == "the identity history starts here"
+    [observation] = [e.event_specific_data.asset_observation for e in result.all_events
+                     if e.event_type_value == "ASSET_OBSERVATION"]
+    assert (observation.asset_key, observation.partition) == (dg.AssetKey("merged_ids"), key(2))
+    assert observation.metadata["chain"].value.startswith(f"stale since merged_ids {key(1)} was exported: its "
+                                                          f"identity history starts at {key(2)}")
     # The chain check passed for the run's hours, and failed for the hour after them, which is stale now.
     assert chain_evaluations(result) == {key(0): True, key(1): True, key(2): False}
 
