@@ -7,6 +7,7 @@ import warnings
 import dagster as dg
 
 from amplitude_assets.assets import build_events_asset
+from amplitude_assets.chain import build_chain_check
 from amplitude_assets.checks import build_events_checks, build_merged_ids_checks
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.io_manager import EventsIOManager
@@ -14,7 +15,7 @@ from amplitude_assets.jobs import build_check_destination_job
 from amplitude_assets.merged_ids import build_merged_ids_asset
 from amplitude_assets.partitions import hourly_partitions
 from amplitude_assets.resources import AmplitudeSource
-from amplitude_assets.sensors import build_hourly_export_sensor
+from amplitude_assets.sensors import build_hourly_export_sensor, build_merged_ids_automation_sensor
 from amplitude_assets.settings import Settings
 
 # Dagster warns, each time the location loads, that `backfill_policy` is in beta and that
@@ -31,8 +32,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     merged_ids = build_merged_ids_asset(settings, partitions)
     return dg.Definitions(
         assets=[events, merged_ids],
-        asset_checks=[*build_events_checks(settings, partitions), *build_merged_ids_checks(settings, partitions)],
-        sensors=[build_hourly_export_sensor(settings, partitions)],
+        asset_checks=[
+            *build_events_checks(settings, partitions),
+            *build_merged_ids_checks(settings, partitions),
+            build_chain_check(settings, partitions),
+        ],
+        sensors=[build_hourly_export_sensor(settings, partitions), build_merged_ids_automation_sensor(settings)],
         jobs=[build_check_destination_job(settings)],
         resources={
             "amplitude_source": AmplitudeSource.from_settings(settings),

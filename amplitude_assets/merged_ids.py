@@ -30,6 +30,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from amplitude_assets.assets import GROUP, hours_of, refuse_young_hours
+from amplitude_assets.chain import NO_STATE, Link, link_problem, read_link
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.io_manager import partition_key
 from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
@@ -52,9 +53,8 @@ from amplitude_assets.schema import MERGED_ID_FIELDS
 from amplitude_assets.settings import Settings
 
 MAX_DELTAS = 23  # a snapshot is stored at least once a day
-WAIT_SECONDS = 3 * 3600  # how long an hour waits for another run to export the hour before it
-POLL_SECONDS = 15.0
 MERGED_IDS = dg.AssetKey("merged_ids")
+EVENTS = dg.AssetKey("events")
 COLUMN_SCHEMA = dg.TableSchema(
     columns=[dg.TableColumn(name, "int" if name == "scope" else "long") for name in MERGED_ID_FIELDS]
 )
@@ -135,11 +135,11 @@ def read_carried_state(client: ContainerClient, layout: MergedIdsLayout, hour: d
 
 
 def run_exporting(instance: dg.DagsterInstance, key: str, own_run_id: str) -> str | None:
-    """Another unfinished run whose `merged_ids` step covers hour `key`, if there is one."""
+    """Another unfinished run that exports hour `key` (events or merged IDs), if there is one."""
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED)):
         if run.run_id == own_run_id:
             continue
-        if run.asset_selection is not None and MERGED_IDS not in run.asset_selection:
+        if run.asset_selection is not None and not {EVENTS, MERGED_IDS} & set(run.asset_selection):
             continue
         start, end = run.tags.get(RANGE_START), run.tags.get(RANGE_END)
         if (start and end and start <= key <= end) or run.tags.get(PARTITION) == key:  # keys sort as hours
@@ -147,36 +147,25 @@ def run_exporting(instance: dg.DagsterInstance, key: str, own_run_id: str) -> st
     return None
 
 
-def wait_for_the_hour_before(
+def refuse_while_the_hour_before_runs(
     context: dg.AssetExecutionContext, client: ContainerClient, layout: MergedIdsLayout, hour: datetime
 ) -> None:
-    """When another run is still exporting the hour before (the sensor's catch-up runs, say), wait for it.
+    """Fail at once when the hour before has no state yet and another run is still exporting it.
 
-    Without this, a run of later hours that starts first would find a gap, or with no
-    history at all, start a history of its own.
+    Nobody waits inside a step: Dagster orders the runs (the self-dependency in backfills,
+    the automation condition, the sensor's runs through the run queue). A run that starts
+    too early fails here, naming the hour, rather than start an identity history of its own.
     """
     previous = hour - timedelta(hours=1)
     if existing_md5(client, layout.state(previous)) is not None:
         return
     run_id = run_exporting(context.instance, partition_key(previous), context.run_id)
-    if run_id is None:
-        return
-    context.log.info(
-        f"merged_ids {partition_key(hour)} waits for run {run_id}, which exports merged_ids for {partition_key(previous)}: "
-        "merged IDs are derived in hour order"
-    )
-    deadline = time.monotonic() + WAIT_SECONDS
-    while (run := context.instance.get_run_by_id(run_id)) is not None and run.status in UNFINISHED:
-        if time.monotonic() > deadline:
-            raise dg.Failure(
-                f"merged_ids {partition_key(hour)}: run {run_id}, which exports merged_ids for {partition_key(previous)}, "
-                f"has not finished after {WAIT_SECONDS} s. Re-run {partition_key(hour)} once it has."
-            )
-        time.sleep(POLL_SECONDS)
-    if existing_md5(client, layout.state(previous)) is None:
+    if run_id is not None:
         raise dg.Failure(
-            f"merged_ids {partition_key(hour)}: run {run_id}, which was to export merged_ids for {partition_key(previous)}, "
-            f"ended without it. Export merged_ids for {partition_key(previous)} first."
+            f"merged_ids {partition_key(hour)}: the hour before, {partition_key(previous)}, is not exported yet: "
+            f"run {run_id} is still exporting it. Merged IDs are derived in hour order: export merged_ids for "
+            f"{partition_key(previous)} first, then {partition_key(hour)} (its automation condition requests "
+            "it again once the hour before lands)."
         )
 
 
@@ -223,9 +212,38 @@ def write_merged_ids_hour(
             delete_if_exists(client, layout.file(hour))  # a stale file from an earlier export
         upload(client, layout.state(hour), state, PARQUET_CONTENT)
         manifest = Manifest(hour=hour, source=source, parts=parts, counts=counts, extra=extra)
+        # The chain's two digests ride on the marker as blob metadata: one listing gives a day's links.
+        link = Link(extra["state"]["md5"], (extra.get("previous_state") or {}).get("md5"))
         lease.confirm()
-        upload(client, layout.marker(hour), manifest.to_json(), JSON_CONTENT)
+        upload(client, layout.marker(hour), manifest.to_json(), JSON_CONTENT, metadata=link.as_blob_metadata())
     return manifest
+
+
+def follows_events() -> dg.AutomationCondition:
+    """Request an hour once its events land, in hour order; the automation condition sensor evaluates it.
+
+    - Trigger: the hour's `events` was materialized by a run that did not also materialize
+      `merged_ids` (a run or backfill of `events` from the UI or GraphQL), or the hour before's
+      `merged_ids` landed while this hour is missing or failed (it had to wait for it).
+    - Not while the hour's events, or the hour before's events or merged IDs, are in progress:
+      that hour comes first. Hours that become ready on the same tick go into one backfill,
+      which Dagster runs in hour order along the self-dependency.
+    A run that selects both assets (the sensor's, a backfill of both) handles the hour itself.
+    """
+    events = dg.AssetSelection.assets(EVENTS)
+    itself = dg.AssetSelection.assets(MERGED_IDS)
+    AC = dg.AutomationCondition
+    trigger = AC.any_deps_updated().allow(events) | (
+        AC.any_deps_updated().allow(itself) & (AC.missing() | AC.execution_failed())
+    )
+    hour_before_events_in_progress = AC.any_deps_match(AC.asset_matches(EVENTS, AC.in_progress())).allow(itself)
+    return (
+        trigger.since_last_handled()
+        & ~AC.any_deps_missing().allow(events)
+        & ~AC.any_deps_in_progress()
+        & ~hour_before_events_in_progress
+        & ~AC.in_progress()
+    ).with_label("follows events, in hour order")
 
 
 def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -245,6 +263,7 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
             # refuses a gap, so single-partition runs and sensor runs stay safe too.
             dg.AssetDep("merged_ids", partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)),
         ],
+        automation_condition=follows_events(),
         kinds={"azure", "polars"},
         description=(
             "Merged Amplitude IDs of each UTC hour, derived from the hour's events and the identity "
@@ -265,7 +284,7 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
                 started = time.perf_counter()
                 identities = read_identities(events_client, events_layout, hour)
                 if carried is None:  # the first hour of the step; later ones carry it in memory
-                    wait_for_the_hour_before(context, client, layout, hour)
+                    refuse_while_the_hour_before_runs(context, client, layout, hour)
                     carried = read_carried_state(client, layout, hour)
                     before_hour = hour - timedelta(hours=1)
                     if carried.history_starts and existing_md5(events_client, events_layout.identities(before_hour)) is not None:
@@ -282,7 +301,6 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
                 state_bytes = parquet_bytes(encode_state(state, None if snapshot else carried.state))
                 derive_seconds = time.perf_counter() - started
                 state_md5 = hashlib.md5(state_bytes).hexdigest()
-                before = existing_md5(client, layout.state(hour)) if hour == hours[-1] else None
                 extra: dict[str, Any] = {}
                 if carried.history_starts:
                     extra["identity_history_starts"] = iso_hour(hour)
@@ -297,7 +315,8 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
                 )
                 write_seconds = time.perf_counter() - started
             except Exception as exc:
-                message = exc.description if isinstance(exc, dg.Failure) else storage.redact(f"{type(exc).__name__}: {exc}")
+                message = (exc.description if isinstance(exc, dg.Failure)
+                           else storage.explain(exc) or storage.redact(f"{type(exc).__name__}: {exc}"))
                 not_run = [partition_key(h) for h in hours[hours.index(hour) + 1:]]
                 raise dg.Failure(
                     description=f"merged_ids {key} failed: {message}",
@@ -306,16 +325,25 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
                         "not_attempted": dg.MetadataValue.json(not_run),
                     },
                 ) from None
+            link = Link(state_md5, carried.md5)
             carried = Carried(state, layout.state(hour), state_md5)
             done.append(key)
             later = hour + timedelta(hours=1)
             stale_from = None
-            if before and before != state_md5 and existing_md5(client, layout.state(later)) is not None:
+            # The hour after the step (already exported) must start from the state just written:
+            # a re-export that changed it, or a first export before an existing history, breaks the chain.
+            following = read_link(client, layout, later) if hour == hours[-1] else None
+            problem = link_problem(later, following, link) if following else None
+            if problem:
                 stale_from = partition_key(later)
                 context.log.warning(
-                    f"merged_ids {key}: the identity state changed, and merged_ids from {stale_from} on was "
-                    f"derived from the old one: re-run merged_ids from {stale_from} to the latest exported hour."
+                    f"merged_ids {key}: merged_ids from {stale_from} on is stale now: {problem}, to the latest "
+                    "exported hour (hourly_export_sensor does this within its catch-up window)."
                 )
+                context.log_event(dg.AssetObservation(
+                    asset_key=MERGED_IDS, partition=stale_from,
+                    metadata={"chain": f"stale since merged_ids {key} was exported: {problem}"},
+                ))
             metadata: dict[str, Any] = {
                 "dagster/row_count": rows.height,
                 "dagster/column_schema": COLUMN_SCHEMA,
@@ -333,6 +361,12 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
                 metadata["file"] = f"{settings.merged_ids_container}/{layout.file(hour)}"
             if "identity_history_starts" in extra:
                 metadata["identity_history_starts"] = extra["identity_history_starts"]
+            metadata["state_md5"] = state_md5
+            metadata["previous_state_md5"] = link.previous or NO_STATE
+            metadata["chain"] = (
+                "the identity history starts here" if link.previous is None
+                else f"starts from the state {partition_key(hour - timedelta(hours=1))} left"
+            )
             if stale_from:
                 metadata["later_hours_stale_from"] = stale_from
             context.add_asset_metadata(metadata, partition_key=key)

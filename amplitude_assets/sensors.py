@@ -3,10 +3,13 @@
 On each tick it:
   1. takes the hours that closed at least AMPLITUDE_EXPORT_DELAY_MINUTES ago, from the later
      of AMPLITUDE_START and AMPLITUDE_CATCH_UP_HOURS ago (from the partitions definition);
-  2. lists the events and merged-IDs markers, one listing per day and destination;
+  2. lists the events and merged-IDs markers, one listing per day and destination; the
+     merged-IDs markers' blob metadata tells which hours are stale (`chain.py`), and those
+     count as missing;
   3. drops hours that a queued or running run already covers (sensor, backfill or UI);
   4. requests the rest, oldest first, consecutive hours batched into range runs of at most
-     AMPLITUDE_HOURS_PER_RUN hours.
+     AMPLITUDE_HOURS_PER_RUN hours (`merged_ids` alone where the events are in place),
+     tagged so that a run-queue limit can run them one after the other.
 
 The cursor (JSON) counts the runs requested per hour since the hour was last seen exported.
 An hour whose marker is still missing once its run is over is requested again, in a run
@@ -17,19 +20,26 @@ number from the cursor.
 
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 from azure.core.exceptions import ResourceNotFoundError
 
+from amplitude_assets.chain import Link, stale_hours
 from amplitude_assets.destination.credentials import AzureStorage
+from amplitude_assets.destination.io_manager import partition_key
 from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.partitions import PARTITION, RANGE_END, RANGE_START, UNFINISHED
 from amplitude_assets.settings import Settings, parse_hour
 
 DESTINATION = "amplitude_assets/destination"  # for per-destination tag concurrency limits
 ATTEMPT = "amplitude_assets/attempt"
-ASSETS = (dg.AssetKey("events"), dg.AssetKey("merged_ids"))
+# Every run this code location starts for merged_ids carries it: a run-queue limit of 1 on this
+# tag (dagster.yaml) makes runs of adjacent hours go one after the other, oldest first.
+MERGED_IDS_CHAIN = "amplitude_assets/merged_ids_chain"
+MERGED_IDS = dg.AssetKey("merged_ids")
+ASSETS = (dg.AssetKey("events"), MERGED_IDS)
 
 
 def utc_now() -> datetime:
@@ -66,21 +76,73 @@ def present_markers(client, prefixes: Iterable[str], markers: set[str]) -> set[s
     return found
 
 
-def exported_hours(settings: Settings, storage: AzureStorage, keys: list[str]) -> set[str]:
-    """The hours among `keys` whose events marker and merged-IDs marker are both in the container."""
+def marker_links(client, layout: MergedIdsLayout, hours: list[datetime]) -> dict[datetime, Link | None]:
+    """hour -> the chain link its merged-IDs marker carries (None: a marker without one), for markers present.
+
+    One listing per day, with blob metadata; a missing container holds none.
+    """
+    markers = {layout.marker(h): h for h in hours}
+    found: dict[datetime, Link | None] = {}
+    for prefix in sorted({layout.day_prefix(h) for h in hours}):
+        try:
+            for blob in client.list_blobs(name_starts_with=prefix, include=["metadata"]):
+                if blob.name in markers:
+                    found[markers[blob.name]] = Link.from_blob_metadata(blob.metadata)
+        except ResourceNotFoundError:
+            return {}
+    return found
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What the container says about the hours a tick looks at."""
+
+    events: set[str]  # hours with an events marker
+    merged_ids: set[str]  # hours with a merged-IDs marker that is not stale
+    stale: dict[str, str]  # hours whose merged IDs are stale, and why
+
+    @property
+    def done(self) -> set[str]:
+        return self.events & self.merged_ids
+
+
+def exported_hours(settings: Settings, storage: AzureStorage, keys: list[str]) -> Exported:
+    """Which of `keys` have their events marker, and a merged-IDs marker that is not stale (`chain.py`)."""
     hours = {k: parse_hour(k) for k in keys}
-    destinations = [
-        (settings.events_container, EventsLayout(settings.events_prefix, settings.project_id)),
-        (settings.merged_ids_container, MergedIdsLayout(settings.merged_ids_prefix, settings.merged_ids_scope)),
-    ]
-    done = set(keys)
-    for container, layout in destinations:
-        markers = {layout.marker(h): k for k, h in hours.items()}
-        found = present_markers(
-            storage.container(container), (layout.day_prefix(h) for h in hours.values()), set(markers)
-        )
-        done &= {markers[name] for name in found}
-    return done
+    events_layout = EventsLayout(settings.events_prefix, settings.project_id)
+    markers = {events_layout.marker(h): k for k, h in hours.items()}
+    found = present_markers(
+        storage.container(settings.events_container), (events_layout.day_prefix(h) for h in hours.values()), set(markers)
+    )
+    events = {markers[name] for name in found}
+    layout = MergedIdsLayout(settings.merged_ids_prefix, settings.merged_ids_scope)
+    # The hour before the first one too: the first hour is judged against it.
+    looked_at = sorted(hours.values())
+    links = marker_links(storage.container(settings.merged_ids_container), layout,
+                         [looked_at[0] - timedelta(hours=1), *looked_at] if looked_at else [])
+    known = {h: link for h, link in links.items() if link is not None}  # a marker without digests is trusted
+    stale = {key: reason for hour, reason in stale_hours(known).items() if (key := partition_key(hour)) in hours}
+    merged = {k for k, h in hours.items() if h in links and k not in stale}
+    return Exported(events=events, merged_ids=merged, stale=stale)
+
+
+def merged_ids_chain(settings: Settings) -> str:
+    """The value of the MERGED_IDS_CHAIN tag: the merged-IDs destination, `container/folder`."""
+    layout = MergedIdsLayout(settings.merged_ids_prefix, settings.merged_ids_scope)
+    return f"{settings.merged_ids_container}/{layout.folder}"
+
+
+def build_merged_ids_automation_sensor(settings: Settings) -> dg.AutomationConditionSensorDefinition:
+    """Dagster's automation condition sensor for `merged_ids`, on by default: merged IDs follow events."""
+    return dg.AutomationConditionSensorDefinition(
+        "merged_ids_automation",
+        target=dg.AssetSelection.assets(MERGED_IDS),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        run_tags={MERGED_IDS_CHAIN: merged_ids_chain(settings)},
+        description="Materializes merged_ids for every hour whose events landed, in hour order "
+                    "(the asset's automation condition). Turn it off only to stop merged IDs following events.",
+    )
 
 
 def hours_in_flight(instance: dg.DagsterInstance, partitions: dg.PartitionsDefinition) -> set[str]:
@@ -121,6 +183,7 @@ def build_hourly_export_sensor(
     now: Callable[[], datetime] = utc_now,
 ) -> dg.SensorDefinition:
     destination = settings.events_container + "/" + EventsLayout(settings.events_prefix, settings.project_id).folder
+    chain = merged_ids_chain(settings)
 
     @dg.sensor(
         name="hourly_export_sensor",
@@ -129,6 +192,7 @@ def build_hourly_export_sensor(
         minimum_interval_seconds=300,
         description=(
             "Exports every closed hour that is not in the container yet (events and merged IDs), "
+            "and re-exports stale merged IDs, "
             f"{settings.export_delay_minutes} min after it closes, looking back "
             f"{settings.catch_up_hours} h; batches up to {settings.hours_per_run} hours per run and "
             f"gives up on an hour after {settings.sensor_max_attempts} failed runs."
@@ -140,13 +204,17 @@ def build_hourly_export_sensor(
         if not due:
             return dg.SkipReason("no closed hour is old enough to export yet")
         try:
-            exported = exported_hours(settings, storage, due)
+            found = exported_hours(settings, storage, due)
         except Exception as exc:  # fail the tick with a message that carries no secret
             raise Exception(
                 f"could not list the markers at {storage.endpoint}: "
                 + storage.redact(f"{type(exc).__name__}: {exc}")
             ) from None
-        missing = [k for k in due if k not in exported]
+        # Stale merged IDs are re-exported like missing ones, oldest first.
+        missing = [k for k in due if k not in found.done]
+        if found.stale:
+            first = min(found.stale)
+            context.log.info(f"{len(found.stale)} hour(s) of merged_ids are stale, from {first}: {found.stale[first]}")
         busy = hours_in_flight(context.instance, partitions)
 
         # An hour seen exported starts afresh (a marker that vanishes later is requested
@@ -177,10 +245,13 @@ def build_hourly_export_sensor(
             for key in run:
                 attempts[key] = attempts.get(key, 0) + 1
             attempt = max(attempts[k] for k in run)
+            # Hours whose events are in place need only their merged IDs (stale, or missing).
+            selection = [MERGED_IDS] if all(k in found.events for k in run) else list(ASSETS)
             requests.append(dg.RunRequest(
                 run_key=f"{run[0]}...{run[-1]}#attempt{attempt}#{seq}",
-                asset_selection=list(ASSETS),
-                tags={RANGE_START: run[0], RANGE_END: run[-1], ATTEMPT: str(attempt), DESTINATION: destination},
+                asset_selection=selection,
+                tags={RANGE_START: run[0], RANGE_END: run[-1], ATTEMPT: str(attempt), DESTINATION: destination,
+                      MERGED_IDS_CHAIN: chain},
             ))
 
         notes = []
@@ -193,6 +264,9 @@ def build_hourly_export_sensor(
         skipped_busy = [k for k in missing if k in busy]
         if skipped_busy:
             notes.append(f"{len(skipped_busy)} hour(s) already have a run queued or in progress")
+        stale_wanted = [k for k in wanted if k in found.stale]
+        if stale_wanted:
+            notes.append(f"{len(stale_wanted)} stale hour(s) of merged_ids re-exported from {stale_wanted[0]}")
         if requests:
             context.log.info(
                 f"requesting {len(wanted)} hour(s) in {len(requests)} run(s): "

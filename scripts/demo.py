@@ -27,13 +27,18 @@ ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 UI_PORT = int(os.environ.get("DEMO_UI_PORT", "3000"))
 AZURITE_PORT = int(os.environ.get("DEMO_AZURITE_PORT", "10000"))
 HOURS = 24
+START_HOURS_BACK = 48  # the first partition; the demo exports the last HOURS closed hours of them
+DEFAULT_CATCH_UP_HOURS = 72  # AMPLITUDE_CATCH_UP_HOURS' default
 DAGSTER_YAML = """\
-# The demo instance: runs go through the queue, as in production.
+# The demo instance: runs go through the queue, as in production. Runs of merged_ids go one at
+# a time, oldest first (each hour starts from the state the hour before left).
 run_queue:
   max_concurrent_runs: 2
   tag_concurrency_limits:
     - key: "dagster/backfill"
       limit: 2
+    - key: "amplitude_assets/merged_ids_chain"
+      limit: 1
 telemetry:
   enabled: false
 """
@@ -49,14 +54,26 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def demo_env() -> dict[str, str]:
-    """The demo's settings; AMPLITUDE_START is fixed at the first run so partitions stay put."""
+def catch_up_hours(start: datetime, now: datetime) -> int:
+    """A sensor window that reaches back to the first partition: turning the sensor on fills every hour shown."""
+    return max(DEFAULT_CATCH_UP_HOURS, int((now - start).total_seconds() // 3600) + 1)
+
+
+def demo_env(now: datetime | None = None) -> dict[str, str]:
+    """The demo's settings; AMPLITUDE_START is fixed at the first run so partitions stay put.
+
+    The partitions start START_HOURS_BACK hours back, inside the sensor's catch-up window,
+    and the window (AMPLITUDE_CATCH_UP_HOURS) grows with the demo's age so it always covers them.
+    """
+    now = now or datetime.now(timezone.utc)
     DEMO.mkdir(exist_ok=True)
     saved = DEMO / "demo.env"
     if not saved.exists():
-        start = (datetime.now(timezone.utc) - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
+        start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=START_HOURS_BACK)
         saved.write_text(f"AMPLITUDE_START={start:%Y-%m-%d-%H:%M}\n")
     values = dict(line.split("=", 1) for line in saved.read_text().split() if "=" in line)
+    start = datetime.strptime(values["AMPLITUDE_START"], "%Y-%m-%d-%H:%M").replace(tzinfo=timezone.utc)
+    values["AMPLITUDE_CATCH_UP_HOURS"] = str(catch_up_hours(start, now))
     home = DEMO / "dagster_home"
     home.mkdir(exist_ok=True)
     (home / "dagster.yaml").write_text(DAGSTER_YAML)

@@ -255,7 +255,7 @@ def test_merged_ids_checks_pass_then_catch_damage(merged_env, client):
     exported = materialize(defs, ["events", "merged_ids"], partition="2020-01-25-00:00", instance=instance)
     assert exported.success
     evals = by_name(e for e in evaluations(instance, exported.run_id) if e.asset_key == dg.AssetKey("merged_ids"))
-    assert set(evals) == {"schema", "unique"} and all(e.passed for e in evals.values())
+    assert set(evals) == {"schema", "unique", "chain"} and all(e.passed for e in evals.values())
 
     def damage(lines):
         repeated = lines[0]

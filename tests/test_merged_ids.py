@@ -262,13 +262,10 @@ def test_a_broken_delta_chain_names_the_hours_to_re_export(env, blobs):
     assert run(start="2020-01-25-01:00", end="2020-01-25-04:00").success
 
 
-def test_an_hour_waits_for_another_run_exporting_the_hour_before(env, blobs, monkeypatch):
-    """Runs of adjacent hours started together (the sensor's catch-up) go in hour order."""
-    import threading
+def test_an_hour_fails_at_once_while_another_run_exports_the_hour_before(env, blobs):
+    """Nobody waits inside a step: a run that starts before the hour before has landed fails, naming it."""
+    import time
 
-    from amplitude_assets import merged_ids
-
-    monkeypatch.setattr(merged_ids, "POLL_SECONDS", 0.2)
     instance = dg.DagsterInstance.ephemeral()
     assert run(["events"], partition="2020-01-25-09:00", instance=instance).success
     earlier = dg.DagsterRun(
@@ -279,16 +276,16 @@ def test_an_hour_waits_for_another_run_exporting_the_hour_before(env, blobs, mon
     )
     instance.add_run(earlier)
 
-    # The earlier run is still going: the hour waits, then gives up, naming it.
-    monkeypatch.setattr(merged_ids, "WAIT_SECONDS", 1)
+    started = time.monotonic()
     result = run(["merged_ids"], partition="2020-01-25-09:00", instance=instance, raise_on_error=False)
     assert not result.success
-    assert f"run {earlier.run_id}, which exports merged_ids for 2020-01-25-08:00, has not finished" in failure_message(result)
-
-    # It ends without exporting 08:00: the hour refuses rather than start a history of its own.
-    monkeypatch.setattr(merged_ids, "WAIT_SECONDS", 60)
-    threading.Timer(1.0, lambda: instance.report_run_failed(earlier)).start()
-    result = run(["merged_ids"], partition="2020-01-25-09:00", instance=instance, raise_on_error=False)
-    assert not result.success
-    assert "ended without it. Export merged_ids for 2020-01-25-08:00 first" in failure_message(result)
+    assert time.monotonic() - started < 60
+    message = failure_message(result)
+    assert (f"the hour before, 2020-01-25-08:00, is not exported yet: run {earlier.run_id} is still exporting it"
+            in message)
+    assert "export merged_ids for 2020-01-25-08:00 first, then 2020-01-25-09:00" in message
     assert not any("_9_complete" in n and f"-{ORG}" in n for n in blobs(env))
+
+    # Once that run is over, the hour goes through (no history before it: the history starts here).
+    instance.report_run_failed(earlier)
+    assert run(["merged_ids"], partition="2020-01-25-09:00", instance=instance).success

@@ -209,15 +209,17 @@ class Manifest:
 
 
 
-def upload(container: ContainerClient, name: str, data: bytes, content: ContentSettings) -> PartInfo:
-    """One atomic blob write with its Content-MD5 set, replacing any blob of that name."""
+def upload(
+    container: ContainerClient, name: str, data: bytes, content: ContentSettings, metadata: dict[str, str] | None = None
+) -> PartInfo:
+    """One atomic blob write with its Content-MD5 set (and optional blob metadata), replacing any blob of that name."""
     digest = hashlib.md5(data).digest()
     settings = ContentSettings(
         content_type=content.content_type,
         content_md5=bytearray(digest),
     )
     container.upload_blob(
-        name, data, overwrite=True, content_settings=settings, max_concurrency=4
+        name, data, overwrite=True, content_settings=settings, max_concurrency=4, metadata=metadata
     )
     return PartInfo(name=name.rsplit("/", 1)[-1], rows=0, bytes=len(data), md5=digest.hex())
 

@@ -46,6 +46,9 @@ telemetry:
   enabled: false
 run_queue:
   max_concurrent_runs: 2
+  tag_concurrency_limits:
+    - key: "amplitude_assets/merged_ids_chain"
+      limit: 1
 """
 
 
@@ -171,7 +174,7 @@ class DagsterDev:
                 )
             else:
                 daemons = {d["daemonType"]: d["healthy"] for d in data["instance"]["daemonHealth"]["allDaemonStatuses"]}
-                needed = ("SENSOR", "BACKFILL", "QUEUED_RUN_COORDINATOR")
+                needed = ("SENSOR", "BACKFILL", "QUEUED_RUN_COORDINATOR", "ASSET")
                 if all(daemons.get(name) for name in needed if name in daemons):
                     return
                 last = f"daemons not healthy yet: {daemons}"
@@ -228,6 +231,38 @@ class DagsterDev:
         )
         events = data["logsForRun"].get("events", [])
         return "\n".join(e["message"] for e in events if e.get("level") in ("ERROR", "CRITICAL"))[-4000:]
+
+    def materializations(self, asset: str, partition: str) -> list[dict]:
+        """The asset's materializations of one partition, newest first, with their text metadata."""
+        data = self.gql(
+            """query($asset: [String!]!, $key: String!) { assetNodeOrError(assetKey: {path: $asset}) {
+                   ... on AssetNode { assetMaterializations(partitions: [$key]) { partition runId
+                     metadataEntries { label ... on TextMetadataEntry { text } } } } } }""",
+            {"asset": [asset], "key": partition},
+        )
+        return data["assetNodeOrError"]["assetMaterializations"]
+
+    def check_execution(self, asset: str, check: str, partition: str) -> dict | None:
+        """The latest execution of an asset check for one partition, with its evaluation."""
+        data = self.gql(
+            """query($asset: [String!]!, $check: String!, $key: String) {
+                   assetCheckExecutions(assetKey: {path: $asset}, checkName: $check, partition: $key, limit: 1) {
+                     runId status partition evaluation { success description partition } } }""",
+            {"asset": [asset], "check": check, "key": partition},
+        )
+        executions = data["assetCheckExecutions"]
+        return executions[0] if executions else None
+
+    def start_sensor(self, name: str) -> None:
+        repository = self.repository()
+        data = self.gql(
+            """mutation($selector: SensorSelector!) { startSensor(sensorSelector: $selector) {
+                   __typename ... on Sensor { sensorState { status } } ... on PythonError { message } } }""",
+            {"selector": {"repositoryLocationName": "amplitude_assets", "repositoryName": repository["name"],
+                          "sensorName": name}},
+        )
+        assert data["startSensor"]["__typename"] == "Sensor", data
+        assert data["startSensor"]["sensorState"]["status"] == "RUNNING"
 
     def backfill(self, backfill_id: str) -> dict:
         data = self.gql(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import timedelta
 
 import pytest
@@ -24,6 +25,7 @@ from .conftest import (
 pytestmark = pytest.mark.e2e
 
 HOURS_PER_RUN = 3
+FOLLOW_TIMEOUT = 240.0  # the automation sensor ticks every 30 s, then a run starts
 # A partitioned asset's button opens the partition dialog, hence the "…" (its icon adds to the name).
 MATERIALIZE = re.compile(r"\bMaterialize…$")
 
@@ -144,6 +146,44 @@ def test_materialize_one_hour_from_the_asset_page(dagster, page, e2e_blobs):
     assert metadata["dagster/row_count"] == manifest["rows"]
 
 
+def test_merged_ids_follows_a_single_hour_run_launched_from_the_events_page(dagster, page, e2e_blobs):
+    """Launch 1 run covers events only; merged_ids_automation brings the hour's merged IDs after it."""
+    sensors = {s["name"]: s["sensorState"]["status"] for s in dagster.repository()["sensors"]}
+    assert sensors.get("merged_ids_automation") == "RUNNING", sensors  # on by default
+    # The hour before the first test's hour: no identity state before it, so its history starts
+    # here whether or not the first test's merged_ids has run yet.
+    hour = dagster.start_hour + timedelta(hours=29)
+    key = hour_key(hour)
+
+    page.goto(f"{dagster.url}/assets/events")
+    page.get_by_role("button", name=MATERIALIZE).click()
+    dialog = page.get_by_role("dialog")
+    partitions = dialog.get_by_placeholder("No matching partitions")
+    partitions.fill(key)
+    partitions.press("Enter")
+    dialog.get_by_text(re.compile(r"^1 partition$")).wait_for()
+    dialog.get_by_role("button", name=re.compile(r"\bLaunch 1 run$")).click()
+    page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}")).wait_for()
+    [launched] = dagster.runs({"dagster/partition": key})
+    events_run = dagster.wait_for_run(launched["runId"])
+    assert events_run["status"] == "SUCCESS", dagster.run_failure(events_run["runId"])
+    assert [s["path"] for s in events_run["assetSelection"]] == [["events"]]  # the user selected events only
+
+    deadline = time.monotonic() + FOLLOW_TIMEOUT
+    while time.monotonic() < deadline and not dagster.materializations("merged_ids", key):
+        time.sleep(3)
+    materializations = dagster.materializations("merged_ids", key)
+    assert materializations, f"merged_ids {key} was not materialized {FOLLOW_TIMEOUT:.0f}s after its events"
+    follow = dagster.run(materializations[0]["runId"])
+    assert follow["runId"] != events_run["runId"]
+    assert ["merged_ids"] in [s["path"] for s in follow["assetSelection"]]
+    _, marker = hour_blobs(hour)
+    assert f"merged_ids/{marker}" in e2e_blobs(dagster.container)
+    page.goto(f"{dagster.url}/assets/merged_ids?view=partitions&partition={key}")
+    page.get_by_text("dagster/row_count").first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "06-merged-ids-followed.png"))
+
+
 def test_range_backfill_through_graphql(dagster, e2e_blobs):
     hours = [dagster.start_hour + timedelta(hours=i) for i in range(6)]
     assert {"events", "merged_ids"} <= set(dagster.asset_keys())
@@ -180,6 +220,17 @@ def test_range_backfill_through_the_ui_dialog(dagster, page, e2e_blobs):
     assert sorted(backfill["partitionNames"]) == [hour_key(h) for h in hours]
     assert_follows_policy(dagster, backfill, hours, ["events"])
     assert_hours_landed(e2e_blobs, dagster.container, hours)
+
+    # The backfill selected events only; merged_ids follows its hours, in hour order.
+    markers = [f"merged_ids/{hour_blobs(h)[1]}" for h in hours]
+    deadline = time.monotonic() + FOLLOW_TIMEOUT + 120
+    while time.monotonic() < deadline and not set(markers) <= set(e2e_blobs(dagster.container)):
+        time.sleep(5)
+    assert_hours_landed(e2e_blobs, dagster.container, hours, merged_ids=True)
+    client = e2e_blobs.service.get_container_client(dagster.container)
+    chain = [json.loads(client.download_blob(m).readall()) for m in markers]
+    for before, after in zip(chain, chain[1:]):
+        assert after["previous_state"]["md5"] == before["state"]["md5"], (before["hour"], after["hour"])
     page.goto(f"{dagster.url}/runs/b/{result['backfillId']}")
     page.get_by_text(result["backfillId"]).first.wait_for()
     page.screenshot(path=str(ARTIFACTS / "05-backfill-page.png"))

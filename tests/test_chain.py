@@ -1,0 +1,232 @@
+"""The merged-ID chain: the rule (pure), and stale hours found, reported and repaired against Azurite."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+from amplitude_assets.chain import Link, chain_outcome, link_problem, stale_hours
+from amplitude_assets.destination.layout import MergedIdsLayout
+from amplitude_assets.partitions import hourly_partitions
+from amplitude_assets.sensors import MERGED_IDS_CHAIN, build_hourly_export_sensor
+from amplitude_assets.settings import Settings
+from tests.helpers import definitions, materialize
+
+H = datetime(2020, 1, 26, 6, tzinfo=timezone.utc)
+HOUR = timedelta(hours=1)
+PROJECT = "187520"
+
+
+def at(n: int) -> datetime:
+    return H + n * HOUR
+
+
+# -- the rule, no I/O ---------------------------------------------------------------------
+
+
+def test_an_hour_that_starts_from_the_state_the_hour_before_left_is_not_stale():
+    links = {at(0): Link("a", None), at(1): Link("b", "a"), at(2): Link("c", "b")}
+    assert stale_hours(links) == {}
+    assert link_problem(at(1), links[at(1)], links[at(0)]) is None
+
+
+def test_a_re_exported_hour_before_makes_the_hour_and_every_later_one_stale():
+    links = {at(0): Link("a2", None), at(1): Link("b", "a"), at(2): Link("c", "b"), at(3): Link("d", "c")}
+    stale = stale_hours(links)
+    assert sorted(stale) == [at(1), at(2), at(3)]
+    assert stale[at(1)] == (
+        "it was derived from an identity state (md5 a) other than the one 2020-01-26-06:00 left (md5 a2): "
+        "re-export merged_ids from 2020-01-26-07:00 on"
+    )
+    assert stale[at(2)] == "it was derived from 2020-01-26-07:00, which is stale"
+
+
+def test_a_history_that_starts_after_an_exported_hour_is_stale():
+    # 08:00 was exported first (its history starts there), then 07:00 before it.
+    links = {at(1): Link("b", None), at(2): Link("c", None), at(3): Link("d", "c")}
+    stale = stale_hours(links)
+    assert sorted(stale) == [at(2), at(3)]
+    assert stale[at(2)] == (
+        "its identity history starts at 2020-01-26-08:00, but 2020-01-26-07:00 is exported (state md5 b): "
+        "re-export merged_ids from 2020-01-26-08:00 on"
+    )
+
+
+def test_an_hour_after_a_gap_starts_a_chain_of_its_own():
+    links = {at(0): Link("a", None), at(2): Link("c", "b"), at(3): Link("d", "x")}
+    assert sorted(stale_hours(links)) == [at(3)]
+    assert stale_hours({}) == {}
+
+
+def test_the_links_ride_on_blob_metadata():
+    assert Link("ab", None).as_blob_metadata() == {"state_md5": "ab", "previous_state_md5": "none"}
+    assert Link.from_blob_metadata({"state_md5": "ab", "previous_state_md5": "cd"}) == Link("ab", "cd")
+    assert Link.from_blob_metadata({"state_md5": "ab", "previous_state_md5": "none"}) == Link("ab", None)
+    assert Link.from_blob_metadata({}) is None  # a marker written before the digests: unknown
+    assert Link.from_blob_metadata(None) is None
+
+
+# -- against Azurite ------------------------------------------------------------------------
+
+NOW = datetime(2020, 1, 26, 12, 15, tzinfo=timezone.utc)  # 06:00-11:00 are due
+
+
+@pytest.fixture
+def env(container, clean_env):
+    clean_env.setenv("AMPLITUDE_START", "2020-01-26-06:00")
+    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "200")
+    clean_env.setenv("AMPLITUDE_CATCH_UP_HOURS", "6")
+    clean_env.setenv("AMPLITUDE_EXPORT_DELAY_MINUTES", "10")
+    return container
+
+
+def key(n: int) -> str:
+    return at(n).strftime("%Y-%m-%d-%H:%M")
+
+
+def merged_materializations(result) -> dict[str, dict]:
+    return {
+        m.partition: m.metadata
+        for e in result.get_asset_materialization_events()
+        if (m := e.event_specific_data.materialization).asset_key == dg.AssetKey("merged_ids")
+    }
+
+
+def chain_evaluations(result) -> dict[str, bool]:
+    """partition -> passed, for every per-hour `chain` evaluation the run recorded (and for the hour after)."""
+    found = {}
+    for event in result.all_events:
+        data = event.event_specific_data
+        if event.event_type_value == "ASSET_CHECK_EVALUATION" and data.check_name == "chain" and data.partition:
+            found[data.partition] = data.passed
+    return found
+
+
+def tick(instance, cursor=None):
+    settings = Settings.from_env()
+    sensor = build_hourly_export_sensor(settings, hourly_partitions(settings), now=lambda: NOW)
+    defs = definitions()
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
+                                      resources={"storage": defs.resources["storage"]})
+    return sensor(context)
+
+
+def test_hours_exported_out_of_order_are_found_stale_reported_and_repaired(env, azurite):
+    instance = dg.DagsterInstance.ephemeral()
+    both = ["events", "merged_ids"]
+    # 08:00-11:00 first: their identity history starts at 08:00 ...
+    assert materialize(definitions(), both, start=key(2), end=key(5), instance=instance).success
+    # ... then 06:00-07:00, before it.
+    result = materialize(definitions(), both, start=key(0), end=key(1), instance=instance)
+    assert result.success
+    metadata = merged_materializations(result)
+    assert metadata[key(1)]["later_hours_stale_from"].value == key(2)  # the hour's own materialization says so
+    assert "later_hours_stale_from" not in metadata[key(0)]
+    assert metadata[key(1)]["chain"].value == f"starts from the state {key(0)} left"
+    assert metadata[key(0)]["chain"].value == "the identity history starts here"
+    [observation] = [e.event_specific_data.asset_observation for e in result.all_events
+                     if e.event_type_value == "ASSET_OBSERVATION"]
+    assert (observation.asset_key, observation.partition) == (dg.AssetKey("merged_ids"), key(2))
+    assert observation.metadata["chain"].value.startswith(f"stale since merged_ids {key(1)} was exported: its "
+                                                          f"identity history starts at {key(2)}")
+    # The chain check passed for the run's hours, and failed for the hour after them, which is stale now.
+    assert chain_evaluations(result) == {key(0): True, key(1): True, key(2): False}
+
+    client = BlobServiceClient.from_connection_string(azurite).get_container_client(env)
+    marker = f"merged_ids/{PROJECT}/{PROJECT}_2020-01-26_8_complete"
+    manifest = json.loads(client.download_blob(marker).readall())
+    blob_metadata = client.get_blob_client(marker).get_blob_properties().metadata
+    assert blob_metadata == {"state_md5": manifest["state"]["md5"], "previous_state_md5": "none"}
+    hour_7 = json.loads(client.download_blob(f"merged_ids/{PROJECT}/{PROJECT}_2020-01-26_7_complete").readall())
+    assert client.get_blob_client(f"merged_ids/{PROJECT}/{PROJECT}_2020-01-26_7_complete").get_blob_properties().metadata == {
+        "state_md5": hour_7["state"]["md5"], "previous_state_md5": hour_7["previous_state"]["md5"]}
+
+    # The check's verdict for the stale hour names what to re-export.
+    outcome = chain_outcome(client, MergedIdsLayout("merged_ids", PROJECT), at(2))
+    assert not outcome.passed
+    assert outcome.description.startswith(f"stale: its identity history starts at {key(2)}, but {key(1)} is exported")
+    assert chain_outcome(client, MergedIdsLayout("merged_ids", PROJECT), at(3)).passed  # its own link holds
+
+    # The sensor treats the stale hours like missing ones: 08:00 on, oldest first, merged IDs only
+    # (their events are in place), in one run.
+    first = tick(instance)
+    assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
+            for r in first.run_requests] == [(key(2), key(5))]
+    [request] = first.run_requests
+    assert set(request.asset_selection) == {dg.AssetKey("merged_ids")}
+    assert request.tags[MERGED_IDS_CHAIN] == f"{env}/merged_ids/{PROJECT}/"
+
+    repaired = materialize(definitions(), ["merged_ids"], start=key(2), end=key(5), instance=instance)
+    assert repaired.success
+    assert chain_evaluations(repaired) == {key(n): True for n in range(2, 6)}
+    again = tick(instance, first.cursor)
+    assert not again.run_requests
+    hours = [json.loads(client.download_blob(f"merged_ids/{PROJECT}/{PROJECT}_2020-01-26_{6 + n}_complete").readall())
+             for n in range(6)]
+    for before, after in zip(hours, hours[1:]):
+        assert after["previous_state"]["md5"] == before["state"]["md5"]
+
+
+def test_re_exporting_a_middle_hour_makes_the_sensor_re_export_the_rest_of_the_chain(env, clean_env):
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize(definitions(), ["events", "merged_ids"], start=key(0), end=key(5), instance=instance).success
+    assert not tick(instance).run_requests
+    # The source changed its mind about 07:00: its merged IDs are re-derived, and 08:00 on are stale.
+    clean_env.setenv("AMPLITUDE_SYNTHETIC_SEED", "7")
+    result = materialize(definitions(), ["events", "merged_ids"], partition=key(1), instance=instance)
+    assert merged_materializations(result)[key(1)]["later_hours_stale_from"].value == key(2)
+    assert chain_evaluations(result) == {key(1): True, key(2): False}
+    first = tick(instance)
+    assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
+            for r in first.run_requests] == [(key(2), key(5))]
+    assert set(first.run_requests[0].asset_selection) == {dg.AssetKey("merged_ids")}
+    # A range run of one hour (as the sensor's retries are) records the hour's own evaluation too.
+    one = materialize(definitions(), ["merged_ids"], start=key(2), end=key(2), instance=instance)
+    assert chain_evaluations(one) == {key(2): True, key(3): False}
+
+
+def test_merged_ids_follows_events_through_its_automation_condition(env):
+    instance = dg.DagsterInstance.ephemeral()
+    defs = definitions()
+    merged = dg.AssetKey("merged_ids")
+    start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert start.total_requested == 0
+    # events alone for 06:00-07:00 (the UI's Materialize on the events page): merged_ids follows.
+    assert materialize(defs, ["events"], start=key(0), end=key(1), instance=instance).success
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+    assert result.get_requested_partitions(merged) == {key(0), key(1)}
+    # Once requested, not again; and a run of both assets needs nothing more.
+    assert materialize(defs, ["merged_ids"], start=key(0), end=key(1), instance=instance).success
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert result.total_requested == 0
+    assert materialize(defs, ["events", "merged_ids"], partition=key(2), instance=instance).success
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert result.total_requested == 0
+
+
+def test_an_hour_that_failed_for_want_of_the_hour_before_is_requested_again_once_it_lands(env):
+    import uuid
+
+    instance = dg.DagsterInstance.ephemeral()
+    defs = definitions()
+    merged = dg.AssetKey("merged_ids")
+    start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert materialize(defs, ["events"], start=key(0), end=key(1), instance=instance).success
+    requested = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+    assert requested.get_requested_partitions(merged) == {key(0), key(1)}
+    # 07:00 ran first, while another run still exported 06:00: it failed at once.
+    busy = dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
+                         asset_selection=frozenset({merged}), tags={"dagster/partition": key(0)})
+    instance.add_run(busy)
+    assert not materialize(defs, ["merged_ids"], partition=key(1), instance=instance, raise_on_error=False).success
+    instance.report_run_failed(busy)
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=requested.cursor)
+    assert result.total_requested == 0  # 06:00 is still missing: nothing to do yet
+    # 06:00 lands: 07:00, failed, is requested again.
+    assert materialize(defs, ["merged_ids"], partition=key(0), instance=instance).success
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert result.get_requested_partitions(merged) == {key(1)}
