@@ -300,8 +300,8 @@ LINE = "\x00line"
 def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     """Parse JSON lines into text columns (plus `POS` and the raw `LINE`), and rejects.
 
-    The 44 scalar fields are read as text; the dict fields and the extra fields as exact
-    JSON text, so no event's object is widened with another's keys and no value is
+    The 42 scalar fields are read as text; the dict fields, the as-sent fields and the extra
+    fields as JSON text, so no event's object is widened with another's keys and no value is
     coerced because of another row. An extra field a line has is JSON text (`null`
     when its value is null); one it lacks is null. Returns the extra field names too.
     """
