@@ -22,9 +22,11 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+import polars as pl
 import pytest
 from azure.storage.blob import BlobServiceClient
 
+from amplitude_assets.destination.io_manager import column_schema, read_events_hour
 from amplitude_assets.destination.layout import EventsLayout
 from amplitude_assets.destination.writer import (
     encode_lines,
@@ -35,7 +37,7 @@ from amplitude_assets.destination.writer import (
 )
 from amplitude_assets.schema import DICT_FIELDS, EVENT_FIELD_NAMES, EVENT_KINDS, TIMESTAMP_FIELDS, Kind
 from amplitude_assets.sources.files import FilesSource
-from amplitude_assets.transform import process_hour
+from amplitude_assets.transform import process_hour, raw_json_value, sent_json
 from tests.test_export_api import ExportServer, Reply, make_zip, source
 
 CORPUS = Path(__file__).parent / "fidelity"
@@ -225,9 +227,7 @@ def test_as_sent_values_keep_their_exact_text_and_odd_tokens(client):
 
 
 def raw_field(line: str, key: str) -> str:
-    """The raw text after `"key":` up to the next top-level comma (test lines are simple)."""
-    from amplitude_assets.transform import raw_json_value
-
+    """The text of a top-level value as it stands in the line."""
     return raw_json_value(line, key)
 
 
@@ -311,3 +311,28 @@ def test_streaming_and_whole_hour_paths_agree_byte_for_byte_on_as_sent_values(cl
     first = gzip.decompress(parts[0]).decode().splitlines()[0]
     assert '"amplitude_attribution_ids":["a", "b"],' in first and '"sample_rate":1.50,' in first and first.endswith('"n6":null}')
     assert EVENT_KINDS["amplitude_attribution_ids"] is Kind.ARRAY_OR_STRING and EVENT_KINDS["sample_rate"] is Kind.NUMBER
+
+
+def test_sent_json_finds_the_top_level_key_and_not_a_nested_one():
+    lines = pl.Series([
+        # the top-level key written with an escape, the same name nested deeper
+        '{"amplitude\\u005fattribution_ids":[1, 1],"x":{"amplitude_attribution_ids":[2]}}',
+        '{"x":{"amplitude_attribution_ids":[2]},"amplitude_attribution_ids" : [1,1] }',
+        '{"amplitude_attribution_ids":[1,1]}',
+    ])
+    assert sent_json(lines, "amplitude_attribution_ids", pl.Series(["[1,1]"] * 3)).to_list() == [
+        "[1, 1]", "[1,1]", "[1,1]",
+    ]
+
+
+def test_an_exported_hour_reads_back_with_the_as_sent_fields(client):
+    hour, lines = HOURS["2024-05-14_9.jsonl"], corpus_lines("2024-05-14_9.jsonl")
+    export(client, [("\n".join(lines) + "\n").encode()], hour)
+    frame = read_events_hour(client, EventsLayout("", PROJECT), hour)
+    assert frame["sample_rate"].dtype == pl.Float64
+    assert frame["sample_rate"].to_list() == [None, 0.5, 1.0, None]
+    assert frame["amplitude_attribution_ids"].to_list() == [
+        '["c37ee2320953c639c7240c033f12d2c6"]', None, None, '"c37ee2320953c639c7240c033f12d2c6"',
+    ]
+    schema = {c.name: c.type for c in column_schema(frame).columns}
+    assert schema["sample_rate"] == "number" and schema["amplitude_attribution_ids"] == "json"

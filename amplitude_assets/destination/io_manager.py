@@ -173,7 +173,8 @@ def read_events_hour(client, layout: EventsLayout, hour: datetime) -> pl.DataFra
         if frame.height:
             # polars gives an array as JSON text but a string unquoted: take the JSON text.
             lines = pl.read_lines(io.BytesIO(text))
-            frame = frame.with_columns(extract_json(lines, list(_JSON_TEXT_FIELDS)))
+            texts = extract_json(lines, list(_JSON_TEXT_FIELDS))
+            frame = frame.with_columns(pl.when(texts[n] != "null").then(texts[n]).alias(n) for n in _JSON_TEXT_FIELDS)
         frames.append(frame)
     frame = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
     casts = []
