@@ -26,6 +26,7 @@ import polars as pl
 import pytest
 from azure.storage.blob import BlobServiceClient
 
+from amplitude_assets.filters import filter_expression, parse_filter
 from amplitude_assets.destination.io_manager import column_schema, read_events_hour
 from amplitude_assets.destination.layout import EventsLayout
 from amplitude_assets.destination.writer import (
@@ -336,3 +337,18 @@ def test_an_exported_hour_reads_back_with_the_as_sent_fields(client):
     ]
     schema = {c.name: c.type for c in column_schema(frame).columns}
     assert schema["sample_rate"] == "number" and schema["amplitude_attribution_ids"] == "json"
+
+
+@pytest.mark.parametrize("condition, expected", [
+    ({"field": "sample_rate", "op": "gt", "value": 0.4}, [1, 2]),
+    ({"field": "sample_rate", "op": "is", "value": 0.5}, [1]),
+    ({"field": "sample_rate", "op": "exists", "value": False}, [0, 3]),
+    ({"field": "amplitude_attribution_ids", "op": "contains", "value": "c37ee2320953c639c7240c033f12d2c6"}, [0, 3]),
+    ({"field": "amplitude_attribution_ids", "op": "is", "value": "c37ee2320953c639c7240c033f12d2c6"}, [3]),
+])
+def test_filters_read_the_as_sent_fields_as_json(condition, expected):
+    lines = corpus_lines("2024-05-14_9.jsonl")
+    keep = filter_expression(parse_filter(json.dumps([condition])))
+    result = process_hour([("\n".join(lines) + "\n").encode()], HOURS["2024-05-14_9.jsonl"], keep)
+    order = [json.loads(line)["$insert_id"] for line in lines]
+    assert [order.index(i) for i in result.frame["$insert_id"].to_list()] == expected
