@@ -105,8 +105,8 @@ POLARS_DTYPES: dict[Kind, pl.DataType] = {
     Kind.NUMBER: pl.String(),  # the JSON number token
 }
 
-# What an exported line may hold, per kind: DuckDB `json_type` names (NULL is JSON null),
-# and for VARCHAR, the pattern the string must match (None: any string). The schema
+# What an exported line may hold, per kind, as DuckDB `json_type` names (NULL is JSON
+# null); a VARCHAR of a kind in VALUE_PATTERNS must also match its pattern. The schema
 # check validates by these.
 JSON_TYPES: dict[Kind, tuple[str, ...]] = {
     Kind.TIMESTAMP: ("VARCHAR", "NULL"),
@@ -126,6 +126,7 @@ TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$"
 UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 # A JSON number token (RFC 8259). A `sample_rate` token is also finite as a double.
 NUMBER_PATTERN = r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?$"
+VALUE_PATTERNS: dict[Kind, str] = {Kind.TIMESTAMP: TIMESTAMP_PATTERN, Kind.UUID: UUID_PATTERN}
 
 # Merged Amplitude IDs: every field is an integer (scope is int; the rest are longs).
 MERGED_ID_FIELDS: tuple[str, ...] = (

@@ -34,6 +34,7 @@ from amplitude_assets.schema import (
     Kind,
 )
 
+_KINDS = dict(EVENT_FIELDS)
 IDENTITY_COLUMNS = ("user_id", "device_id", "amplitude_id", "event_time", "server_upload_time")
 _READ_SCHEMA = {name: pl.String for name in EVENT_FIELD_NAMES}
 _KNOWN_KEYS_SQL = "[" + ", ".join("'" + name.replace("'", "''") + "'" for name in EVENT_FIELD_NAMES) + "]"
@@ -528,7 +529,7 @@ def _as_sent(frame: pl.DataFrame, normalized: pl.DataFrame) -> pl.DataFrame:
     for name in AS_SENT_FIELDS:
         value = normalized[name]
         look = value.is_not_null()
-        if EVENT_FIELDS[EVENT_FIELD_NAMES.index(name)][1] is Kind.NUMBER:
+        if _KINDS[name] is Kind.NUMBER:
             look = look & ~frame[name].str.starts_with('"')
         if not look.any():
             continue
