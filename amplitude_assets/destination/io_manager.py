@@ -81,6 +81,9 @@ def hour_metadata(
         **{f"count_{name}": value for name, value in counts.items()},
         "reconciled": counts["source_rows"]
         == counts["exported"] + counts["duplicates"] + counts["filtered"] + counts["rejected"],
+        # Where the hour's rejected lines and the originals of its repaired values are kept.
+        **({"rejected_lines": f"{container}/{layout.rejected(hour)}"} if counts["rejected"] else {}),
+        **({"repaired_values": f"{container}/{layout.repaired(hour)}"} if counts["repaired"] else {}),
         **{name: dg.MetadataValue.float(value) for name, value in timings.items()},
     }
 
