@@ -44,9 +44,10 @@ from amplitude_assets.destination.writer import _prefetch, md5_hex
 from amplitude_assets.schema import (
     EVENT_FIELD_NAMES,
     EVENT_FIELDS,
+    JSON_TYPES,
     MERGED_ID_FIELDS,
-    TIMESTAMP_PATTERN,
     UUID_PATTERN,
+    VALUE_PATTERNS,
     Kind,
 )
 from amplitude_assets.settings import parse_hour
@@ -55,16 +56,9 @@ EXTRAS_NOTE = " (extra keys must be the same, in the same order, on every line o
 MAX_REPORTED = 20  # problems listed in a failed evaluation's metadata (all are counted)
 BATCH_BYTES = 32 << 20  # decompressed text scanned at a time
 
-# DuckDB's json_type names, per contract type; None is SQL NULL (the key is absent).
-_JSON_TYPES: dict[Kind, tuple[str, ...]] = {
-    Kind.TIMESTAMP: ("VARCHAR", "NULL"),
-    Kind.INT: ("BIGINT", "UBIGINT", "NULL"),
-    Kind.FLOAT: ("DOUBLE", "BIGINT", "UBIGINT", "NULL"),
-    Kind.BOOL: ("BOOLEAN", "NULL"),
-    Kind.UUID: ("VARCHAR", "NULL"),
-    Kind.STRING: ("VARCHAR", "NULL"),
-    Kind.DICT: ("OBJECT",),
-}
+# DuckDB's json_type names and string patterns per contract type come from schema.py,
+# which the writer follows too.
+_JSON_TYPES = JSON_TYPES
 _TYPE_WORDS = {
     Kind.TIMESTAMP: "a timestamp string YYYY-MM-DD HH:MM:SS.ffffff or null",
     Kind.INT: "an integer or null",
@@ -73,8 +67,10 @@ _TYPE_WORDS = {
     Kind.UUID: "a lowercase 8-4-4-4-12 uuid or null",
     Kind.STRING: "a string or null",
     Kind.DICT: "an object ({} when empty)",
+    Kind.ARRAY_OR_STRING: "an array, a string or null",
+    Kind.NUMBER: "a number or null",
 }
-_PATTERNS = {Kind.TIMESTAMP: TIMESTAMP_PATTERN, Kind.UUID: UUID_PATTERN}
+_PATTERNS = VALUE_PATTERNS
 
 
 @dataclass

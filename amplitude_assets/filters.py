@@ -22,7 +22,7 @@ from functools import reduce
 import polars as pl
 import polars.selectors as cs
 
-from amplitude_assets.schema import EVENT_KINDS, Kind
+from amplitude_assets.schema import EVENT_KINDS, JSON_TEXT_KINDS, Kind
 from amplitude_assets.settings import SettingsError
 
 OPS = ("is", "is_not", "in", "not_in", "contains", "exists", "gt", "lt")
@@ -227,7 +227,7 @@ def _condition(condition: dict) -> pl.Expr:
     field, op, value = condition["field"], condition["op"], condition["value"]
     segments = field.split(".")
     kind = EVENT_KINDS.get(field)
-    if kind is not None and kind is not Kind.DICT:
+    if kind is not None and kind not in JSON_TEXT_KINDS:  # JSON text is tested as JSON, like extras
         if op in ("is", "is_not", "in", "not_in"):
             items = value if op in ("in", "not_in") else [value]
             matched = reduce(lambda a, b: a | b, [_typed_equals(field, kind, v).fill_null(False) for v in items], pl.lit(False))

@@ -21,9 +21,14 @@ class Kind(str, Enum):
     UUID = "uuid"  # canonical lowercase 8-4-4-4-12
     STRING = "string"
     DICT = "dict"  # a JSON object, `{}` when empty
+    ARRAY_OR_STRING = "array_or_string"  # a JSON array or string, its JSON text as sent, or null
+    NUMBER = "number"  # a JSON number, its token as sent, or null
 
 
-# The 49 fields in the order of Amplitude's documented schema.
+# The 49 fields in the order of Amplitude's documented schema. Two kinds follow Amplitude's
+# real exports where its Azure page's JSON block says otherwise (README, "Field types"):
+# `amplitude_attribution_ids` is an array in real data (the S3/GCS event table says array),
+# and `sample_rate` is a number (Snowflake NUMBER, BigQuery BIGNUMERIC), not always null.
 EVENT_FIELDS: tuple[tuple[str, Kind], ...] = (
     ("server_received_time", Kind.TIMESTAMP),
     ("app", Kind.INT),
@@ -48,7 +53,7 @@ EVENT_FIELDS: tuple[tuple[str, Kind], ...] = (
     ("$insert_id", Kind.STRING),
     ("event_type", Kind.STRING),
     ("library", Kind.STRING),
-    ("amplitude_attribution_ids", Kind.STRING),
+    ("amplitude_attribution_ids", Kind.ARRAY_OR_STRING),
     ("device_type", Kind.STRING),
     ("device_manufacturer", Kind.STRING),
     ("start_version", Kind.STRING),
@@ -71,7 +76,7 @@ EVENT_FIELDS: tuple[tuple[str, Kind], ...] = (
     ("adid", Kind.STRING),
     ("session_id", Kind.INT),
     ("device_family", Kind.STRING),
-    ("sample_rate", Kind.STRING),
+    ("sample_rate", Kind.NUMBER),
     ("idfa", Kind.STRING),
     ("client_event_time", Kind.TIMESTAMP),
 )
@@ -80,6 +85,11 @@ EVENT_FIELD_NAMES: tuple[str, ...] = tuple(name for name, _ in EVENT_FIELDS)
 EVENT_KINDS: dict[str, Kind] = dict(EVENT_FIELDS)
 DICT_FIELDS: tuple[str, ...] = tuple(n for n, k in EVENT_FIELDS if k is Kind.DICT)
 TIMESTAMP_FIELDS: tuple[str, ...] = tuple(n for n, k in EVENT_FIELDS if k is Kind.TIMESTAMP)
+# Kinds held as JSON text from parse to write (no re-encoding): their bytes go out as sent.
+JSON_TEXT_KINDS: frozenset[Kind] = frozenset({Kind.DICT, Kind.ARRAY_OR_STRING, Kind.NUMBER})
+AS_SENT_FIELDS: tuple[str, ...] = tuple(
+    n for n, k in EVENT_FIELDS if k in (Kind.ARRAY_OR_STRING, Kind.NUMBER)
+)
 
 # Polars dtypes of the normalized frame. Dict fields (and extra fields) are kept as
 # JSON text so that each event's object round-trips exactly (no Struct widening).
@@ -91,12 +101,32 @@ POLARS_DTYPES: dict[Kind, pl.DataType] = {
     Kind.UUID: pl.String(),
     Kind.STRING: pl.String(),
     Kind.DICT: pl.String(),
+    Kind.ARRAY_OR_STRING: pl.String(),  # the JSON text
+    Kind.NUMBER: pl.String(),  # the JSON number token
+}
+
+# What an exported line may hold, per kind, as DuckDB `json_type` names (NULL is JSON
+# null); a VARCHAR of a kind in VALUE_PATTERNS must also match its pattern. The schema
+# check validates by these.
+JSON_TYPES: dict[Kind, tuple[str, ...]] = {
+    Kind.TIMESTAMP: ("VARCHAR", "NULL"),
+    Kind.INT: ("BIGINT", "UBIGINT", "NULL"),
+    Kind.FLOAT: ("DOUBLE", "BIGINT", "UBIGINT", "NULL"),
+    Kind.BOOL: ("BOOLEAN", "NULL"),
+    Kind.UUID: ("VARCHAR", "NULL"),
+    Kind.STRING: ("VARCHAR", "NULL"),
+    Kind.DICT: ("OBJECT",),
+    Kind.ARRAY_OR_STRING: ("ARRAY", "VARCHAR", "NULL"),
+    Kind.NUMBER: ("BIGINT", "UBIGINT", "DOUBLE", "NULL"),
 }
 
 # strftime pattern of exported timestamps: `2020-01-25 17:03:01.123456`.
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S%.6f"
 TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$"
 UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+# A JSON number token (RFC 8259). A `sample_rate` token is also finite as a double.
+NUMBER_PATTERN = r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?$"
+VALUE_PATTERNS: dict[Kind, str] = {Kind.TIMESTAMP: TIMESTAMP_PATTERN, Kind.UUID: UUID_PATTERN}
 
 # Merged Amplitude IDs: every field is an integer (scope is int; the rest are longs).
 MERGED_ID_FIELDS: tuple[str, ...] = (

@@ -5,30 +5,36 @@ after that is polars expressions.
 
 Every source hands this module the same thing: the hour's JSON lines, in source order.
 The result is the normalized frame of exported rows (the 49 fields, typed, then any
-extra fields as JSON text), the rejected lines kept verbatim with a reason, the identity
-columns that `merged_ids` needs, and the counts that reconcile:
+extra fields as JSON text), the rejected lines kept verbatim with a reason, the original
+of every repaired value, the identity columns that `merged_ids` needs, and the counts
+that reconcile:
 
     source_rows = exported + duplicates + filtered + rejected
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 import polars as pl
 
 from amplitude_assets import duck
 from amplitude_assets.schema import (
+    AS_SENT_FIELDS,
     EVENT_FIELD_NAMES,
     EVENT_FIELDS,
+    JSON_TEXT_KINDS,
+    NUMBER_PATTERN,
     UUID_PATTERN,
     Kind,
 )
 
+_KINDS = dict(EVENT_FIELDS)
 IDENTITY_COLUMNS = ("user_id", "device_id", "amplitude_id", "event_time", "server_upload_time")
 _READ_SCHEMA = {name: pl.String for name in EVENT_FIELD_NAMES}
 _KNOWN_KEYS_SQL = "[" + ", ".join("'" + name.replace("'", "''") + "'" for name in EVENT_FIELD_NAMES) + "]"
@@ -50,22 +56,44 @@ class Counts:
         return self.source_rows == self.exported + self.duplicates + self.filtered + self.rejected
 
 
+# One line per repaired value: the row's (normalized) uuid and $insert_id, the field, and
+# the value as it was sent, as JSON text.
+REPAIR_SCHEMA = {"uuid": pl.String, "$insert_id": pl.String, "field": pl.String, "value": pl.String}
+
+
+def no_repairs() -> pl.DataFrame:
+    return pl.DataFrame(schema=REPAIR_SCHEMA)
+
+
 @dataclass
 class HourResult:
     """One hour, shaped and counted, ready for the writer."""
 
     hour: datetime
     frame: pl.DataFrame  # exported rows: the 49 fields typed, then extra fields as JSON text
-    rejects: pl.DataFrame  # columns `reason`, `line` (verbatim)
+    rejects: pl.DataFrame  # columns `reason`, `line` (verbatim; see NOT_UTF8)
     identities: pl.DataFrame  # IDENTITY_COLUMNS of deduplicated rows before the filter
     counts: Counts
+    repairs: pl.DataFrame = field(default_factory=no_repairs)  # REPAIR_SCHEMA, one row per repair
 
 
 # -- parse ---------------------------------------------------------------------------
 
 
+BOM = "\ufeff"
+# A line that is not valid UTF-8 travels as NOT_UTF8 + the base64 of its exact bytes, and is
+# rejected (and kept byte for byte). A valid line that starts with a NUL character, which
+# no JSON line can, travels as NUL_TEXT + base64 too, so that every line starting with
+# NUL is one of these two and nothing else.
+NOT_UTF8 = "\x00base64:"
+NUL_TEXT = "\x00text:"
+
+
 def read_lines(chunks: Iterable[bytes]) -> pl.Series:
-    """The hour's non-blank lines, in source order, as one string column."""
+    """The hour's non-blank lines, in source order, as one string column.
+
+    A byte-order mark at the start of a line (or file) is dropped: it is not data.
+    """
     frames = [_read_chunk(chunk) for chunk in chunks if chunk]
     if not frames:
         return pl.Series("line", [], dtype=pl.String)
@@ -77,12 +105,48 @@ def read_lines(chunks: Iterable[bytes]) -> pl.Series:
 
 def _read_chunk(chunk: bytes) -> pl.DataFrame:
     try:
-        return pl.read_lines(io.BytesIO(chunk))
+        frame = pl.read_lines(io.BytesIO(chunk))
     except pl.exceptions.ComputeError:
-        # Invalid UTF-8: show the bad bytes as `\xff`, which no JSON parser accepts, so the
-        # line is rejected (and kept) instead of failing the whole hour.
-        text = chunk.decode("utf-8", errors="backslashreplace")
-        return pl.read_lines(io.BytesIO(text.encode()))
+        # Invalid UTF-8 somewhere in the chunk (rare): split it the way read_lines does, and
+        # hold each line that does not decode as its exact bytes, so it is rejected and kept
+        # as sent instead of failing the whole hour.
+        pieces = chunk.split(b"\n")
+        if pieces and not pieces[-1]:
+            pieces.pop()
+        return pl.DataFrame({"line": [_line_text(p[:-1] if p.endswith(b"\r") else p) for p in pieces]}, schema={"line": pl.String})
+    line = frame.to_series()
+    if line.str.starts_with(BOM).any():
+        line = line.str.strip_prefix(BOM)
+    if line.str.starts_with("\x00").any():
+        nul = line.str.starts_with("\x00")
+        line = line.to_frame().select(pl.when(nul).then(NUL_TEXT + line.str.encode("base64")).otherwise(line)).to_series()
+    return line.to_frame("line")
+
+
+def _line_text(raw: bytes) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return NOT_UTF8 + base64.b64encode(raw).decode()
+    if text.startswith(BOM):
+        text = text[len(BOM):]
+    return NUL_TEXT + base64.b64encode(text.encode()).decode() if text.startswith("\x00") else text
+
+
+def _unmark(rejects: pl.DataFrame) -> pl.DataFrame:
+    """Rejects whose line is held in base64: the reason for bytes that are not UTF-8, and a
+    valid line that starts with NUL back as its text."""
+    marked = rejects["line"].str.starts_with("\x00")
+    if not marked.any():
+        return rejects
+    rows = marked.arg_true()
+    lines, reasons = rejects["line"].to_list(), rejects["reason"].to_list()
+    for i in rows.to_list():
+        if lines[i].startswith(NOT_UTF8):
+            reasons[i] = "not valid UTF-8"
+        else:
+            lines[i] = base64.b64decode(lines[i][len(NUL_TEXT):]).decode()
+    return rejects.with_columns(pl.Series("reason", reasons, pl.String), pl.Series("line", lines, pl.String))
 
 
 def _read_ndjson(lines: pl.Series) -> pl.DataFrame:
@@ -162,7 +226,7 @@ def _scan(source: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series]:
         .otherwise(pl.lit("not a JSON object"))
         .alias("reason")
     ).select("_pos", "reason", "line")
-    return good, bad, scanned["extra"].filter(is_object)
+    return good, _unmark(bad), scanned["extra"].filter(is_object)
 
 
 def _strictly_readable(lines: pl.Series) -> pl.Series:
@@ -184,7 +248,7 @@ def _strictly_readable(lines: pl.Series) -> pl.Series:
     return pl.Series(readable, dtype=pl.Boolean)
 
 
-def _extract_json(lines: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+def extract_json(lines: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     """Each key's value as exact JSON text (strings stay quoted, objects keep their keys)."""
     if not keys:
         return pl.DataFrame(schema={})
@@ -199,9 +263,10 @@ def _extract_json(lines: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
 def json_fields(lines: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
     """The 49 fields and the extra fields of good lines, in one JSON parse per line.
 
-    DuckDB's `json_transform` reads every line once into a struct: the 44 scalar fields
-    as text (strings unquoted, other values as their JSON text), the dict fields and the
-    extra fields as exact JSON text. A struct's field names cannot be empty or differ
+    DuckDB's `json_transform` reads every line once into a struct: the 42 scalar fields
+    as text (strings unquoted, other values as their JSON text), the dict fields, the two
+    as-sent fields (`amplitude_attribution_ids`, `sample_rate`) and the extra fields as
+    JSON text. A struct's field names cannot be empty or differ
     only in case, so an extra key that would clash is extracted by path instead.
     """
     taken = {name.lower() for name in EVENT_FIELD_NAMES}
@@ -213,7 +278,7 @@ def json_fields(lines: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
             in_struct.append(key)
         else:
             by_path.append(key)
-    structure = {name: ("JSON" if kind is Kind.DICT else "VARCHAR") for name, kind in EVENT_FIELDS}
+    structure = {name: ("JSON" if kind in JSON_TEXT_KINDS else "VARCHAR") for name, kind in EVENT_FIELDS}
     structure.update((key, "JSON") for key in in_struct)
     con = duck.connect()
     con.register("good", _arrow(lines.select("line")))
@@ -223,7 +288,7 @@ def json_fields(lines: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
     con.close()
     fields.columns = list(structure)
     if by_path:
-        fields = fields.with_columns(_extract_json(lines, by_path))
+        fields = fields.with_columns(extract_json(lines, by_path))
     return fields
 
 
@@ -236,8 +301,8 @@ LINE = "\x00line"
 def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     """Parse JSON lines into text columns (plus `POS` and the raw `LINE`), and rejects.
 
-    The 44 scalar fields are read as text; the dict fields and the extra fields as exact
-    JSON text, so no event's object is widened with another's keys and no value is
+    The 42 scalar fields are read as text; the dict fields, the as-sent fields and the extra
+    fields as JSON text, so no event's object is widened with another's keys and no value is
     coerced because of another row. An extra field a line has is JSON text (`null`
     when its value is null); one it lacks is null. Returns the extra field names too.
     """
@@ -325,6 +390,21 @@ def _dict(expr: pl.Expr) -> pl.Expr:
     return pl.when(expr.str.starts_with("{")).then(expr).otherwise(pl.lit("{}"))
 
 
+def _array_or_string(expr: pl.Expr) -> pl.Expr:
+    """JSON text that is an array or a string, as it is; anything else is null."""
+    return pl.when(expr.str.starts_with("[") | expr.str.starts_with('"')).then(expr)
+
+
+def _number(expr: pl.Expr) -> pl.Expr:
+    """A JSON number token, as it is, or a string holding one (`"0.5"` gives `0.5`).
+
+    Null for anything else, and for a number beyond a double's range (`1e400`).
+    """
+    token = pl.when(expr.str.starts_with('"')).then(expr.str.slice(1).str.head(-1)).otherwise(expr)
+    finite = token.cast(pl.Float64, strict=False).is_finite()
+    return pl.when(token.str.contains(NUMBER_PATTERN) & finite).then(token)
+
+
 def _string(name: str, expr: pl.Expr) -> pl.Expr:
     if name in ("user_id", "device_id"):
         return pl.when(expr != "").then(expr)
@@ -347,6 +427,10 @@ def normalize_expr(name: str, kind: Kind) -> pl.Expr:
         return _uuid(col)
     if kind is Kind.DICT:
         return _dict(col)
+    if kind is Kind.ARRAY_OR_STRING:
+        return _array_or_string(col)
+    if kind is Kind.NUMBER:
+        return _number(col)
     return _string(name, col)
 
 
@@ -391,33 +475,176 @@ def _canonical(name: str, kind: Kind) -> pl.Expr:
 
 
 def normalize(frame: pl.DataFrame, extras: list[str]) -> tuple[pl.DataFrame, int]:
-    """Give every field its contract type; returns the frame and the number of repairs.
+    """Give every field its contract type; returns the frame and the number of repairs."""
+    normalized, repairs = normalize_with_repairs(frame, extras)
+    return normalized, repairs.height
+
+
+def normalize_with_repairs(frame: pl.DataFrame, extras: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Give every field its contract type; returns the frame and one row per repair.
 
     Same result as `normalize_expr` for every field, computed once per field. Timestamps
     and UUIDs take a fast pass first: the canonical `YYYY-MM-DD HH:MM:SS.ffffff` form
     parses the same way `parse_timestamp` parses it, a canonical UUID is itself, and
     only the values that pass leaves (other forms, and nonsense) go through the
-    lenient expression.
+    lenient expression. The as-sent fields get their exact JSON text back from the line
+    (`sent_json`). A repair (a value that could not take its field's type) keeps the
+    value as it was sent, with the row's uuid and $insert_id (REPAIR_SCHEMA), in source
+    order.
     """
     if not frame.height:
         return frame.select(
             *[normalize_expr(n, k).alias(n) for n, k in EVENT_FIELDS], *[pl.col(n) for n in extras]
-        ), 0
+        ), no_repairs()
     normalized = frame.select(*[_canonical(n, k).alias(n) for n, k in EVENT_FIELDS], *[pl.col(n) for n in extras])
-    repairs = 0
+    repaired: dict[str, pl.Series] = {}  # field -> rows
     for name, kind in EVENT_FIELDS:
         source = frame[name]
         if kind in _FAST_KINDS:
             normalized = normalized.with_columns(_lenient_rest(name, kind, source, normalized[name]))
         if kind is Kind.DICT:
-            repairs += int(frame.select(_repaired(name, kind).sum()).item())
+            bad = frame.select(_repaired(name, kind).cast(pl.Boolean)).to_series()
         elif kind is not Kind.STRING:
-            repairs += int((source.is_not_null() & normalized[name].is_null()).sum())
+            bad = source.is_not_null() & normalized[name].is_null()
+        else:
+            continue
+        if bad.any():
+            repaired[name] = bad.arg_true()
     nulled = _objects_in_string_fields(frame)
     for name, rows in nulled.items():
         normalized = normalized.with_columns(normalized[name].scatter(rows, None))
-        repairs += len(rows)
-    return normalized, repairs
+        repaired[name] = rows
+    if LINE in frame.columns:
+        normalized = _as_sent(frame, normalized)
+    return normalized, _repair_records(frame, normalized, repaired)
+
+
+def _as_sent(frame: pl.DataFrame, normalized: pl.DataFrame) -> pl.DataFrame:
+    """The as-sent fields with the exact JSON text of the line (DuckDB re-encodes what it
+    parses: `1.50` comes out as `1.5`, `["a", "b"]` as `["a","b"]`).
+
+    Only rows whose value is present are looked at; a number taken out of a string
+    (`"0.5"`) is already as sent.
+    """
+    for name in AS_SENT_FIELDS:
+        value = normalized[name]
+        look = value.is_not_null()
+        if _KINDS[name] is Kind.NUMBER:
+            look = look & ~frame[name].str.starts_with('"')
+        if not look.any():
+            continue
+        rows = look.arg_true()
+        exact = sent_json(frame[LINE].gather(rows), name, value.gather(rows))
+        normalized = normalized.with_columns(value.scatter(rows, exact))
+    return normalized
+
+
+def _repair_records(frame: pl.DataFrame, normalized: pl.DataFrame, repaired: dict[str, pl.Series]) -> pl.DataFrame:
+    if not repaired:
+        return no_repairs()
+    order = {name: i for i, name in enumerate(EVENT_FIELD_NAMES)}
+    records = []
+    for name, rows in repaired.items():
+        if LINE in frame.columns:
+            lines = frame[LINE].gather(rows)
+            candidates = extract_json(lines.to_frame("line"), [name]).to_series()
+            value = sent_json(lines, name, candidates)
+        else:  # the exporter's own lines, read back: nothing there needs repair
+            value = pl.repeat(None, len(rows), dtype=pl.String, eager=True)
+        records.append(pl.DataFrame({
+            "_pos": frame[POS].gather(rows) if POS in frame.columns else rows.cast(pl.Int64),
+            "_field": pl.repeat(order[name], len(rows), dtype=pl.Int32, eager=True),
+            "uuid": normalized["uuid"].gather(rows),
+            "$insert_id": normalized["$insert_id"].gather(rows),
+            "field": pl.repeat(name, len(rows), dtype=pl.String, eager=True),
+            "value": value,
+        }))
+    return pl.concat(records).sort("_pos", "_field").select(list(REPAIR_SCHEMA))
+
+
+# -- values exactly as sent ------------------------------------------------------------
+
+
+def sent_json(lines: pl.Series, key: str, candidates: pl.Series) -> pl.Series:
+    """The exact JSON text of each line's top-level `key`, given DuckDB's text of it.
+
+    Where the key's quoted name occurs once in the line, directly followed by `:` and the
+    candidate and then `,` or the closing brace, the candidate is the text as sent (the one
+    occurrence is the top-level key: inside a string the quotes would be escaped). The
+    other lines (spaces, `1.50`, escapes, the same key nested deeper) are scanned by
+    `raw_json_value`.
+    """
+    quoted = json.dumps(key, ensure_ascii=False)
+    head = pl.lit(quoted + ":") + pl.col("c")
+    line = pl.col("l")
+    once = line.str.count_matches(quoted, literal=True) == 1
+    exact = once & (line.str.contains(head + pl.lit(","), literal=True) | line.str.ends_with(head + pl.lit("}")))
+    checked = pl.DataFrame({"l": lines, "c": candidates}).select(
+        exact.fill_null(False).alias("exact"), once.fill_null(False).alias("once")
+    )
+    todo = (~checked["exact"]).arg_true()
+    if not len(todo):
+        return candidates
+    raw = []
+    for text, single, candidate in zip(
+        lines.gather(todo).to_list(), checked["once"].gather(todo).to_list(), candidates.gather(todo).to_list()
+    ):
+        # A key named once is, in practice, the top-level key: read its value where it
+        # stands, and walk the line's keys only if that is not the value DuckDB read.
+        value = _value_after_key(text, text.find(quoted) + len(quoted)) if single else None
+        if value is None or candidate is None or _json_value(value) != _json_value(candidate):
+            value = raw_json_value(text, key)
+        raw.append(value)
+    return candidates.scatter(todo, pl.Series(raw, dtype=pl.String))
+
+
+def _json_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+_WHITESPACE = " \t\n\r"
+_SCAN = json.JSONDecoder().scan_once
+
+
+def _skip(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _WHITESPACE:
+        i += 1
+    return i
+
+
+def _value_after_key(line: str, i: int) -> str | None:
+    """The text of the value whose key's closing quote is just before `i`."""
+    try:
+        i = _skip(line, _skip(line, i) + 1)  # past the colon
+        return line[i:_SCAN(line, i)[1]]
+    except (IndexError, StopIteration, ValueError):
+        return None
+
+
+def raw_json_value(line: str, key: str) -> str | None:
+    """The text of the first top-level `key`'s value in a JSON object line, as it stands."""
+    try:
+        i = _skip(line, 0)
+        if line[i] != "{":
+            return None
+        i = _skip(line, i + 1)
+        if line[i] == "}":
+            return None
+        while True:
+            name, i = json.decoder.scanstring(line, i + 1)
+            i = _skip(line, _skip(line, i) + 1)  # past the colon
+            _, end = _SCAN(line, i)
+            if name == key:
+                return line[i:end]
+            i = _skip(line, end)
+            if line[i] != ",":
+                return None
+            i = _skip(line, i + 1)
+    except (IndexError, StopIteration, ValueError):
+        return None
 
 
 _STRING_FIELDS = tuple(n for n, k in EVENT_FIELDS if k is Kind.STRING)
@@ -501,7 +728,7 @@ def process_hour(
     in_hour, outside = reject_outside_hour(parsed, hour)
     # An extra key carried only by rejected rows is not a key of the hour's events.
     extras = [k for k in extras if in_hour[k].is_not_null().any()]
-    normalized, repaired = normalize(in_hour, extras)
+    normalized, repairs = normalize_with_repairs(in_hour, extras)
     unique = dedup(normalized)
     identities = unique.select(IDENTITY_COLUMNS)
     exported = unique.filter(keep) if keep is not None else unique
@@ -512,7 +739,7 @@ def process_hour(
         duplicates=normalized.height - unique.height,
         filtered=unique.height - exported.height,
         rejected=rejects.height,
-        repaired=repaired,
+        repaired=repairs.height,
     )
     return HourResult(
         hour=hour,
@@ -520,4 +747,5 @@ def process_hour(
         rejects=rejects,
         identities=identities,
         counts=counts,
+        repairs=repairs,
     )

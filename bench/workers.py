@@ -155,6 +155,10 @@ def _normalize(row: dict, kinds: dict) -> dict:
                 out[name] = None
         elif kind is Kind.DICT:
             out[name] = value if isinstance(value, dict) else {}
+        elif kind is Kind.ARRAY_OR_STRING:
+            out[name] = value if isinstance(value, (list, str)) else None
+        elif kind is Kind.NUMBER:
+            out[name] = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
         else:
             text = value if isinstance(value, str) else json.dumps(value)
             out[name] = None if text == "" and name in ("user_id", "device_id") else text

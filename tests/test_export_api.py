@@ -375,9 +375,16 @@ def test_messy_hour_end_to_end_through_dagster(api_env, server, blobs):
     rejected = lines_of(stored[f"_rejected/{PROJECT}/{PROJECT}_2020-01-25_17.jsonl.gz"])
     assert [r["line"] for r in rejected] == [MESSY[4], MESSY[5], MESSY[9], MESSY[10], MESSY[11]]
     assert all(r["reason"] for r in rejected)
+    # The repaired value's original is kept beside the hour, as sent.
+    repaired = f"_repaired/{PROJECT}/{PROJECT}_2020-01-25_17.jsonl.gz"
+    assert gzip.decompress(stored[repaired]) == (
+        b'{"uuid":"0a6e8a48-6c5e-4a1d-9d7a-0f0b7a1e2c02","$insert_id":null,"field":"app","value":"12x"}\n'
+    )
 
     metadata = result.asset_materializations_for_node("events")[0].metadata
     assert metadata["count_source_rows"].value == 13 and metadata["reconciled"].value is True
+    assert metadata["repaired_values"].value == f"{api_env}/{repaired}"
+    assert metadata["rejected_lines"].value == f"{api_env}/_rejected/{PROJECT}/{PROJECT}_2020-01-25_17.jsonl.gz"
     everything = " ".join(str(e) for e in result.all_events) + " ".join(map(repr, stored.values()))
     assert KEY not in everything and SECRET not in everything
 

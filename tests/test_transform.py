@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import datetime, timezone
 
@@ -10,7 +11,7 @@ import pytest
 
 from amplitude_assets.destination.writer import encode_lines, jsonl_bytes
 from amplitude_assets.schema import DICT_FIELDS, EVENT_FIELD_NAMES
-from amplitude_assets.transform import parse_timestamp, process_hour
+from amplitude_assets.transform import NOT_UTF8, parse_timestamp, process_hour
 
 HOUR = datetime(2020, 1, 25, 17, tzinfo=timezone.utc)
 
@@ -215,8 +216,9 @@ def test_invalid_utf8_rejects_the_line_not_the_hour():
     bad = b'{"server_upload_time": "2020-01-25 17:00:00", "city": "\xff"}'
     result = process_hour([good + b"\r\n" + bad + b"\r\n"], HOUR)
     assert result.frame["city"].to_list() == ["ok"]
+    # The line is kept as its exact bytes (base64), not with replacement characters.
     assert result.rejects.to_dicts() == [
-        {"reason": "not valid JSON", "line": '{"server_upload_time": "2020-01-25 17:00:00", "city": "\\xff"}'}
+        {"reason": "not valid UTF-8", "line": NOT_UTF8 + base64.b64encode(bad).decode()}
     ]
     assert result.counts.reconciles() and result.counts.rejected == 1
 

@@ -8,6 +8,7 @@ by one hour and the UI's per-partition view shows per-hour counts, not the range
 """
 
 
+import io
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ from amplitude_assets.destination.layout import EventsLayout
 from amplitude_assets.destination.writer import Manifest, export_events_hour
 from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, POLARS_DTYPES, TIMESTAMP_FORMAT, Kind
 from amplitude_assets.settings import PARTITION_KEY_FORMAT
-from amplitude_assets.transform import HourResult
+from amplitude_assets.transform import HourResult, extract_json
+
+_JSON_TEXT_FIELDS = tuple(name for name, kind in EVENT_FIELDS if kind is Kind.ARRAY_OR_STRING)
 
 _TABLE_TYPES = {
     Kind.TIMESTAMP: "timestamp",
@@ -34,6 +37,8 @@ _TABLE_TYPES = {
     Kind.UUID: "uuid",
     Kind.STRING: "string",
     Kind.DICT: "object",
+    Kind.ARRAY_OR_STRING: "json",  # an array or a string, its JSON text as sent
+    Kind.NUMBER: "number",  # a JSON number, its token as sent
 }
 
 
@@ -76,6 +81,9 @@ def hour_metadata(
         **{f"count_{name}": value for name, value in counts.items()},
         "reconciled": counts["source_rows"]
         == counts["exported"] + counts["duplicates"] + counts["filtered"] + counts["rejected"],
+        # Where the hour's rejected lines and the originals of its repaired values are kept.
+        **({"rejected_lines": f"{container}/{layout.rejected(hour)}"} if counts["rejected"] else {}),
+        **({"repaired_values": f"{container}/{layout.repaired(hour)}"} if counts["repaired"] else {}),
         **{name: dg.MetadataValue.float(value) for name, value in timings.items()},
     }
 
@@ -157,7 +165,11 @@ class EventsIOManager(dg.ConfigurableIOManager):
 
 
 def read_events_hour(client, layout: EventsLayout, hour: datetime) -> pl.DataFrame:
-    """An exported hour as a polars frame: the 49 typed fields, dict and extra fields as JSON text."""
+    """An exported hour as a polars frame: the 49 typed fields, dict and extra fields as JSON text.
+
+    `sample_rate` comes back as a Float64 (its value; the token is in the parts), and
+    `amplitude_attribution_ids` as its JSON text (an array, or a quoted string).
+    """
     from amplitude_assets.destination.writer import read_marker
 
     manifest = read_marker(client, layout.marker(hour))
@@ -170,7 +182,14 @@ def read_events_hour(client, layout: EventsLayout, hour: datetime) -> pl.DataFra
             data = client.download_blob(layout.folder + part["name"]).readall()
         except ResourceNotFoundError:
             raise dg.Failure(f"part {layout.folder}{part['name']} listed in the marker is missing") from None
-        frames.append(pl.read_ndjson(igzip.decompress(data), schema=schema))
+        text = igzip.decompress(data)
+        frame = pl.read_ndjson(text, schema=schema)
+        if frame.height:
+            # polars gives an array as JSON text but a string unquoted: take the JSON text.
+            lines = pl.read_lines(io.BytesIO(text))
+            texts = extract_json(lines, list(_JSON_TEXT_FIELDS))
+            frame = frame.with_columns(pl.when(texts[n] != "null").then(texts[n]).alias(n) for n in _JSON_TEXT_FIELDS)
+        frames.append(frame)
     frame = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
     casts = []
     for name, kind in EVENT_FIELDS:
@@ -180,4 +199,6 @@ def read_events_hour(client, layout: EventsLayout, hour: datetime) -> pl.DataFra
             casts.append(pl.col(name).cast(POLARS_DTYPES[kind]))
         elif kind is Kind.BOOL:
             casts.append(pl.col(name) == "true")
+        elif kind is Kind.NUMBER:
+            casts.append(pl.col(name).cast(pl.Float64))
     return frame.with_columns(casts)

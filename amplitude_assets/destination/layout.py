@@ -3,6 +3,7 @@
 Events:      [P/]{project_id}/{project_id}_{yyyy-MM-dd}_{H}#{n}.json.gz
 Marker:      [P/]{project_id}/{project_id}_{yyyy-MM-dd}_{H}_complete
 Rejected:    [P/]_rejected/{project_id}/{project_id}_{yyyy-MM-dd}_{H}.jsonl.gz
+Repaired:    [P/]_repaired/{project_id}/{project_id}_{yyyy-MM-dd}_{H}.jsonl.gz
 Merged IDs:  [Q/]{scope}/{scope}_{yyyy-MM-dd}_{H}.json.gz   (scope is -{org_id} or {project_id})
 State:       [Q/]_state/{scope}/...                          (identity state, outside reader globs)
 Locks:       [P/]_locks/{project_id}/{project_id}_{yyyy-MM-dd}_{H}.lock, [Q/]_locks/{scope}/... (leased while exporting)
@@ -54,6 +55,10 @@ class EventsLayout:
 
     def rejected(self, hour: datetime) -> str:
         return _join(self.prefix, "_rejected", self.project_id, hour_stem(self.project_id, hour)) + ".jsonl.gz"
+
+    def repaired(self, hour: datetime) -> str:
+        """The originals of the hour's repaired values, one JSON line per repair."""
+        return _join(self.prefix, "_repaired", self.project_id, hour_stem(self.project_id, hour)) + ".jsonl.gz"
 
     def identities(self, hour: datetime) -> str:
         """The hour's identity observations, written beside the export for `merged_ids`."""

@@ -1,4 +1,4 @@
-"""Writing an hour to the container: parts, stale parts, rejects and the marker, in order.
+"""Writing an hour to the container: parts, stale parts, rejects, repairs and the marker, in order.
 
 Exporting an hour runs in this order, so an hour that has a marker is always complete:
   1. delete the hour's marker, if there is one;
@@ -36,15 +36,19 @@ from isal import igzip, isal_zlib
 from amplitude_assets import __version__
 from amplitude_assets.destination.layout import EventsLayout
 from amplitude_assets.destination.lease import HourLease, hour_lease
-from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, TIMESTAMP_FORMAT, Kind, event_schema
+from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, JSON_TEXT_KINDS, TIMESTAMP_FORMAT, Kind, event_schema
 from amplitude_assets.settings import PARTITION_KEY_FORMAT, Settings
 from amplitude_assets.sources.files import line_chunks
 from amplitude_assets.transform import (
     IDENTITY_COLUMNS,
+    LINE,
+    NOT_UTF8,
     Counts,
     HourResult,
     json_fields,
+    no_repairs,
     normalize,
+    normalize_with_repairs,
     parse,
     read_lines,
     reject_outside_hour,
@@ -69,8 +73,8 @@ def _json_scalar(expr: pl.Expr) -> pl.Expr:
 def json_fragment(name: str, kind: Kind | None) -> pl.Expr:
     """The JSON text of field `name`; `kind` None means an extra field already held as JSON."""
     col = pl.col(name)
-    if kind is None:
-        return col.fill_null("null")
+    if kind is None or kind is Kind.ARRAY_OR_STRING or kind is Kind.NUMBER:
+        return col.fill_null("null")  # JSON text, as sent
     if kind is Kind.DICT:
         return col.fill_null("{}")
     if kind is Kind.TIMESTAMP:
@@ -164,6 +168,27 @@ def encode_records(frame: pl.DataFrame) -> bytes:
     """gzip JSON lines of a frame whose columns are all plain scalars (rejects, merged IDs)."""
     kinds = {name: Kind.STRING for name in frame.columns}
     return gzip_bytes(jsonl_bytes(encode_lines(frame, kinds)))
+
+
+def encode_rejects(rejects: pl.DataFrame) -> bytes:
+    """`{"reason", "line"}` per rejected line; a line that is not UTF-8 is kept as the
+    base64 of its exact bytes: `{"reason", "line_base64", "encoding": "base64"}`."""
+    binary = rejects["line"].str.starts_with(NOT_UTF8)
+    if not binary.any():
+        return encode_records(rejects)
+    plain = encode_lines(rejects, {"reason": Kind.STRING, "line": Kind.STRING})["line"]
+    kept = encode_lines(
+        rejects.select("reason", pl.col("line").str.slice(len(NOT_UTF8)).alias("line_base64"), pl.lit("base64").alias("encoding")),
+        {"reason": Kind.STRING, "line_base64": Kind.STRING, "encoding": Kind.STRING},
+    )["line"]
+    lines = pl.DataFrame({"line": plain.zip_with(~binary, kept)})
+    return gzip_bytes(jsonl_bytes(lines))
+
+
+def encode_repairs(repairs: pl.DataFrame) -> bytes:
+    """`{"uuid", "$insert_id", "field", "value"}` per repair; `value` is the JSON as sent."""
+    kinds = {"uuid": Kind.STRING, "$insert_id": Kind.STRING, "field": Kind.STRING, "value": None}
+    return gzip_bytes(jsonl_bytes(encode_lines(repairs, kinds)))
 
 
 # -- blobs ------------------------------------------------------------------------------
@@ -265,7 +290,9 @@ def write_events_hour(
     with ThreadPoolExecutor(max_workers=2) as pool:
         parts = list(pool.map(lambda args: write_part(*args), [(n, o, ln) for n, (o, ln) in enumerate(slices)]))
 
-    return finish_hour(container, layout, hour, parts, result.rejects, result.identities, result.counts, source)
+    return finish_hour(
+        container, layout, hour, parts, result.rejects, result.identities, result.counts, source, result.repairs
+    )
 
 
 def finish_hour(
@@ -277,17 +304,22 @@ def finish_hour(
     identities: pl.DataFrame,
     counts: Counts,
     source: str,
+    repairs: pl.DataFrame | None = None,
     lease: HourLease | None = None,
 ) -> Manifest:
-    """Steps 3 and 4, once the parts are committed: stale parts, rejects, identities, marker.
+    """Steps 3 and 4, once the parts are committed: stale parts, rejects, repairs, identities, marker.
 
     Under `lease`, the marker is written only once the lease is confirmed still held.
     """
     delete_stale_parts(container, layout, hour, keep=len(parts))
     if rejects.height:
-        upload(container, layout.rejected(hour), encode_records(rejects), GZIP_CONTENT)
+        upload(container, layout.rejected(hour), encode_rejects(rejects), GZIP_CONTENT)
     else:
         delete_if_exists(container, layout.rejected(hour))
+    if repairs is not None and repairs.height:
+        upload(container, layout.repaired(hour), encode_repairs(repairs), GZIP_CONTENT)
+    else:
+        delete_if_exists(container, layout.repaired(hour))
     upload(container, layout.identities(hour), parquet_bytes(identities), PARQUET_CONTENT)
     manifest = Manifest(hour=hour, source=source, parts=parts, counts=counts.as_dict())
     if lease is not None:
@@ -355,9 +387,9 @@ _KEY_COLUMNS = ("uuid", "$insert_id", "device_id")
 def _event_prefix() -> pl.Expr:
     """`{"server_received_time":...,"client_event_time":...` (the 49 fields, no closing brace).
 
-    The same text `encode_lines` gives them, faster: the scalar fields between two dict
-    fields are encoded as one struct (one JSON encoder call, not one per field), and
-    only the dict fields, already JSON text, are spliced in between.
+    The same text `encode_lines` gives them, faster: the scalar fields between two fields
+    held as JSON text are encoded as one struct (one JSON encoder call, not one per
+    field), and only the JSON-text fields (dicts and the as-sent ones) are spliced in.
     """
     parts: list[pl.Expr] = []
     run: list[pl.Expr] = []
@@ -368,7 +400,7 @@ def _event_prefix() -> pl.Expr:
             run.clear()
 
     for name, kind in EVENT_FIELDS:
-        if kind is Kind.DICT:
+        if kind in JSON_TEXT_KINDS:
             close_run()
             parts.append(pl.concat_str(pl.lit(json.dumps(name, ensure_ascii=False) + ":"), json_fragment(name, kind)))
         else:
@@ -677,6 +709,7 @@ def _export_events_hour(
     order: dict[str, None] = {}  # extra keys of parsed lines, in order of first appearance
     present: set[str] = set()  # extra keys that some in-hour row carries
     reject_frames: list[bytes] = []
+    repair_frames: list[bytes] = []
     identity_frames: list[bytes] = []
     tally = {"source_rows": 0, "in_hour": 0, "unique": 0, "exported": 0, "repaired": 0}
     parts: list[_Part] = []
@@ -717,8 +750,10 @@ def _export_events_hour(
                 reject_frames.append(_packed(pl.concat([unparseable, outside]).with_columns(pl.col("_pos") + offset)))
                 carried = [k for k in chunk_extras if in_hour[k].is_not_null().any()]
                 present.update(carried)
-                normalized, chunk_repaired = normalize(in_hour, carried)
-                tally["repaired"] += chunk_repaired
+                normalized, chunk_repairs = normalize_with_repairs(in_hour, carried)
+                tally["repaired"] += chunk_repairs.height
+                if chunk_repairs.height:
+                    repair_frames.append(_packed(chunk_repairs))
                 tally["in_hour"] += normalized.height
                 del in_hour
             with timer("dedup"):
@@ -787,6 +822,7 @@ def _export_events_hour(
             pl.concat(_unpacked(reject_frames)).sort("_pos").drop("_pos") if reject_frames
             else pl.DataFrame(schema={"reason": pl.String, "line": pl.String})
         )
+        repairs = pl.concat(_unpacked(repair_frames)) if repair_frames else no_repairs()
         identities = (
             pl.concat(_unpacked(identity_frames)) if identity_frames
             else pl.DataFrame(schema={c: event_schema()[c] for c in IDENTITY_COLUMNS})
@@ -805,9 +841,14 @@ def _export_events_hour(
         with timer("upload"):
             list(uploads.map(lambda part: _commit(container, layout.part(hour, part.number), part), parts))
 
-    manifest = finish_hour(container, layout, hour, [p.info for p in parts], rejects, identities, counts, source, lease=lease)
+    manifest = finish_hour(
+        container, layout, hour, [p.info for p in parts], rejects, identities, counts, source, repairs, lease=lease
+    )
     columns = {**event_schema(), **{k: pl.String for k in extras}}
-    result = HourResult(hour=hour, frame=pl.DataFrame(schema=columns), rejects=rejects, identities=identities, counts=counts)
+    result = HourResult(
+        hour=hour, frame=pl.DataFrame(schema=columns), rejects=rejects, identities=identities, counts=counts,
+        repairs=repairs,
+    )
     return manifest, result
 
 
@@ -849,5 +890,7 @@ def _rewrite(lines: pl.Series, keys: list[str], extras: list[str]) -> pl.DataFra
     if keys == extras[: len(keys)]:
         tail = "".join("," + json.dumps(k, ensure_ascii=False) + ":null" for k in extras[len(keys):])
         return pl.DataFrame({"line": lines.str.head(-1) + (tail + "}")})
-    normalized, _ = normalize(json_fields(pl.DataFrame({"line": lines}), keys), keys)
+    # With the lines beside the fields, the as-sent fields keep their exact text.
+    fields = json_fields(pl.DataFrame({"line": lines}), keys).with_columns(lines.alias(LINE))
+    normalized, _ = normalize(fields, keys)
     return _encode(normalized, extras)
