@@ -9,7 +9,8 @@ import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from amplitude_assets.settings import PARTITION_KEY_FORMAT, Settings, SettingsError, parse_hour
+from amplitude_assets.partitions import parse_hour, partition_key
+from amplitude_assets.settings import Settings, SettingsError
 
 BACKFILL_TAG = "amplitude_assets/cli_backfill"
 LOG_WIDTH = 200  # columns when the output goes to a file or a pipe, where rich would assume 80
@@ -121,7 +122,7 @@ def backfill(args: argparse.Namespace) -> int:
         done = 0
         for chunk in chunks:
             run_id = str(uuid.uuid4())
-            keys = (chunk[0].strftime(PARTITION_KEY_FORMAT), chunk[-1].strftime(PARTITION_KEY_FORMAT))
+            keys = (partition_key(chunk[0]), partition_key(chunk[-1]))
             tags = {
                 RANGE_START: keys[0],
                 RANGE_END: keys[1],
@@ -166,7 +167,7 @@ def backfill(args: argparse.Namespace) -> int:
         failures += not ok
         counts = (events or {}).get("counts", {})
         rows.append((
-            hour.strftime(PARTITION_KEY_FORMAT),
+            partition_key(hour),
             "[green]ok" if ok else ("[red]FAILED (run)" if landed else "[red]FAILED"),
             str(events["rows"]) if events else "-",
             str(len(events["parts"])) if events else "-",

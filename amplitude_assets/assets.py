@@ -9,18 +9,11 @@ import dagster as dg
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.io_manager import HourStream
 from amplitude_assets.filters import filter_expression, parse_filter
+from amplitude_assets.partitions import hours_of, partition_key
 from amplitude_assets.resources import AmplitudeSource
 from amplitude_assets.settings import Settings
 
 GROUP = "amplitude_export"
-
-
-def hours_of(context: dg.AssetExecutionContext) -> list[datetime]:
-    """The UTC hours of the step's partition range, oldest first."""
-    window = context.partition_time_window
-    start = window.start.astimezone(timezone.utc)
-    count = int((window.end - window.start).total_seconds() // 3600)
-    return [start + timedelta(hours=i) for i in range(count)]
 
 
 def refuse_young_hours(hours: list[datetime], delay_minutes: int, now: datetime | None = None) -> None:
@@ -30,7 +23,7 @@ def refuse_young_hours(hours: list[datetime], delay_minutes: int, now: datetime 
     if young:
         ready = young[0] + timedelta(hours=1, minutes=delay_minutes)
         raise dg.Failure(
-            f"hour {young[0]:%Y-%m-%d-%H:%M} is not exportable yet: it becomes exportable at "
+            f"hour {partition_key(young[0])} is not exportable yet: it becomes exportable at "
             f"{ready:%Y-%m-%d %H:%M} UTC, {delay_minutes} minutes after it closes "
             f"(AMPLITUDE_EXPORT_DELAY_MINUTES). Exporting it early would mark incomplete data complete."
         )

@@ -24,10 +24,10 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.destination.io_manager import partition_key as hour_key
 from amplitude_assets.destination.layout import MergedIdsLayout
-from amplitude_assets.partitions import RANGE_START
-from amplitude_assets.settings import Settings, parse_hour
+from amplitude_assets.partitions import RANGE_START, parse_hour
+from amplitude_assets.partitions import partition_key as hour_key
+from amplitude_assets.settings import Settings
 
 # Blob metadata on each merged-IDs marker (names must be C# identifiers; values never empty).
 STATE_MD5 = "state_md5"

@@ -50,7 +50,7 @@ from amplitude_assets.schema import (
     VALUE_PATTERNS,
     Kind,
 )
-from amplitude_assets.settings import parse_hour
+from amplitude_assets.partitions import accounted, manifest_hour, parse_hour, reconciles
 
 EXTRAS_NOTE = " (extra keys must be the same, in the same order, on every line of the hour as on its first)"
 MAX_REPORTED = 20  # problems listed in a failed evaluation's metadata (all are counted)
@@ -658,7 +658,7 @@ def complete_outcome(layout: EventsLayout, hour: datetime, listed: dict[str, dic
     except (ValueError, KeyError, TypeError) as exc:
         return _outcome([{"file": marker, "problem": f"the manifest is not readable: {type(exc).__name__}: {exc}"}], facts)
     problems: list[dict] = []
-    expected_hour = hour.strftime("%Y-%m-%dT%H:00:00Z")
+    expected_hour = manifest_hour(hour)
     if manifest.get("hour") != expected_hour:
         problems.append({"file": marker, "field": "hour", "value": _short(manifest.get("hour")),
                          "problem": f"the manifest is for another hour (expected {expected_hour})"})
@@ -685,11 +685,10 @@ def complete_outcome(layout: EventsLayout, hour: datetime, listed: dict[str, dic
     if counts.get("exported") != rows:
         problems.append({"file": marker, "field": "counts.exported", "value": counts.get("exported"),
                          "problem": f"differs from the parts' rows, {rows}"})
-    accounted = sum(int(counts.get(k, 0)) for k in ("exported", "duplicates", "filtered", "rejected"))
-    if counts.get("source_rows") != accounted:
+    if not reconciles(counts):
         problems.append({"file": marker, "field": "counts", "value": _short(counts),
                          "problem": f"does not reconcile: source_rows {counts.get('source_rows')} != "
-                                    f"exported + duplicates + filtered + rejected = {accounted}"})
+                                    f"exported + duplicates + filtered + rejected = {accounted(counts)}"})
     facts.update({"parts_in_manifest": len(parts), "rows": rows, **{f"count_{k}": v for k, v in counts.items()}})
     return _outcome(problems, facts)
 

@@ -29,10 +29,9 @@ import polars as pl
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
-from amplitude_assets.assets import GROUP, hours_of, refuse_young_hours
+from amplitude_assets.assets import GROUP, refuse_young_hours
 from amplitude_assets.chain import NO_STATE, Link, link_problem, read_link
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.destination.io_manager import partition_key
 from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.destination.lease import hour_lease
 from amplitude_assets.destination.writer import (
@@ -48,7 +47,7 @@ from amplitude_assets.destination.writer import (
     upload,
 )
 from amplitude_assets.identity import DELTA, IdentityState, decode_state, derive_merges, encode_state, stored_kind
-from amplitude_assets.partitions import PARTITION, RANGE_END, RANGE_START, UNFINISHED
+from amplitude_assets.partitions import PARTITION, RANGE_END, RANGE_START, UNFINISHED, hours_of, manifest_hour, partition_key
 from amplitude_assets.schema import MERGED_ID_FIELDS
 from amplitude_assets.settings import Settings
 
@@ -58,10 +57,6 @@ EVENTS = dg.AssetKey("events")
 COLUMN_SCHEMA = dg.TableSchema(
     columns=[dg.TableColumn(name, "int" if name == "scope" else "long") for name in MERGED_ID_FIELDS]
 )
-
-
-def iso_hour(hour: datetime) -> str:
-    return hour.strftime("%Y-%m-%dT%H:00:00Z")
 
 
 @dataclass(frozen=True)
@@ -303,7 +298,7 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
                 state_md5 = hashlib.md5(state_bytes).hexdigest()
                 extra: dict[str, Any] = {}
                 if carried.history_starts:
-                    extra["identity_history_starts"] = iso_hour(hour)
+                    extra["identity_history_starts"] = manifest_hour(hour)
                 extra["state"] = {"name": layout.state(hour), "stored_as": "snapshot" if snapshot else "delta",
                                   "bytes": len(state_bytes), "md5": state_md5, "sizes": state.sizes()}
                 extra["previous_state"] = {"name": carried.name, "md5": carried.md5} if carried.name else None

@@ -28,10 +28,9 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from amplitude_assets.chain import Link, stale_hours
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.destination.io_manager import partition_key
 from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
-from amplitude_assets.partitions import PARTITION, RANGE_END, RANGE_START, UNFINISHED
-from amplitude_assets.settings import Settings, parse_hour
+from amplitude_assets.partitions import PARTITION, RANGE_END, RANGE_START, UNFINISHED, parse_hour, partition_key
+from amplitude_assets.settings import Settings
 
 DESTINATION = "amplitude_assets/destination"  # for per-destination tag concurrency limits
 ATTEMPT = "amplitude_assets/attempt"

@@ -12,12 +12,12 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from urllib.parse import urlparse
 
-import dagster as dg
+from amplitude_assets.errors import SettingsError
+from amplitude_assets.partitions import parse_hour
 
-PARTITION_KEY_FORMAT = "%Y-%m-%d-%H:%M"
 SOURCES = ("synthetic", "export_api", "files")
 REGION_URLS = {"us": "https://amplitude.com", "eu": "https://analytics.eu.amplitude.com"}
 _CONTAINER_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
@@ -30,17 +30,6 @@ SECRET_VARIABLES = (
     "AZURE_CLIENT_SECRET",
     "AZURE_STORAGE_SAS_TOKEN",
 )
-
-
-class SettingsError(ValueError, dg.Failure):
-    """A setting is missing or malformed. The message names the variable.
-
-    It is also a `dagster.Failure`, so a run that meets it fails with the message as its
-    headline (not "Error occurred while handling output …" with the cause underneath), and
-    a retry policy does not retry it."""
-
-    def __init__(self, message: str):
-        dg.Failure.__init__(self, description=message, allow_retries=False)
 
 
 def is_loopback(host: str | None) -> bool:
@@ -129,19 +118,6 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw.lower() in ("0", "false", "no", "off"):
         return False
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
-
-
-def parse_hour(key: str, name: str = "partition key") -> datetime:
-    """Parse an hour partition key such as `2020-01-25-17:00` into an aware UTC datetime."""
-    try:
-        hour = datetime.strptime(key, PARTITION_KEY_FORMAT).replace(tzinfo=timezone.utc)
-    except ValueError:
-        raise SettingsError(
-            f"{name} must look like 2024-01-01-00:00 (%Y-%m-%d-%H:%M), got {key!r}"
-        ) from None
-    if hour.minute != 0:
-        raise SettingsError(f"{name} must be on the hour, got {key!r}")
-    return hour
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 import polars as pl
 
 from amplitude_assets import duck
+from amplitude_assets.partitions import reconciles
 from amplitude_assets.schema import (
     AS_SENT_FIELDS,
     EVENT_FIELD_NAMES,
@@ -53,7 +54,7 @@ class Counts:
         return asdict(self)
 
     def reconciles(self) -> bool:
-        return self.source_rows == self.exported + self.duplicates + self.filtered + self.rejected
+        return reconciles(asdict(self))
 
 
 # One line per repaired value: the row's (normalized) uuid and $insert_id, the field, and

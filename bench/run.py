@@ -45,6 +45,7 @@ from pathlib import Path
 
 import psutil
 
+from amplitude_assets.partitions import partition_key
 from bench import data, user_path
 from tests.conftest import connection_string, free_port, start_azurite, wait_for_port
 
@@ -343,7 +344,7 @@ def main() -> None:
                 print(f"running the user's path: dagster asset materialize --select events, {size:,} events ...",
                       flush=True)
                 run = user_path.materialize_hour(
-                    events=size, partition=data.HOUR.strftime("%Y-%m-%d-%H:%M"),
+                    events=size, partition=partition_key(data.HOUR),
                     base_url=f"http://127.0.0.1:{hour_port}", api_key=API_KEY, secret_key=SECRET_KEY,
                     connection_string=common["connection_string"], container=f"bench-user-{size}-{uuid.uuid4().hex[:6]}",
                     project_id=data.PROJECT_ID, max_rows_per_file=MAX_ROWS_PER_FILE, workdir=workdir,

@@ -312,13 +312,14 @@ def dagster(config: dict) -> dict:
     })
     import dagster as dg
 
+    from amplitude_assets.partitions import parse_hour, partition_key
     from tests.helpers import definitions, materialize
 
     defs = definitions()
     selection = [key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()]
-    first = datetime.strptime(config["start"], "%Y-%m-%d-%H:%M")
+    first = parse_hour(config["start"])
     hours = [first + timedelta(hours=i) for i in range(config["hours"])]
-    keys = [h.strftime("%Y-%m-%d-%H:%M") for h in hours]
+    keys = [partition_key(h) for h in hours]
     per_run = config["hours_per_run"]
     instance = dg.DagsterInstance.ephemeral()
     started = time.perf_counter()

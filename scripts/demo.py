@@ -65,14 +65,16 @@ def demo_env(now: datetime | None = None) -> dict[str, str]:
     The partitions start START_HOURS_BACK hours back, inside the sensor's catch-up window,
     and the window (AMPLITUDE_CATCH_UP_HOURS) grows with the demo's age so it always covers them.
     """
+    from amplitude_assets.partitions import parse_hour, partition_key
+
     now = now or datetime.now(timezone.utc)
     DEMO.mkdir(exist_ok=True)
     saved = DEMO / "demo.env"
     if not saved.exists():
         start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=START_HOURS_BACK)
-        saved.write_text(f"AMPLITUDE_START={start:%Y-%m-%d-%H:%M}\n")
+        saved.write_text(f"AMPLITUDE_START={partition_key(start)}\n")
     values = dict(line.split("=", 1) for line in saved.read_text().split() if "=" in line)
-    start = datetime.strptime(values["AMPLITUDE_START"], "%Y-%m-%d-%H:%M").replace(tzinfo=timezone.utc)
+    start = parse_hour(values["AMPLITUDE_START"], "AMPLITUDE_START")
     values["AMPLITUDE_CATCH_UP_HOURS"] = str(catch_up_hours(start, now))
     home = DEMO / "dagster_home"
     home.mkdir(exist_ok=True)
@@ -319,17 +321,18 @@ def main() -> int:
             time.sleep(0.2)
 
         from amplitude_assets.definitions import defs
+        from amplitude_assets.partitions import partition_key
         from amplitude_assets.settings import Settings
 
         settings = Settings.from_env()
         storage = defs.resources["storage"].process_config_and_initialize()
         window = exportable_window(settings.export_delay_minutes)
         todo = hours_to_export(settings, storage, window)
-        first, last = window[0].strftime("%Y-%m-%d-%H:%M"), window[-1].strftime("%Y-%m-%d-%H:%M")
+        first, last = partition_key(window[0]), partition_key(window[-1])
         if not todo:
             say("2/4", f"the last {HOURS} closed hours ({first} .. {last}) are already in the container; nothing to export")
         else:
-            start, end = todo[0].strftime("%Y-%m-%d-%H:%M"), todo[-1].strftime("%Y-%m-%d-%H:%M")
+            start, end = partition_key(todo[0]), partition_key(todo[-1])
             extra = f", {len(todo)} hours are new since the last demo" if len(todo) < HOURS else ""
             if len(todo) > HOURS:
                 extra = (f", {len(todo) - HOURS} more hours fill the gap since the last demo so that the merged-ID "
@@ -359,8 +362,8 @@ def main() -> int:
             return 1
         before, exported = suggested_hour(settings, storage, window)
         where_to_click(
-            before.strftime("%Y-%m-%d-%H:%M"),
-            f"[{settings.start_hour:%Y-%m-%d-%H:%M}...{before:%Y-%m-%d-%H:%M}]",
+            partition_key(before),
+            f"[{partition_key(settings.start_hour)}...{partition_key(before)}]",
             exported,
         )
         wait(dagster)

@@ -12,7 +12,7 @@ import io
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 import dagster as dg
@@ -24,7 +24,7 @@ from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.layout import EventsLayout
 from amplitude_assets.destination.writer import Manifest, export_events_hour
 from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, POLARS_DTYPES, TIMESTAMP_FORMAT, Kind
-from amplitude_assets.settings import PARTITION_KEY_FORMAT
+from amplitude_assets.partitions import hours_in, partition_key, reconciles
 from amplitude_assets.transform import HourResult, extract_json
 
 _JSON_TEXT_FIELDS = tuple(name for name, kind in EVENT_FIELDS if kind is Kind.ARRAY_OR_STRING)
@@ -40,10 +40,6 @@ _TABLE_TYPES = {
     Kind.ARRAY_OR_STRING: "json",  # an array or a string, its JSON text as sent
     Kind.NUMBER: "number",  # a JSON number, its token as sent
 }
-
-
-def partition_key(hour: datetime) -> str:
-    return hour.strftime(PARTITION_KEY_FORMAT)
 
 
 @dataclass
@@ -79,8 +75,7 @@ def hour_metadata(
         "marker": f"{container}/{layout.marker(hour)}",
         "endpoint": endpoint,
         **{f"count_{name}": value for name, value in counts.items()},
-        "reconciled": counts["source_rows"]
-        == counts["exported"] + counts["duplicates"] + counts["filtered"] + counts["rejected"],
+        "reconciled": reconciles(counts),
         # Where the hour's rejected lines and the originals of its repaired values are kept.
         **({"rejected_lines": f"{container}/{layout.rejected(hour)}"} if counts["rejected"] else {}),
         **({"repaired_values": f"{container}/{layout.repaired(hour)}"} if counts["repaired"] else {}),
@@ -155,12 +150,7 @@ class EventsIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         client = self.storage.container(self.container)
-        window = context.asset_partitions_time_window
-        frames = []
-        hour = window.start.astimezone(timezone.utc)
-        while hour < window.end:
-            frames.append(read_events_hour(client, self.layout, hour))
-            hour += timedelta(hours=1)
+        frames = [read_events_hour(client, self.layout, hour) for hour in hours_in(context.asset_partitions_time_window)]
         return pl.concat(frames, how="diagonal") if frames else pl.DataFrame()
 
 

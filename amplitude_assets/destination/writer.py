@@ -37,7 +37,8 @@ from amplitude_assets import __version__
 from amplitude_assets.destination.layout import EventsLayout
 from amplitude_assets.destination.lease import HourLease, hour_lease
 from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, JSON_TEXT_KINDS, TIMESTAMP_FORMAT, Kind, event_schema
-from amplitude_assets.settings import PARTITION_KEY_FORMAT, Settings
+from amplitude_assets.partitions import manifest_hour, partition_key
+from amplitude_assets.settings import Settings
 from amplitude_assets.sources.files import line_chunks
 from amplitude_assets.transform import (
     IDENTITY_COLUMNS,
@@ -221,7 +222,7 @@ class Manifest:
     def to_json(self) -> bytes:
         body = {
             "version": MANIFEST_VERSION,
-            "hour": self.hour.strftime("%Y-%m-%dT%H:00:00Z"),
+            "hour": manifest_hour(self.hour),
             "source": self.source,
             "parts": [p.as_dict() for p in self.parts],
             "rows": self.rows,
@@ -680,7 +681,7 @@ def export_events_hour(
     `lock_wait_seconds` (telling `notify` that it waits), then fails with `HourLocked`
     and changes nothing.
     """
-    label = f"events {hour.strftime(PARTITION_KEY_FORMAT)}"
+    label = f"events {partition_key(hour)}"
     with hour_lease(container, layout.lock(hour), label, lock_wait_seconds, holder=holder, notify=notify) as lease:
         return _export_events_hour(
             container, layout, chunks, hour, keep=keep, source=source, max_rows_per_file=max_rows_per_file,
