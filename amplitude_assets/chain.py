@@ -24,7 +24,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.destination.layout import MergedIdsLayout
+from amplitude_assets.layout import MergedIdsLayout
 from amplitude_assets.partitions import RANGE_START, parse_hour
 from amplitude_assets.partitions import partition_key as hour_key
 from amplitude_assets.settings import Settings
@@ -163,7 +163,6 @@ def build_chain_check(settings: Settings, partitions: dg.PartitionsDefinition) -
             context.op_execution_context.log_event(dg.AssetCheckEvaluation(
                 asset_key=asset_key, check_name="chain", passed=outcome.passed, metadata=outcome.metadata(),
                 description=outcome.description, partition=key,
-                target_materialization_data=_target(context, asset_key, key),
             ))
         if single:
             outcome = outcomes[keys[0]]
@@ -185,19 +184,3 @@ def _checked(storage: AzureStorage, run) -> Outcome:
         return run()
     except Exception as exc:  # the container could not be read: the hour fails, saying why
         return Outcome(False, "could not read the container: " + storage.redact(f"{type(exc).__name__}: {exc}"), {})
-
-
-def _target(context: dg.AssetCheckExecutionContext, asset_key: dg.AssetKey, key: str):
-    """The hour's latest materialization, so the UI knows which one the evaluation is about."""
-    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-        AssetCheckEvaluationTargetMaterializationData,
-    )
-
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[key]), limit=1
-    ).records
-    if not records:
-        return None
-    return AssetCheckEvaluationTargetMaterializationData(
-        run_id=records[0].event_log_entry.run_id, storage_id=records[0].storage_id, timestamp=records[0].timestamp
-    )

@@ -39,7 +39,7 @@ from isal import igzip
 
 from amplitude_assets import duck
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
+from amplitude_assets.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.destination.writer import _prefetch, md5_hex
 from amplitude_assets.schema import (
     EVENT_FIELD_NAMES,

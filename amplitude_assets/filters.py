@@ -23,7 +23,7 @@ import polars as pl
 import polars.selectors as cs
 
 from amplitude_assets.schema import EVENT_KINDS, JSON_TEXT_KINDS, Kind
-from amplitude_assets.settings import SettingsError
+from amplitude_assets.errors import SettingsError
 
 OPS = ("is", "is_not", "in", "not_in", "contains", "exists", "gt", "lt")
 PATH_ROOTS = ("event_properties", "user_properties", "groups", "data", "group_properties")

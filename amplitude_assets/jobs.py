@@ -20,7 +20,7 @@ from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 from azure.storage.blob import ContentSettings
 
 from amplitude_assets.destination.credentials import RBAC_ACTIONS, AzureStorage
-from amplitude_assets.destination.layout import probe_blob_name
+from amplitude_assets.layout import probe_blob_name
 from amplitude_assets.settings import Settings
 
 ACTIONS = RBAC_ACTIONS

@@ -32,7 +32,7 @@ from azure.storage.blob import ContainerClient
 from amplitude_assets.assets import GROUP, refuse_young_hours
 from amplitude_assets.chain import NO_STATE, Link, link_problem, read_link
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
+from amplitude_assets.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.destination.lease import hour_lease
 from amplitude_assets.destination.writer import (
     GZIP_CONTENT,

@@ -28,7 +28,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from amplitude_assets.chain import Link, stale_hours
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
+from amplitude_assets.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.partitions import PARTITION, RANGE_END, RANGE_START, UNFINISHED, parse_hour, partition_key
 from amplitude_assets.settings import Settings
 

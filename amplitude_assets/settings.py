@@ -32,6 +32,17 @@ SECRET_VARIABLES = (
 )
 
 
+def redact(text: str, secrets: list[str | None] | None = None) -> str:
+    """Remove every secret value (and SAS signatures, account keys) from a message."""
+    values = secrets if secrets is not None else [os.environ.get(v) for v in SECRET_VARIABLES]
+    for value in values:
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    text = re.sub(r"(?i)(sig=)[^&\s'\"]+", r"\1***", text)
+    text = re.sub(r"(?i)(AccountKey=)[^;\s'\"]+", r"\1***", text)
+    return text
+
+
 def is_loopback(host: str | None) -> bool:
     if not host:
         return False

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 
 from azure.storage.blob import BlobServiceClient
 
-from amplitude_assets.destination.layout import EventsLayout
+from amplitude_assets.layout import EventsLayout
 from amplitude_assets.destination.writer import export_events_hour
 from amplitude_assets.sources.synthetic import SyntheticSource
 from tests.conftest import connection_string, free_port, start_azurite

@@ -22,7 +22,7 @@ import polars as pl
 import pyarrow as pa
 from isal import igzip
 
-from amplitude_assets.destination.layout import hour_stem
+from amplitude_assets.layout import hour_stem
 from amplitude_assets.sources.synthetic import SyntheticSource
 
 CACHE = Path(__file__).resolve().parent / ".cache"

@@ -83,7 +83,7 @@ class Timed:
 
 def export(config: dict) -> dict:
     from amplitude_assets.destination import writer
-    from amplitude_assets.destination.layout import EventsLayout
+    from amplitude_assets.layout import EventsLayout
 
     hour = datetime.fromisoformat(config["hour"])
     container = _container(config)
@@ -176,7 +176,7 @@ def baseline(config: dict) -> dict:
     """json.loads / json.dumps per row, stdlib gzip level 6, one upload per part."""
     from azure.storage.blob import ContentSettings
 
-    from amplitude_assets.destination.layout import EventsLayout
+    from amplitude_assets.layout import EventsLayout
     from amplitude_assets.schema import EVENT_KINDS
 
     hour = datetime.fromisoformat(config["hour"]).replace(tzinfo=None)

@@ -135,7 +135,7 @@ def exportable_window(delay_minutes: int, count: int = HOURS) -> list[datetime]:
 
 def hours_to_export(settings, storage, window: list[datetime]) -> list[datetime]:
     """The window's missing hours, extended back to the last exported hour so merged-ID history has no gap."""
-    from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
+    from amplitude_assets.layout import EventsLayout, MergedIdsLayout
     from amplitude_assets.destination.writer import existing_markers
 
     hour, candidates = settings.start_hour, []
@@ -174,7 +174,7 @@ def suggested_hour(settings, storage, window: list[datetime]) -> tuple[datetime,
     """
     from azure.core.exceptions import ResourceNotFoundError
 
-    from amplitude_assets.destination.layout import EventsLayout
+    from amplitude_assets.layout import EventsLayout
     from amplitude_assets.destination.writer import existing_markers
 
     events = EventsLayout(settings.events_prefix, settings.project_id)
@@ -199,7 +199,7 @@ def suggested_hour(settings, storage, window: list[datetime]) -> tuple[datetime,
 
 def summary(settings, storage, window: list[datetime]) -> None:
     """What the container holds for the window: hours, parts, rows and bytes, read from the markers."""
-    from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
+    from amplitude_assets.layout import EventsLayout, MergedIdsLayout
     from amplitude_assets.destination.writer import read_marker
 
     events = EventsLayout(settings.events_prefix, settings.project_id)

@@ -10,7 +10,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 
 from amplitude_assets.chain import Link, chain_outcome, link_problem, stale_hours
-from amplitude_assets.destination.layout import MergedIdsLayout
+from amplitude_assets.layout import MergedIdsLayout
 from amplitude_assets.partitions import hourly_partitions
 from amplitude_assets.sensors import MERGED_IDS_CHAIN, build_hourly_export_sensor
 from amplitude_assets.settings import Settings

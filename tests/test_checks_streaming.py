@@ -17,7 +17,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient, ContentSettings
 
 from amplitude_assets import checks, duck
-from amplitude_assets.destination.layout import EventsLayout
+from amplitude_assets.layout import EventsLayout
 from tests.helpers import definitions, materialize
 
 PROJECT = "187520"

@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from amplitude_assets.destination.layout import EventsLayout
+from amplitude_assets.layout import EventsLayout
 from amplitude_assets.destination.writer import (
     encode_lines,
     export_events_hour,

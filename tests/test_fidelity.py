@@ -28,7 +28,7 @@ from azure.storage.blob import BlobServiceClient
 
 from amplitude_assets.filters import filter_expression, parse_filter
 from amplitude_assets.destination.io_manager import column_schema, read_events_hour
-from amplitude_assets.destination.layout import EventsLayout
+from amplitude_assets.layout import EventsLayout
 from amplitude_assets.destination.writer import (
     encode_lines,
     export_events_hour,

@@ -13,7 +13,8 @@ from azure.storage.blob import ContentSettings
 
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.settings import SettingsError
-from amplitude_assets.sources.files import FilesSource, line_chunks
+from amplitude_assets.lines import line_chunks
+from amplitude_assets.sources.files import FilesSource
 from tests.helpers import definitions, lines_of, materialize
 
 PROJECT = "187520"

@@ -28,7 +28,7 @@ import pytest
 from azure.storage.blob import BlobLeaseClient, BlobServiceClient, ContainerClient
 
 from amplitude_assets.destination import lease as lease_module
-from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout
+from amplitude_assets.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.destination.lease import HourLocked, LeaseLost, hour_lease
 from amplitude_assets.destination.writer import (
     encode_lines,
@@ -361,7 +361,7 @@ HOLDER = textwrap.dedent(
     from datetime import datetime, timezone
     from azure.storage.blob import ContainerClient
     from amplitude_assets.destination import lease
-    from amplitude_assets.destination.layout import EventsLayout
+    from amplitude_assets.layout import EventsLayout
     from amplitude_assets.destination.writer import export_events_hour
     from amplitude_assets.sources.synthetic import SyntheticSource
 

@@ -2,7 +2,7 @@
 
 from datetime import datetime, timezone
 
-from amplitude_assets.destination.layout import EventsLayout, MergedIdsLayout, hour_stem
+from amplitude_assets.layout import EventsLayout, MergedIdsLayout, hour_stem
 
 H17 = datetime(2020, 1, 25, 17, tzinfo=timezone.utc)
 

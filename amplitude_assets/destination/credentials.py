@@ -19,7 +19,6 @@ client with short timeouts for `check-destination`, and messages that say what t
 import base64
 import binascii
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Union
@@ -44,7 +43,7 @@ from dagster_azure.blob import (
 )
 from pydantic import Field, PrivateAttr
 
-from amplitude_assets.settings import SECRET_VARIABLES, SettingsError, check_transport
+from amplitude_assets.settings import SECRET_VARIABLES, SettingsError, check_transport, redact
 
 CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
 ACCOUNT_URL = "AZURE_STORAGE_ACCOUNT_URL"
@@ -91,17 +90,6 @@ Credential = Union[
     AzureBlobStorageDefaultCredential,
     AzureBlobStorageAnonymousCredential,
 ]
-
-
-def redact(text: str, secrets: list[str | None] | None = None) -> str:
-    """Remove every secret value (and SAS signatures, account keys) from a message."""
-    values = secrets if secrets is not None else [os.environ.get(v) for v in SECRET_VARIABLES]
-    for value in values:
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    text = re.sub(r"(?i)(sig=)[^&\s'\"]+", r"\1***", text)
-    text = re.sub(r"(?i)(AccountKey=)[^;\s'\"]+", r"\1***", text)
-    return text
 
 
 def _fields(connection_string: str) -> dict[str, str]:

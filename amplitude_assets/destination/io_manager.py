@@ -21,7 +21,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from isal import igzip
 
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.destination.layout import EventsLayout
+from amplitude_assets.layout import EventsLayout
 from amplitude_assets.destination.writer import Manifest, export_events_hour
 from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, POLARS_DTYPES, TIMESTAMP_FORMAT, Kind
 from amplitude_assets.partitions import hours_in, partition_key, reconciles

@@ -34,12 +34,12 @@ from azure.storage.blob import BlobBlock, ContainerClient, ContentSettings
 from isal import igzip, isal_zlib
 
 from amplitude_assets import __version__
-from amplitude_assets.destination.layout import EventsLayout
 from amplitude_assets.destination.lease import HourLease, hour_lease
+from amplitude_assets.layout import EventsLayout
+from amplitude_assets.lines import line_chunks
 from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, JSON_TEXT_KINDS, TIMESTAMP_FORMAT, Kind, event_schema
 from amplitude_assets.partitions import manifest_hour, partition_key
 from amplitude_assets.settings import Settings
-from amplitude_assets.sources.files import line_chunks
 from amplitude_assets.transform import (
     IDENTITY_COLUMNS,
     LINE,

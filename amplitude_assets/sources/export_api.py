@@ -30,10 +30,9 @@ import dagster as dg
 import requests
 from isal import igzip
 
-from amplitude_assets.destination.credentials import redact
-from amplitude_assets.destination.layout import PART_NAME_RE
-from amplitude_assets.settings import SettingsError
-from amplitude_assets.sources.files import CHUNK_BYTES, gzip_line_chunks, is_gzip, line_chunks
+from amplitude_assets.layout import PART_NAME_RE
+from amplitude_assets.lines import CHUNK_BYTES, gzip_line_chunks, is_gzip, line_chunks
+from amplitude_assets.settings import SettingsError, redact
 
 HOUR_FORMAT = "%Y%m%dT%H"
 DOWNLOAD_BLOCK = 1 << 20

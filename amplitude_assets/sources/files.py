@@ -17,46 +17,12 @@ from typing import IO
 
 import dagster as dg
 from azure.core.exceptions import ResourceNotFoundError
-from isal import igzip
 
-from amplitude_assets.destination.layout import EventsLayout, split_az_url
+from amplitude_assets.layout import EventsLayout, split_az_url
+from amplitude_assets.lines import CHUNK_BYTES, gzip_line_chunks, is_gzip
 from amplitude_assets.settings import SettingsError
 
-CHUNK_BYTES = 8 << 20
-GZIP_MAGIC = b"\x1f\x8b"
-
 log = dg.get_dagster_logger("amplitude_assets.files")
-
-
-def line_chunks(stream: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """Read JSON lines in chunks that each end at a line boundary.
-
-    A last line without its newline (as in Amplitude's Export API entries) gets one, so
-    the next file's first line never joins it.
-    """
-    rest = b""
-    while True:
-        block = stream.read(chunk_bytes)
-        if not block:
-            break
-        if rest:
-            block = rest + block
-        cut = block.rfind(b"\n") + 1
-        if cut:
-            yield block[:cut]
-        rest = block[cut:]
-    if rest:
-        yield rest + b"\n"
-
-
-def gzip_line_chunks(raw: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """The lines of a gzip stream (multi-member too), decompressed a chunk at a time."""
-    with igzip.IGzipFile(fileobj=raw, mode="rb") as gz:
-        yield from line_chunks(gz, chunk_bytes)
-
-
-def is_gzip(head: bytes) -> bool:
-    return head[:2] == GZIP_MAGIC
 
 
 def _utc(hour: datetime) -> datetime:
