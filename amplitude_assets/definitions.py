@@ -10,7 +10,7 @@ from amplitude_assets.assets import build_events_asset
 from amplitude_assets.chain import build_chain_check
 from amplitude_assets.checks import build_events_checks, build_merged_ids_checks
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.destination.io_manager import EventsIOManager
+from amplitude_assets.destination.io_manager import EventsIOManager, MergedIdsIOManager
 from amplitude_assets.jobs import build_check_destination_job
 from amplitude_assets.merged_ids import build_merged_ids_asset
 from amplitude_assets.partitions import hourly_partitions
@@ -49,6 +49,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 project_id=settings.project_id,
                 max_rows_per_file=settings.max_rows_per_file,
                 hour_lock_wait_seconds=settings.hour_lock_wait_seconds,
+            ),
+            "merged_ids_io_manager": MergedIdsIOManager(
+                storage=storage,
+                container=settings.merged_ids_container,
+                prefix=settings.merged_ids_prefix,
+                scope=settings.merged_ids_scope,
             ),
         },
     )

@@ -259,6 +259,7 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
             dg.AssetDep("merged_ids", partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)),
         ],
         automation_condition=follows_events(),
+        io_manager_key="merged_ids_io_manager",
         kinds={"azure", "polars"},
         description=(
             "Merged Amplitude IDs of each UTC hour, derived from the hour's events and the identity "

@@ -1,14 +1,19 @@
-"""The IO manager that writes each hour to the container in Amplitude's layout.
+"""The IO managers: `events` hours written in Amplitude's layout, and both assets read back as polars.
 
 Dagster gives an IO manager one output per step, even when a run covers many hours.
 The `events` asset therefore returns an `HourStream`: a lazy sequence of shaped hours.
 `handle_output` pulls one hour at a time, writes it (parts, stale parts, marker) and
 attaches that hour's own metadata to that hour's materialization, so memory is bounded
 by one hour and the UI's per-partition view shows per-hour counts, not the range's totals.
+
+`load_input` lets a downstream asset take `events` or `merged_ids` as an input: it reads
+the hours of the downstream partition (through its partition mapping) from the container,
+as typed polars frames. An hour that was never exported (no marker) fails, naming it.
 """
 
 
 import io
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,13 +26,16 @@ from azure.core.exceptions import ResourceNotFoundError
 from isal import igzip
 
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.layout import EventsLayout
-from amplitude_assets.destination.writer import Manifest, export_events_hour
-from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, POLARS_DTYPES, TIMESTAMP_FORMAT, Kind
+from amplitude_assets.layout import EventsLayout, MergedIdsLayout
+from amplitude_assets.destination.writer import Manifest, export_events_hour, read_marker
+from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, MERGED_ID_FIELDS, POLARS_DTYPES, TIMESTAMP_FORMAT, Kind
 from amplitude_assets.partitions import hours_in, partition_key, reconciles
 from amplitude_assets.transform import HourResult, extract_json
 
-_JSON_TEXT_FIELDS = tuple(name for name, kind in EVENT_FIELDS if kind is Kind.ARRAY_OR_STRING)
+_AS_SENT_FIELDS = tuple(name for name, kind in EVENT_FIELDS if kind is Kind.ARRAY_OR_STRING)
+_DICT_FIELDS = tuple(name for name, kind in EVENT_FIELDS if kind is Kind.DICT)
+# The merged IDs as `load_input` gives them: scope is an int, the rest are longs.
+MERGED_ID_SCHEMA = {name: pl.Int32 if name == "scope" else pl.Int64 for name in MERGED_ID_FIELDS}
 
 _TABLE_TYPES = {
     Kind.TIMESTAMP: "timestamp",
@@ -155,13 +163,15 @@ class EventsIOManager(dg.ConfigurableIOManager):
 
 
 def read_events_hour(client, layout: EventsLayout, hour: datetime) -> pl.DataFrame:
-    """An exported hour as a polars frame: the 49 typed fields, dict and extra fields as JSON text.
+    """An exported hour as a polars frame: the 49 typed fields, then the hour's extra fields.
 
-    `sample_rate` comes back as a Float64 (its value; the token is in the parts), and
+    Timestamps are `Datetime("us", "UTC")` (the parts hold UTC without a zone); the integer
+    fields are Int64, the two floats Float64, the two booleans Boolean, `uuid` and the
+    other string fields String. The five dict fields and the extra fields are their JSON
+    text, exactly as exported (one event's object never takes another's keys). `sample_rate`
+    comes back as a Float64 (its value; the token is in the parts), and
     `amplitude_attribution_ids` as its JSON text (an array, or a quoted string).
     """
-    from amplitude_assets.destination.writer import read_marker
-
     manifest = read_marker(client, layout.marker(hour))
     if manifest is None:
         raise dg.Failure(f"hour {partition_key(hour)} has not been exported (no {layout.marker(hour)})")
@@ -175,16 +185,23 @@ def read_events_hour(client, layout: EventsLayout, hour: datetime) -> pl.DataFra
         text = igzip.decompress(data)
         frame = pl.read_ndjson(text, schema=schema)
         if frame.height:
+            # Every line of an hour has the same keys: the 49 fields, then the extra ones.
+            first = json.loads(text[: text.index(b"\n")], object_pairs_hook=lambda pairs: [k for k, _ in pairs])
+            extras = [k for k in first if k not in schema]
             # polars gives an array as JSON text but a string unquoted: take the JSON text.
             lines = pl.read_lines(io.BytesIO(text))
-            texts = extract_json(lines, list(_JSON_TEXT_FIELDS))
-            frame = frame.with_columns(pl.when(texts[n] != "null").then(texts[n]).alias(n) for n in _JSON_TEXT_FIELDS)
+            texts = extract_json(lines, [*_AS_SENT_FIELDS, *_DICT_FIELDS, *extras])
+            frame = frame.with_columns(
+                *(pl.when(texts[n] != "null").then(texts[n]).alias(n) for n in _AS_SENT_FIELDS),
+                *(texts[n].alias(n) for n in _DICT_FIELDS),
+                *(pl.when(texts[n] != "null").then(texts[n]).alias(n) for n in extras),
+            )
         frames.append(frame)
-    frame = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+    frame = pl.concat(frames, how="diagonal") if frames else pl.DataFrame(schema=schema)
     casts = []
     for name, kind in EVENT_FIELDS:
         if kind is Kind.TIMESTAMP:
-            casts.append(pl.col(name).str.to_datetime(TIMESTAMP_FORMAT, time_unit="us"))
+            casts.append(pl.col(name).str.to_datetime(TIMESTAMP_FORMAT, time_unit="us", time_zone="UTC"))
         elif kind in (Kind.INT, Kind.FLOAT):
             casts.append(pl.col(name).cast(POLARS_DTYPES[kind]))
         elif kind is Kind.BOOL:
@@ -192,3 +209,48 @@ def read_events_hour(client, layout: EventsLayout, hour: datetime) -> pl.DataFra
         elif kind is Kind.NUMBER:
             casts.append(pl.col(name).cast(pl.Float64))
     return frame.with_columns(casts)
+
+
+def read_merged_ids_hour(client, layout: MergedIdsLayout, hour: datetime) -> pl.DataFrame:
+    """An exported hour of merged IDs as a polars frame of `MERGED_ID_SCHEMA`.
+
+    The marker says whether the hour has a file: an hour with no merges has none, and
+    reads as an empty frame of the same schema.
+    """
+    manifest = read_marker(client, layout.marker(hour))
+    if manifest is None:
+        raise dg.Failure(f"merged_ids hour {partition_key(hour)} has not been exported (no {layout.marker(hour)})")
+    if not manifest["parts"]:
+        return pl.DataFrame(schema=MERGED_ID_SCHEMA)
+    try:
+        data = client.download_blob(layout.file(hour)).readall()
+    except ResourceNotFoundError:
+        raise dg.Failure(f"{layout.file(hour)}, listed in the marker, is missing") from None
+    return pl.read_ndjson(igzip.decompress(data), schema=MERGED_ID_SCHEMA)
+
+
+class MergedIdsIOManager(dg.ConfigurableIOManager):
+    """Loads hours of `merged_ids` back as polars for downstream assets.
+
+    `merged_ids` writes each hour in its own body (the hour's identity state must land
+    before its marker, and the next hour needs it) and returns a `MaterializeResult`, so
+    Dagster never hands this IO manager a value to store.
+    """
+
+    storage: dg.ResourceDependency[AzureStorage]
+    container: str = "amplitude"
+    prefix: str = "merged_ids"
+    scope: str = "187520"  # "-{org_id}", or the project id for a legacy org
+
+    @property
+    def layout(self) -> MergedIdsLayout:
+        return MergedIdsLayout(self.prefix, self.scope)
+
+    def handle_output(self, context: dg.OutputContext, obj: None) -> None:
+        if obj is not None:
+            raise dg.Failure(f"merged_ids writes its hours itself; MergedIdsIOManager got a {type(obj).__name__}")
+
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame:
+        client = self.storage.container(self.container)
+        frames = [read_merged_ids_hour(client, self.layout, hour) for hour in hours_in(context.asset_partitions_time_window)]
+        return pl.concat(frames) if frames else pl.DataFrame(schema=MERGED_ID_SCHEMA)
