@@ -63,7 +63,7 @@ def main() -> None:
     normalized, _ = stage("normalize", lambda: normalize(in_hour, extras))
     keys = normalized.select("uuid", "$insert_id", "device_id")
     stage("dedup (first of a chunk, nothing seen)", lambda: writer.FirstWins()(keys))
-    encoded = stage("encode lines", lambda: writer._encode(normalized, extras))
+    encoded = stage("encode lines", lambda: writer.encode_events(normalized, extras))
 
     def csv() -> bytes:
         buffer = io.BytesIO()

@@ -27,11 +27,11 @@ from amplitude_assets.destination.writer import (
     export_events_hour,
     gzip_bytes,
     jsonl_bytes,
-    part_slices,
 )
 from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, Kind
 from amplitude_assets.sources.synthetic import SyntheticSource
 from amplitude_assets.transform import process_hour
+from tests.helpers import part_slices
 
 HOUR = datetime(2020, 1, 25, 17, tzinfo=timezone.utc)
 PROJECT = "187520"

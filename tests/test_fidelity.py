@@ -34,11 +34,11 @@ from amplitude_assets.destination.writer import (
     export_events_hour,
     gzip_bytes,
     jsonl_bytes,
-    part_slices,
 )
 from amplitude_assets.schema import DICT_FIELDS, EVENT_FIELD_NAMES, EVENT_KINDS, TIMESTAMP_FIELDS, Kind
 from amplitude_assets.sources.files import FilesSource
 from amplitude_assets.transform import process_hour, raw_json_value, sent_json
+from tests.helpers import part_slices
 from tests.test_export_api import ExportServer, Reply, make_zip, source
 
 CORPUS = Path(__file__).parent / "fidelity"

@@ -36,7 +36,6 @@ from amplitude_assets.destination.writer import (
     export_events_hour,
     gzip_bytes,
     jsonl_bytes,
-    part_slices,
 )
 from amplitude_assets.merged_ids import write_merged_ids_hour
 from amplitude_assets.schema import MERGED_ID_FIELDS
@@ -44,7 +43,7 @@ from amplitude_assets.settings import Settings, SettingsError
 from amplitude_assets.sources.synthetic import SyntheticSource
 from amplitude_assets.transform import process_hour
 from tests.conftest import ROOT
-from tests.helpers import definitions, materialize
+from tests.helpers import definitions, materialize, part_slices
 
 HOUR = datetime(2020, 1, 25, 17, tzinfo=timezone.utc)
 PROJECT = "187520"

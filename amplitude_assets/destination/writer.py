@@ -262,40 +262,6 @@ def md5_hex(content_md5: bytes | bytearray | None) -> str | None:
     return bytes(content_md5).hex() if content_md5 else None
 
 
-def part_slices(height: int, max_rows: int) -> list[tuple[int, int]]:
-    """(offset, length) of each part: at most `max_rows` rows, no empty part."""
-    return [(offset, min(max_rows, height - offset)) for offset in range(0, height, max_rows)]
-
-
-def write_events_hour(
-    container: ContainerClient,
-    layout: EventsLayout,
-    result: HourResult,
-    *,
-    source: str,
-    max_rows_per_file: int,
-) -> Manifest:
-    """Export one hour in the four-step order; returns the manifest written in the marker."""
-    hour = result.hour
-    delete_if_exists(container, layout.marker(hour))
-
-    slices = part_slices(result.frame.height, max_rows_per_file)
-
-    def write_part(n: int, offset: int, length: int) -> PartInfo:
-        lines = encode_lines(result.frame.slice(offset, length))
-        info = upload(container, layout.part(hour, n), gzip_bytes(jsonl_bytes(lines)), GZIP_CONTENT)
-        return PartInfo(name=info.name, rows=length, bytes=info.bytes, md5=info.md5)
-
-    # Parts are independent: encode, compress and upload them concurrently (polars and
-    # igzip release the GIL); keep them in part order in the manifest.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        parts = list(pool.map(lambda args: write_part(*args), [(n, o, ln) for n, (o, ln) in enumerate(slices)]))
-
-    return finish_hour(
-        container, layout, hour, parts, result.rejects, result.identities, result.counts, source, result.repairs
-    )
-
-
 def finish_hour(
     container: ContainerClient,
     layout: EventsLayout,
@@ -376,8 +342,10 @@ def existing_markers(container: ContainerClient, prefix: str, names: Sequence[st
 # staged block changes nothing, so until the commit the container is as it was, and an
 # hour that fails midway leaves an earlier export of it whole.
 #
-# The bytes are the same as `write_events_hour` writes for `process_hour` of the same
-# input: same rows, order, split, keys and compressor.
+# The bytes are the same as the whole hour shaped at once (`transform.process_hour`), encoded
+# (`encode_lines`), cut every `max_rows_per_file` rows and compressed (`gzip_bytes`): same
+# rows, order, split, keys and compressor. That whole-hour path lives only in the tests, as
+# the reference they compare this one with (tests/test_fast_path.py).
 
 CHUNK_LINES = 250_000
 CHUNK_BYTES = 96 << 20  # a chunk ends at whichever limit comes first
@@ -594,7 +562,7 @@ def _extras_text(columns: Sequence[str], keys: Sequence[str]) -> list[pl.Expr]:
     return pieces
 
 
-def _encode(frame: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
+def encode_events(frame: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
     """Exported lines: the 49 fields, then `keys` as extra fields."""
     return frame.select(pl.concat_str([_EVENT_PREFIX, *_extras_text(frame.columns, keys), pl.lit("}")]).alias("line"))
 
@@ -672,7 +640,7 @@ def export_events_hour(
 ) -> tuple[Manifest, HourResult]:
     """Shape and export one hour from its source chunks, in bounded memory.
 
-    Same blobs, bytes and order of steps as `write_events_hour(process_hour(chunks))`.
+    Same blobs and bytes as the whole hour shaped and encoded at once (the tests' reference).
     Returns the manifest and the hour's result; its `frame` is empty (the rows went to
     the parts) but has the exported columns.
 
@@ -775,7 +743,7 @@ def _export_events_hour(
             # chunk brings a new one.
             keys = tuple(k for k in known if k in present)
             with timer("serialize"):
-                lines = _encode(normalized.filter(exported), keys)
+                lines = encode_events(normalized.filter(exported), keys)
             del normalized
             start = 0
             while start < lines.height:
@@ -894,4 +862,4 @@ def _rewrite(lines: pl.Series, keys: list[str], extras: list[str]) -> pl.DataFra
     # With the lines beside the fields, the as-sent fields keep their exact text.
     fields = json_fields(pl.DataFrame({"line": lines}), keys).with_columns(lines.alias(LINE))
     normalized, _ = normalize(fields, keys)
-    return _encode(normalized, extras)
+    return encode_events(normalized, extras)
