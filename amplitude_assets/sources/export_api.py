@@ -32,6 +32,7 @@ from isal import igzip
 
 from amplitude_assets.layout import PART_NAME_RE
 from amplitude_assets.lines import CHUNK_BYTES, gzip_line_chunks, is_gzip, line_chunks
+from amplitude_assets.partitions import partition_key
 from amplitude_assets.settings import SettingsError, redact
 
 HOUR_FORMAT = "%Y%m%dT%H"
@@ -90,8 +91,8 @@ class Window:
 
     def __str__(self) -> str:
         if self.hours == 1:
-            return f"hour {self.first:%Y-%m-%d-%H:00}"
-        return f"hours {self.first:%Y-%m-%d-%H:00}..{self.last:%Y-%m-%d-%H:00}"
+            return f"hour {partition_key(self.first)}"
+        return f"hours {partition_key(self.first)}..{partition_key(self.last)}"
 
 
 def entry_order(name: str) -> list:
