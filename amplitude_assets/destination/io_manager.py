@@ -26,10 +26,10 @@ from azure.core.exceptions import ResourceNotFoundError
 from isal import igzip
 
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.destination.writer import Manifest, export_events_hour, read_marker
-from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, MERGED_ID_FIELDS, POLARS_DTYPES, TIMESTAMP_FORMAT, Kind
+from amplitude_assets.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.partitions import hours_in, partition_key, reconciles
+from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, MERGED_ID_FIELDS, POLARS_DTYPES, TIMESTAMP_FORMAT, Kind
 from amplitude_assets.transform import HourResult, extract_json
 
 _AS_SENT_FIELDS = tuple(name for name, kind in EVENT_FIELDS if kind is Kind.ARRAY_OR_STRING)
