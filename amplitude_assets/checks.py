@@ -50,6 +50,7 @@ from amplitude_assets.schema import (
     VALUE_PATTERNS,
     Kind,
 )
+from amplitude_assets.partitions import RANGE_START
 from amplitude_assets.settings import parse_hour
 
 EXTRAS_NOTE = " (extra keys must be the same, in the same order, on every line of the hour as on its first)"
@@ -740,7 +741,10 @@ def evaluate_hours(
         for spec in specs:
             outcome = outcomes[key][spec.name]
             (context.log.info if outcome.passed else context.log.error)(f"{asset} {spec.name} {key}: {outcome.description}")
-    if len(keys) == 1:
+    # A run of one partition records the results below with their partition; a range run
+    # (even of one hour, as the sensor sends) records them without one, so it also logs
+    # each hour's own evaluation.
+    if len(keys) == 1 and RANGE_START not in context.run.tags:
         for spec in specs:
             outcome = outcomes[keys[0]][spec.name]
             yield dg.AssetCheckResult(asset_key=asset_key, check_name=spec.name, passed=outcome.passed,
