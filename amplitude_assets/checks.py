@@ -39,8 +39,10 @@ from isal import igzip
 
 from amplitude_assets import duck
 from amplitude_assets.destination.credentials import AzureStorage
+from amplitude_assets.destination.writer import md5_hex
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout
-from amplitude_assets.destination.writer import _prefetch, md5_hex
+from amplitude_assets.lines import prefetch
+from amplitude_assets.partitions import RANGE_START, accounted, manifest_hour, parse_hour, reconciles
 from amplitude_assets.schema import (
     EVENT_FIELD_NAMES,
     EVENT_FIELDS,
@@ -50,7 +52,6 @@ from amplitude_assets.schema import (
     VALUE_PATTERNS,
     Kind,
 )
-from amplitude_assets.partitions import accounted, manifest_hour, parse_hour, reconciles
 
 EXTRAS_NOTE = " (extra keys must be the same, in the same order, on every line of the hour as on its first)"
 MAX_REPORTED = 20  # problems listed in a failed evaluation's metadata (all are counted)
@@ -589,7 +590,7 @@ def scan_files(client: ContainerClient, names: list[str], rules: LineRules, *, s
     pending: collections.deque = collections.deque()
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="amplitude-check") as pool:
-            for batch in _prefetch(iter_batches(client, names, read_problems, batch_bytes)):
+            for batch in prefetch(iter_batches(client, names, read_problems, batch_bytes)):
                 start = positions.add(batch)
                 largest = max(largest, len(batch.lines))
                 if expected is None and (first := first_keys(batch)) is not None:
@@ -739,7 +740,10 @@ def evaluate_hours(
         for spec in specs:
             outcome = outcomes[key][spec.name]
             (context.log.info if outcome.passed else context.log.error)(f"{asset} {spec.name} {key}: {outcome.description}")
-    if len(keys) == 1:
+    # A run of one partition records the results below with their partition; a range run
+    # (even of one hour, as the sensor sends) records them without one, so it also logs
+    # each hour's own evaluation.
+    if len(keys) == 1 and RANGE_START not in context.run.tags:
         for spec in specs:
             outcome = outcomes[keys[0]][spec.name]
             yield dg.AssetCheckResult(asset_key=asset_key, check_name=spec.name, passed=outcome.passed,

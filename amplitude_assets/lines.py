@@ -1,4 +1,5 @@
-"""JSON lines read in chunks that end at line boundaries, from plain or gzip streams.
+"""JSON lines read in chunks that end at line boundaries, from plain or gzip streams, and
+`prefetch`, which reads the next chunk in a thread while the caller works on this one.
 
 Both ends of the export use them: the sources read Amplitude-layout files and Export API
 entries with them, and the writer reads back its own compressed parts.
@@ -6,6 +7,8 @@ entries with them, and the writer reads back its own compressed parts.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from typing import IO
 
@@ -44,3 +47,53 @@ def gzip_line_chunks(raw: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator
 
 def is_gzip(head: bytes) -> bool:
     return head[:2] == GZIP_MAGIC
+
+
+def prefetch(items: Iterator, depth: int = 1) -> Iterator:
+    """Produce the next items in a background thread while the caller works on this one.
+
+    If the caller stops early (an error in the hour), the producer is told to stop and
+    its queue drained, so no thread is left holding a chunk or the source's download.
+    """
+    done = object()
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    break
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+        finally:
+            put(done)
+            close = getattr(items, "close", None)
+            if stop.is_set() and close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="amplitude-source", daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not done:
+            yield item
+    finally:
+        stop.set()
+        while True:
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                break
+        thread.join(timeout=30)
+    if failure:
+        raise failure[0]

@@ -255,6 +255,11 @@ def user_table(results: dict, targets: list[dict]) -> str:
             cpu = sum(p["cpu_seconds"] for p in procs)
             where = f"pid {procs[0]['pid']}" if len(procs) == 1 else f"{len(procs)} processes, the largest shown"
             rows.append(f"  {name:<42} {_mib(peak):>10} {cpu:>8.1f} CPU s  {where}")
+        merged = r.get("merged_ids")
+        if merged:
+            steps = ", ".join(f"{k} {v.get('seconds', 0):.1f} s" for k, v in merged["steps"].items())
+            rows.append(f"then --select merged_ids: {merged['process_seconds']:.1f} s ({steps}), "
+                        f"largest process peak {_mib(merged['peak_rss'])}")
     naive = results.get("naive")
     if naive:
         rows.append("")
@@ -343,16 +348,28 @@ def main() -> None:
             try:
                 print(f"running the user's path: dagster asset materialize --select events, {size:,} events ...",
                       flush=True)
+                container = f"bench-user-{size}-{uuid.uuid4().hex[:6]}"
                 run = user_path.materialize_hour(
                     events=size, partition=partition_key(data.HOUR),
                     base_url=f"http://127.0.0.1:{hour_port}", api_key=API_KEY, secret_key=SECRET_KEY,
-                    connection_string=common["connection_string"], container=f"bench-user-{size}-{uuid.uuid4().hex[:6]}",
+                    connection_string=common["connection_string"], container=container,
                     project_id=data.PROJECT_ID, max_rows_per_file=MAX_ROWS_PER_FILE, workdir=workdir,
                     services={"azurite": azurite.pid, "export api stand-in": hour_standin.pid},
                 )
+                run["container"] = container
                 results["user"]["runs"].append(run)
                 print(f"  {size:,} events: {run['process_seconds']:.1f}s, events step "
                       f"{run['events_step_seconds'] or 0:.1f}s, largest process peak {_mib(run['peak_rss'])}", flush=True)
+                merged = user_path.materialize_hour(
+                    events=size, partition=data.HOUR.strftime("%Y-%m-%d-%H:%M"),
+                    base_url=f"http://127.0.0.1:{hour_port}", api_key=API_KEY, secret_key=SECRET_KEY,
+                    connection_string=common["connection_string"], container=run["container"],
+                    project_id=data.PROJECT_ID, max_rows_per_file=MAX_ROWS_PER_FILE, workdir=workdir,
+                    services={"azurite": azurite.pid, "export api stand-in": hour_standin.pid}, select="merged_ids",
+                )
+                run["merged_ids"] = merged
+                print(f"  then merged_ids: {merged['process_seconds']:.1f}s, step {merged['events_step_seconds'] or 0:.1f}s, "
+                      f"largest process peak {_mib(merged['peak_rss'])}", flush=True)
                 if size == naive_events:
                     print(f"running the naive exporter on the same hour, {size:,} events ...", flush=True)
                     config = {**common, "base_url": f"http://127.0.0.1:{hour_port}", "zip": str(archives[size]),

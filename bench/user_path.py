@@ -160,8 +160,12 @@ def step_timings(home: Path) -> dict:
 def materialize_hour(
     *, events: int, partition: str, base_url: str, api_key: str, secret_key: str, connection_string: str,
     container: str, project_id: str, max_rows_per_file: int, workdir: Path, services: dict[str, int],
+    select: str = SELECT,
 ) -> dict:
-    """Run the user's command for one hour in a fresh DAGSTER_HOME and measure its process tree."""
+    """Run the user's command for one hour in a fresh DAGSTER_HOME and measure its process tree.
+
+    `select="merged_ids"` after `events` runs the hour's merged IDs in the same instance
+    and container, as the automation that follows `events` does."""
     home = workdir / f"dagster_home_{events}"
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(DAGSTER_YAML)
@@ -183,8 +187,8 @@ def materialize_hour(
     })
     dagster = Path(sys.executable).parent / "dagster"
     command = [str(dagster), "asset", "materialize", "-m", "amplitude_assets.definitions",
-               "--select", SELECT, "--partition", partition]
-    log = (workdir / f"materialize-{events}.log").open("w+")
+               "--select", select, "--partition", partition]
+    log = (workdir / f"materialize-{select}-{events}.log").open("w+")
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     sampler = TreeSampler(process.pid, services)
@@ -215,7 +219,7 @@ def materialize_hour(
             "service": service, "command": seen.command if not service else seen.label,
             "steps": sorted(k for k, s in run["steps"].items() if s["pid"] == seen.pid),
         })
-    events_step = run["materialized_by"] or SELECT
+    events_step = run["materialized_by"] or select
     steps = {key: {k: v for k, v in step.items() if k in ("pid", "seconds", "outcome")}
              for key, step in sorted(run["steps"].items(), key=lambda item: item[1]["start"])}
     return {

@@ -289,3 +289,17 @@ def test_merged_ids_checks_pass_then_catch_damage(merged_env, client):
     result, instance = run_checks(defs, ["schema"], partition="2020-01-25-00:00", asset="merged_ids")
     problem = by_name(evaluations(instance, result.run_id))["schema"].metadata["problems"].value[0]
     assert problem == {"file": MERGED, "line": 1, "field": "scope", "value": "7", "problem": f"must be -{ORG}"}
+
+
+def test_a_range_run_of_one_hour_records_that_hours_own_results(env):
+    """The sensor sends one-hour runs with range tags: each check must still be recorded for the hour."""
+    defs = definitions()
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize(defs, ["events"], partition=HOUR, instance=instance).success
+    result, instance = run_checks(defs, start=HOUR, end=HOUR, instance=instance)
+    assert result.success
+    evals = [e for e in evaluations(instance, result.run_id) if e.partition == HOUR]
+    assert sorted(e.check_name for e in evals) == sorted(EVENTS_CHECKS)
+    assert all(e.passed for e in evals)
+    infos = instance.event_log_storage.get_asset_check_partition_info([check_key("schema")], partition_keys=[HOUR])
+    assert [i.latest_execution_status for i in infos] == [AssetCheckExecutionRecordStatus.SUCCEEDED]

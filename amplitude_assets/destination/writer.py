@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import os
-import queue
 import secrets
 import tempfile
 import threading
@@ -36,7 +35,7 @@ from isal import igzip, isal_zlib
 from amplitude_assets import __version__
 from amplitude_assets.destination.lease import HourLease, hour_lease
 from amplitude_assets.layout import EventsLayout
-from amplitude_assets.lines import line_chunks
+from amplitude_assets.lines import line_chunks, prefetch
 from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, JSON_TEXT_KINDS, TIMESTAMP_FORMAT, Kind, event_schema
 from amplitude_assets.partitions import manifest_hour, partition_key
 from amplitude_assets.settings import Settings
@@ -406,56 +405,6 @@ def _line_chunks(chunks: Iterable[bytes], lines_per_chunk: int, max_bytes: int =
         yield pending
 
 
-def _prefetch(items: Iterator, depth: int = 1) -> Iterator:
-    """Produce the next items in a background thread while the caller works on this one.
-
-    If the caller stops early (an error in the hour), the producer is told to stop and
-    its queue drained, so no thread is left holding a chunk or the source's download.
-    """
-    done = object()
-    buffer: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                buffer.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    break
-        except BaseException as exc:  # re-raised in the caller's thread
-            failure.append(exc)
-        finally:
-            put(done)
-            close = getattr(items, "close", None)
-            if stop.is_set() and close is not None:
-                close()
-
-    thread = threading.Thread(target=produce, name="amplitude-source", daemon=True)
-    thread.start()
-    try:
-        while (item := buffer.get()) is not done:
-            yield item
-    finally:
-        stop.set()
-        while True:
-            try:
-                buffer.get_nowait()
-            except queue.Empty:
-                break
-        thread.join(timeout=30)
-    if failure:
-        raise failure[0]
-
-
 class _Timer:
     def __init__(self, timings: dict | None):
         self.timings = timings if timings is not None else {}
@@ -761,7 +710,7 @@ def _export_events_hour(
                     hand_over(part)
 
         pending: Future | None = None
-        for chunk in _prefetch(_line_chunks(chunks, lines_per_chunk)):
+        for chunk in prefetch(_line_chunks(chunks, lines_per_chunk)):
             with timer("parse"):
                 lines = read_lines(chunk)
                 del chunk
