@@ -267,7 +267,7 @@ def finish_hour(
     hour: datetime,
     parts: list[PartInfo],
     rejects: pl.DataFrame,
-    identities: pl.DataFrame,
+    identities: bytes,
     counts: Counts,
     source: str,
     repairs: pl.DataFrame | None = None,
@@ -286,7 +286,7 @@ def finish_hour(
         upload(container, layout.repaired(hour), encode_repairs(repairs), GZIP_CONTENT)
     else:
         delete_if_exists(container, layout.repaired(hour))
-    upload(container, layout.identities(hour), parquet_bytes(identities), PARQUET_CONTENT)
+    upload(container, layout.identities(hour), identities, PARQUET_CONTENT)  # Parquet, for merged_ids
     manifest = Manifest(hour=hour, source=source, parts=parts, counts=counts.as_dict())
     if lease is not None:
         lease.confirm()
@@ -491,7 +491,7 @@ def _packed(frame: pl.DataFrame) -> bytes:
     """A chunk's few kept rows, compressed, for the end of the hour.
 
     Held as frames, they would keep their chunk's whole text alive (a filtered string
-    column still points into it), and the hour's identities take room of their own.
+    column still points into it).
     """
     buffer = io.BytesIO()
     frame.write_ipc(buffer, compression="zstd", compat_level=pl.CompatLevel.oldest())
@@ -590,8 +590,9 @@ def export_events_hour(
     """Shape and export one hour from its source chunks, in bounded memory.
 
     Same blobs and bytes as the whole hour shaped and encoded at once (the tests' reference).
-    Returns the manifest and the hour's result; its `frame` is empty (the rows went to
-    the parts) but has the exported columns.
+    Returns the manifest and the hour's result; its `frame` and `identities` are empty
+    (the rows went to the parts, the identities to their Parquet blob) but have their
+    columns.
 
     The whole export holds the hour's lease (`lease.hour_lease` on `layout.lock(hour)`),
     taken before any block is staged: another export of the hour waits up to
@@ -628,7 +629,7 @@ def _export_events_hour(
     present: set[str] = set()  # extra keys that some in-hour row carries
     reject_frames: list[bytes] = []
     repair_frames: list[bytes] = []
-    identity_frames: list[bytes] = []
+    identity_frames: list[str] = []  # each chunk's identities, as a file
     tally = {"source_rows": 0, "in_hour": 0, "unique": 0, "exported": 0, "repaired": 0}
     parts: list[_Part] = []
 
@@ -676,7 +677,9 @@ def _export_events_hour(
                 del in_hour
             with timer("dedup"):
                 unique = dedup(normalized.select(_KEY_COLUMNS))
-                identity_frames.append(_packed(normalized.select(IDENTITY_COLUMNS).filter(unique)))
+                identity_path = os.path.join(workdir, f"identities-{len(identity_frames):06d}.arrow")
+                normalized.select(IDENTITY_COLUMNS).filter(unique).write_ipc(identity_path, compression="zstd")
+                identity_frames.append(identity_path)
                 exported = unique
                 if keep is not None:
                     missing = [c for c in keep.meta.root_names() if c not in normalized.columns]
@@ -741,10 +744,13 @@ def _export_events_hour(
             else pl.DataFrame(schema={"reason": pl.String, "line": pl.String})
         )
         repairs = pl.concat(_unpacked(repair_frames)) if repair_frames else no_repairs()
-        identities = (
-            pl.concat(_unpacked(identity_frames)) if identity_frames
-            else pl.DataFrame(schema={c: event_schema()[c] for c in IDENTITY_COLUMNS})
-        )
+        # The hour's identities go into one Parquet file as a stream, never whole in memory.
+        identity_schema = {c: event_schema()[c] for c in IDENTITY_COLUMNS}
+        identities_path = os.path.join(workdir, "identities.parquet")
+        scanned = pl.scan_ipc(identity_frames) if identity_frames else pl.LazyFrame(schema=identity_schema)
+        scanned.sink_parquet(identities_path, compression="zstd", statistics=False)
+        with open(identities_path, "rb") as file:
+            identities = file.read()
         counts = Counts(
             source_rows=tally["source_rows"],
             exported=tally["exported"],
@@ -764,8 +770,8 @@ def _export_events_hour(
     )
     columns = {**event_schema(), **{k: pl.String for k in extras}}
     result = HourResult(
-        hour=hour, frame=pl.DataFrame(schema=columns), rejects=rejects, identities=identities, counts=counts,
-        repairs=repairs,
+        hour=hour, frame=pl.DataFrame(schema=columns), rejects=rejects,
+        identities=pl.DataFrame(schema=identity_schema), counts=counts, repairs=repairs,
     )
     return manifest, result
 
