@@ -12,9 +12,13 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import duckdb
+
+from amplitude_assets.errors import SettingsError
 
 MEMORY_SHARE = 0.25  # of the process's memory limit: DuckDB shares the process with polars and the upload
 MIN_MEMORY = 256 << 20
@@ -56,16 +60,28 @@ def cpu_limit(root: Path = CGROUP) -> int:
     return max(1, cores)
 
 
+_SIZE = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+
+
+def settings(env: Mapping[str, str] | None = None) -> tuple[str, int | None]:
+    """The two settings, checked: (`memory_limit` or "", `threads` or None)."""
+    env = os.environ if env is None else env
+    memory = env.get("AMPLITUDE_DUCKDB_MEMORY_LIMIT", "").strip()
+    threads = env.get("AMPLITUDE_DUCKDB_THREADS", "").strip()
+    if memory and not _SIZE.fullmatch(memory):
+        raise SettingsError(f"AMPLITUDE_DUCKDB_MEMORY_LIMIT must be a size such as 1GB or 512MiB, got {memory!r}")
+    if threads and not (threads.isdigit() and int(threads) > 0):
+        raise SettingsError(f"AMPLITUDE_DUCKDB_THREADS must be a positive whole number, got {threads!r}")
+    return memory, int(threads) if threads else None
+
+
 @functools.cache
 def limits() -> dict[str, str | int]:
     """DuckDB's `memory_limit` and `threads` for this process (settings win over cgroups)."""
-    memory = os.environ.get("AMPLITUDE_DUCKDB_MEMORY_LIMIT", "").strip()
-    threads = os.environ.get("AMPLITUDE_DUCKDB_THREADS", "").strip()
-    if threads and not (threads.isdigit() and int(threads) > 0):
-        raise ValueError(f"AMPLITUDE_DUCKDB_THREADS must be a positive whole number, got {threads!r}")
+    memory, threads = settings()
     if not memory:
         memory = f"{max(MIN_MEMORY, int(memory_limit_bytes() * MEMORY_SHARE)) >> 20}MB"
-    return {"memory_limit": memory, "threads": int(threads) if threads else cpu_limit()}
+    return {"memory_limit": memory, "threads": threads or cpu_limit()}
 
 
 def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
@@ -73,7 +89,4 @@ def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     config = dict(limits())
     if threads is not None:
         config["threads"] = min(threads, config["threads"])
-    try:
-        return duckdb.connect(config=config)
-    except duckdb.Error as exc:
-        raise ValueError(f"AMPLITUDE_DUCKDB_MEMORY_LIMIT is not a size DuckDB understands: {exc}") from None
+    return duckdb.connect(config=config)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlparse
 
+from amplitude_assets import duck
 from amplitude_assets.errors import SettingsError
 from amplitude_assets.partitions import parse_hour
 
@@ -200,6 +201,7 @@ class Settings:
             create_containers=_bool(env, "AZURE_CREATE_CONTAINERS", False),
         )
         settings.validate()
+        duck.settings(env)  # checked here too, so a bad value stops the definitions from loading
         return settings
 
     # -- derived values ---------------------------------------------------------------

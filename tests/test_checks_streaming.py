@@ -17,6 +17,8 @@ import pytest
 from azure.storage.blob import BlobServiceClient, ContentSettings
 
 from amplitude_assets import checks, duck
+from amplitude_assets.errors import SettingsError
+from amplitude_assets.settings import Settings
 from amplitude_assets.layout import EventsLayout
 from tests.helpers import definitions, materialize
 
@@ -151,6 +153,12 @@ def test_duckdb_limits_follow_the_cgroup_and_the_settings(tmp_path, monkeypatch)
         duck.limits.cache_clear()
         with pytest.raises(ValueError, match="AMPLITUDE_DUCKDB_THREADS"):
             duck.connect()
+        # A bad value stops the definitions from loading, naming the variable.
+        with pytest.raises(SettingsError, match="AMPLITUDE_DUCKDB_THREADS"):
+            Settings.from_env({"AMPLITUDE_DUCKDB_THREADS": "0"})
+        with pytest.raises(SettingsError, match="AMPLITUDE_DUCKDB_MEMORY_LIMIT"):
+            Settings.from_env({"AMPLITUDE_DUCKDB_MEMORY_LIMIT": "lots"})
+        assert Settings.from_env({"AMPLITUDE_DUCKDB_MEMORY_LIMIT": "1.5GB", "AMPLITUDE_DUCKDB_THREADS": "2"})
     finally:
         monkeypatch.delenv("AMPLITUDE_DUCKDB_MEMORY_LIMIT")
         monkeypatch.delenv("AMPLITUDE_DUCKDB_THREADS")
