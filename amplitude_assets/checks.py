@@ -541,7 +541,7 @@ def scan_files(client: ContainerClient, names: list[str], rules: LineRules, *, s
 
     def connection():
         if not hasattr(local, "con"):
-            local.con = duck.connect(threads=1)
+            local.con = duck.connect(threads=1, share=workers)
             connections.append(local.con)
         return local.con
 

@@ -84,9 +84,26 @@ def limits() -> dict[str, str | int]:
     return {"memory_limit": memory, "threads": threads or cpu_limit()}
 
 
-def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection within this process's limits (`threads` fewer, to share the cores)."""
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def size_bytes(text: str) -> int:
+    """`1.5GB` -> 1500000000 (DuckDB's units: KB is 1000 bytes, KiB 1024)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]+)", text.strip().lower())
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def connect(threads: int | None = None, share: int = 1) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection within this process's limits.
+
+    `threads` asks for fewer threads, and `share` for a share of the memory limit: each
+    connection is a database of its own, so `share` connections open side by side
+    together stay within the limit.
+    """
     config = dict(limits())
     if threads is not None:
         config["threads"] = min(threads, config["threads"])
+    if share > 1:
+        config["memory_limit"] = f"{max(MIN_MEMORY // share, size_bytes(config['memory_limit']) // share) >> 20}MB"
     return duckdb.connect(config=config)

@@ -149,6 +149,10 @@ def test_duckdb_limits_follow_the_cgroup_and_the_settings(tmp_path, monkeypatch)
         con = duck.connect()
         memory, threads = con.sql("SELECT current_setting('memory_limit'), current_setting('threads')").fetchall()[0]
         assert threads == 1 and memory.endswith("MiB") and 280 <= float(memory.split()[0]) <= 300
+        # connections opened side by side share the limit
+        memory = duck.connect(threads=1, share=2).sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        assert memory.endswith("MiB") and 135 <= float(memory.split()[0]) <= 150
+        assert duck.size_bytes("1.5GB") == 1_500_000_000 and duck.size_bytes("512MiB") == 512 << 20
         monkeypatch.setenv("AMPLITUDE_DUCKDB_THREADS", "0")
         duck.limits.cache_clear()
         with pytest.raises(ValueError, match="AMPLITUDE_DUCKDB_THREADS"):
