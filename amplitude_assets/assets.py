@@ -1,6 +1,5 @@
-"""The hourly assets. `events`: an hour of Amplitude events, shaped and written by the IO manager."""
-
-
+"""The hourly assets. `events`: each hour of Amplitude events shaped as Polars frames
+(`shaping.ShapedHour`), which the IO manager serializes to the container."""
 
 from datetime import datetime, timedelta, timezone
 
@@ -11,6 +10,7 @@ from amplitude_assets.destination.io_manager import HourStream
 from amplitude_assets.filters import filter_expression, parse_filter
 from amplitude_assets.partitions import hours_of, partition_key
 from amplitude_assets.resources import AmplitudeSource
+from amplitude_assets.shaping import ShapedHour
 from amplitude_assets.settings import Settings
 
 GROUP = "amplitude_export"
@@ -53,6 +53,8 @@ def build_events_asset(settings: Settings, partitions: dg.PartitionsDefinition) 
         if hasattr(source, "prefetch"):  # the Export API fetches a range in a few windows
             source.prefetch(hours)
         context.log.info(f"exporting {len(hours)} hour(s) from the {source.name} source")
-        return HourStream(hours=hours, lines=source.iter_lines, keep=keep, source=source.name)
+        return HourStream(
+            hours=hours, shaped=lambda hour: ShapedHour(source.iter_lines(hour), hour, keep=keep), source=source.name
+        )
 
     return events

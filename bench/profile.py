@@ -21,6 +21,7 @@ import zipfile
 
 from isal import igzip
 
+from amplitude_assets import shaping
 from amplitude_assets.destination import writer
 from amplitude_assets.transform import normalize, parse, read_lines, reject_outside_hour
 from bench import data
@@ -51,18 +52,18 @@ def main() -> None:
     text = igzip.decompress(entry)
     basis[0] = text.count(b"\n")
     stage("gunzip (source; the whole ZIP entry)", lambda: igzip.decompress(entry))
-    cut = text.rfind(b"\n", 0, writer.CHUNK_BYTES) + 1 if len(text) > writer.CHUNK_BYTES else len(text)
+    cut = text.rfind(b"\n", 0, shaping.CHUNK_BYTES) + 1 if len(text) > shaping.CHUNK_BYTES else len(text)
     chunk = text[:cut]
     lines = stage("split lines", lambda: read_lines([chunk]))
-    if len(lines) > writer.CHUNK_LINES:
-        lines = lines.head(writer.CHUNK_LINES)
+    if len(lines) > shaping.CHUNK_LINES:
+        lines = lines.head(shaping.CHUNK_LINES)
     basis[0] = len(lines)
     rows[-1] = (*rows[-1][:3], len(lines))
     parsed, _, extras = stage("parse (DuckDB: keys, then 49 + extra fields)", lambda: parse(lines))
     in_hour, _ = stage("reject outside the hour", lambda: reject_outside_hour(parsed, data.HOUR))
     normalized, _ = stage("normalize", lambda: normalize(in_hour, extras))
     keys = normalized.select("uuid", "$insert_id", "device_id")
-    stage("dedup (first of a chunk, nothing seen)", lambda: writer.FirstWins()(keys))
+    stage("dedup (first of a chunk, nothing seen)", lambda: shaping.FirstWins()(keys))
     encoded = stage("encode lines", lambda: writer.encode_events(normalized, extras))
 
     def csv() -> bytes:

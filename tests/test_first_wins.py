@@ -7,7 +7,7 @@ import random
 import polars as pl
 import pytest
 
-from amplitude_assets.destination.writer import FirstWins
+from amplitude_assets.shaping import FirstWins
 from amplitude_assets.transform import dedup
 
 

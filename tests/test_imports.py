@@ -101,11 +101,13 @@ def _reaching(prefix: str, forbidden: tuple[str, ...]) -> list[str]:
 
 
 def test_sources_never_reach_shaping_or_destination():
-    assert _reaching("amplitude_assets.sources", ("amplitude_assets.destination", "amplitude_assets.transform")) == []
+    assert _reaching("amplitude_assets.sources",
+                     ("amplitude_assets.destination", "amplitude_assets.transform", "amplitude_assets.shaping")) == []
 
 
 def test_shaping_never_reaches_destination():
     assert _reaching("amplitude_assets.transform", ("amplitude_assets.destination",)) == []
+    assert _reaching("amplitude_assets.shaping", ("amplitude_assets.destination",)) == []
 
 
 def test_destination_never_reaches_sources():

@@ -1,8 +1,10 @@
 """The IO managers: `events` hours written in Amplitude's layout, and both assets read back as polars.
 
 Dagster gives an IO manager one output per step, even when a run covers many hours.
-The `events` asset therefore returns an `HourStream`: a lazy sequence of shaped hours.
-`handle_output` pulls one hour at a time, writes it (parts, stale parts, marker) and
+The `events` asset therefore returns an `HourStream`: a lazy sequence of shaped hours,
+each a `ShapedHour` whose exported rows come as Polars frames a chunk at a time.
+`handle_output` only serializes: it pulls one hour at a time and writes it (encode,
+compress, upload the parts, stale parts, rejects, marker, under the hour's lease), and
 attaches that hour's own metadata to that hour's materialization, so memory is bounded
 by one hour and the UI's per-partition view shows per-hour counts, not the range's totals.
 
@@ -15,7 +17,7 @@ as typed polars frames. An hour that was never exported (no marker) fails, namin
 import io
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,9 +28,10 @@ from azure.core.exceptions import ResourceNotFoundError
 from isal import igzip
 
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.destination.writer import Manifest, export_events_hour, read_marker
+from amplitude_assets.destination.writer import Manifest, read_marker, write_events_hour
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.partitions import hours_in, partition_key, reconciles
+from amplitude_assets.shaping import ShapedHour
 from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, MERGED_ID_FIELDS, POLARS_DTYPES, TIMESTAMP_FORMAT, Kind
 from amplitude_assets.transform import HourResult, extract_json
 
@@ -52,11 +55,11 @@ _TABLE_TYPES = {
 
 @dataclass
 class HourStream:
-    """The hours of one step, read lazily: the IO manager pulls `lines(hour)` one hour at a time."""
+    """The `events` asset's output: each hour of the step as a `ShapedHour`, its exported rows
+    as Polars frames a chunk at a time. Nothing is read until the IO manager writes the hour."""
 
     hours: list[datetime]
-    lines: Callable[[datetime], Iterable[bytes]]  # the source's chunks of the hour's JSON lines
-    keep: pl.Expr | None  # the compiled event filter, or None
+    shaped: Callable[[datetime], ShapedHour]  # the hour's shaped rows, made lazily
     source: str
 
 
@@ -116,8 +119,8 @@ class EventsIOManager(dg.ConfigurableIOManager):
             key = partition_key(hour)
             try:
                 started = time.perf_counter()
-                manifest, result = export_events_hour(
-                    client, self.layout, obj.lines(hour), hour, keep=obj.keep, source=obj.source,
+                manifest, result = write_events_hour(
+                    client, self.layout, obj.shaped(hour), source=obj.source,
                     max_rows_per_file=self.max_rows_per_file,
                     lock_wait_seconds=self.hour_lock_wait_seconds, holder=context.run_id, notify=context.log.info,
                 )

@@ -18,11 +18,8 @@ import json
 import os
 import secrets
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO
@@ -35,10 +32,11 @@ from isal import igzip, isal_zlib
 from amplitude_assets import __version__
 from amplitude_assets.destination.lease import HourLease, hour_lease
 from amplitude_assets.layout import EventsLayout
-from amplitude_assets.lines import line_chunks, prefetch
-from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, JSON_TEXT_KINDS, TIMESTAMP_FORMAT, Kind, event_schema
+from amplitude_assets.lines import line_chunks
 from amplitude_assets.partitions import manifest_hour, partition_key
+from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, JSON_TEXT_KINDS, TIMESTAMP_FORMAT, Kind, event_schema
 from amplitude_assets.settings import Settings
+from amplitude_assets.shaping import CHUNK_LINES, ShapedHour, Timer
 from amplitude_assets.transform import (
     IDENTITY_COLUMNS,
     LINE,
@@ -46,12 +44,8 @@ from amplitude_assets.transform import (
     Counts,
     HourResult,
     json_fields,
-    no_repairs,
     normalize,
-    normalize_with_repairs,
-    parse,
     read_lines,
-    reject_outside_hour,
 )
 
 GZIP_LEVEL = 2  # isal igzip: level 2 compresses about as well as zlib 6, ten times faster
@@ -327,12 +321,11 @@ def existing_markers(container: ContainerClient, prefix: str, names: Sequence[st
 # -- streaming export: big hours in bounded memory ------------------------------------------
 #
 # An hour of millions of events does not fit in memory as one frame. `export_events_hour`
-# reads it in chunks (CHUNK_LINES lines or CHUNK_BYTES, whichever comes first) and shapes
-# each chunk with the same transform functions `process_hour` uses. Reading the next
-# chunk, parsing this one, and shaping and serializing the one before run side by side.
+# is shaped in chunks by `shaping.ShapedHour` (the `events` asset's output), and this
+# module serializes the chunks as they come: reading the next chunk, parsing it, shaping
+# this one and serializing the one before run side by side.
 #
-# Nothing is spilled. Dedup keeps the first row in source order, so it is decided chunk
-# by chunk against the keys seen before (`FirstWins`). A line's extra keys are those of
+# Nothing is spilled. A line's extra keys are those of
 # the whole hour, which are known only at its end; each chunk is written with the keys
 # known so far, which is the whole hour's list in the usual case. Parts are compressed
 # and their blocks staged as they fill, while later chunks are parsed; a copy of each
@@ -346,10 +339,7 @@ def existing_markers(container: ContainerClient, prefix: str, names: Sequence[st
 # rows, order, split, keys and compressor. That whole-hour path lives only in the tests, as
 # the reference they compare this one with (tests/test_fast_path.py).
 
-CHUNK_LINES = 250_000
-CHUNK_BYTES = 96 << 20  # a chunk ends at whichever limit comes first
 BLOCK_BYTES = 32 << 20  # staged block size
-_KEY_COLUMNS = ("uuid", "$insert_id", "device_id")
 
 
 def _event_prefix() -> pl.Expr:
@@ -382,124 +372,6 @@ def _event_prefix() -> pl.Expr:
 
 
 _EVENT_PREFIX = _event_prefix()
-
-
-def _line_chunks(chunks: Iterable[bytes], lines_per_chunk: int, max_bytes: int = CHUNK_BYTES) -> Iterator[list[bytes]]:
-    """Group line-aligned source chunks into batches of about `lines_per_chunk` lines.
-
-    A batch is a list, not one joined bytes object: `read_lines` takes the pieces as they
-    are, which saves copying the hour once more.
-    """
-    pending: list[bytes] = []
-    count = size = 0
-    for chunk in chunks:
-        if not chunk:
-            continue
-        pending.append(chunk)
-        count += chunk.count(b"\n")
-        size += len(chunk)
-        if count >= lines_per_chunk or size >= max_bytes:
-            yield pending
-            pending, count, size = [], 0, 0
-    if pending:
-        yield pending
-
-
-class _Timer:
-    def __init__(self, timings: dict | None):
-        self.timings = timings if timings is not None else {}
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def __call__(self, stage: str):
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
-
-
-class FirstWins:
-    """`transform.dedup`, one chunk at a time in source order.
-
-    A row is kept when its uuid is null or unseen, then when its ($insert_id,
-    device_id), both non-null, is unseen among the rows kept by uuid. Each chunk is
-    checked against the keys of the chunks before it, held in `SeenKeys`: a uuid as its
-    128 bits, a pair as two 64-bit hashes of its exact text (within a chunk, pairs are
-    compared whole). So the keys take 32 bytes an event, whatever the ids' lengths.
-    """
-
-    def __init__(self) -> None:
-        self.uuids = SeenKeys()
-        self.pairs = SeenKeys()
-
-    def __call__(self, keys: pl.DataFrame) -> pl.Series:
-        """The chunk's mask: True for a row that is the first of its keys in the hour."""
-        uuid = keys["uuid"]
-        first = (uuid.is_null() | uuid.is_first_distinct()).fill_null(True)
-        rows = (first & uuid.is_not_null()).arg_true()
-        digits = uuid.gather(rows).str.replace_all("-", "", literal=True)  # canonical: 32 hex digits
-        high = digits.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64)
-        low = digits.str.slice(16, 16).str.to_integer(base=16, dtype=pl.UInt64)
-        first = first.scatter(rows.filter(self.uuids.check(high, low)), False)
-
-        both = first & keys["$insert_id"].is_not_null() & keys["device_id"].is_not_null()
-        rows = both.arg_true()
-        # One exact string per pair: the first part's length, then both parts.
-        pair = keys.select(
-            pl.concat_str(pl.col("$insert_id").str.len_bytes().cast(pl.String), pl.lit(":"), "$insert_id", "device_id")
-        ).to_series().gather(rows)
-        repeated = ~pair.is_first_distinct()
-        fresh = (~repeated).arg_true()
-        fresh_pairs = pair.gather(fresh)
-        # Across chunks a pair is kept as 128 bits of hash (two seeds): 16 bytes an event
-        # instead of its text, and a false match between two of an hour's millions of
-        # pairs has odds of about 2^-80.
-        seen = self.pairs.check(fresh_pairs.hash(seed=0), fresh_pairs.hash(seed=1))
-        repeated = repeated.scatter(fresh.filter(seen), True)
-        return first.scatter(rows.filter(repeated), False).rename("unique")
-
-
-class SeenKeys:
-    """A set of keys, each a 64-bit `high` part and the rest, in the order they came.
-
-    A chunk's keys are looked up by probing every key seen so far against a hash of
-    the chunk's `high` parts (one pass over the hour's integers, which is cheaper than
-    hashing the hour's keys each time); the few matches are then compared whole.
-    """
-
-    def __init__(self) -> None:
-        self.high = pl.Series("high", [], dtype=pl.UInt64)
-        self.rest: pl.Series | None = None
-
-    def check(self, high: pl.Series, rest: pl.Series) -> pl.Series:
-        """Which keys were seen before; records the others (distinct, as given)."""
-        seen = pl.zeros(len(high), pl.Boolean, eager=True)
-        if len(self.high) and len(high):
-            matches = self.high.is_in(high.implode()).arg_true()
-            if len(matches):
-                known = pl.struct(self.high.gather(matches).alias("h"), self.rest.gather(matches).alias("r"), eager=True)
-                seen = pl.struct(high.alias("h"), rest.alias("r"), eager=True).is_in(known.implode())
-        self.high = self.high.append(high.filter(~seen).rename("high"))
-        fresh = rest.filter(~seen).rename("rest")
-        self.rest = fresh if self.rest is None else self.rest.append(fresh)
-        return seen
-
-
-def _packed(frame: pl.DataFrame) -> bytes:
-    """A chunk's few kept rows, compressed, for the end of the hour.
-
-    Held as frames, they would keep their chunk's whole text alive (a filtered string
-    column still points into it).
-    """
-    buffer = io.BytesIO()
-    frame.write_ipc(buffer, compression="zstd", compat_level=pl.CompatLevel.oldest())
-    return buffer.getvalue()
-
-
-def _unpacked(packed: list[bytes]) -> list[pl.DataFrame]:
-    return [pl.read_ipc(io.BytesIO(data)) for data in packed]
 
 
 def _extras_text(columns: Sequence[str], keys: Sequence[str]) -> list[pl.Expr]:
@@ -587,54 +459,59 @@ def export_events_hour(
     holder: str | None = None,
     notify: Callable[[str], None] | None = None,
 ) -> tuple[Manifest, HourResult]:
-    """Shape and export one hour from its source chunks, in bounded memory.
-
-    Same blobs and bytes as the whole hour shaped and encoded at once (the tests' reference).
-    Returns the manifest and the hour's result; its `frame` and `identities` are empty
-    (the rows went to the parts, the identities to their Parquet blob) but have their
-    columns.
-
-    The whole export holds the hour's lease (`lease.hour_lease` on `layout.lock(hour)`),
-    taken before any block is staged: another export of the hour waits up to
-    `lock_wait_seconds` (telling `notify` that it waits), then fails with `HourLocked`
-    and changes nothing.
-    """
-    label = f"events {partition_key(hour)}"
-    with hour_lease(container, layout.lock(hour), label, lock_wait_seconds, holder=holder, notify=notify) as lease:
-        return _export_events_hour(
-            container, layout, chunks, hour, keep=keep, source=source, max_rows_per_file=max_rows_per_file,
-            lines_per_chunk=lines_per_chunk, timings=timings, lease=lease,
-        )
+    """Shape and export one hour from its source chunks, in bounded memory: `write_events_hour`
+    of the hour's `ShapedHour`."""
+    shaped = ShapedHour(chunks, hour, keep=keep, lines_per_chunk=lines_per_chunk, timings=timings)
+    return write_events_hour(container, layout, shaped, source=source, max_rows_per_file=max_rows_per_file,
+                             lock_wait_seconds=lock_wait_seconds, holder=holder, notify=notify)
 
 
-def _export_events_hour(
+def write_events_hour(
     container: ContainerClient,
     layout: EventsLayout,
-    chunks: Iterable[bytes],
-    hour: datetime,
+    shaped: ShapedHour,
     *,
-    keep: pl.Expr | None,
     source: str,
     max_rows_per_file: int,
-    lines_per_chunk: int,
-    timings: dict | None,
+    lock_wait_seconds: float = Settings.hour_lock_wait_seconds,
+    holder: str | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> tuple[Manifest, HourResult]:
+    """Write one shaped hour in the four-step order, and return its manifest and result.
+
+    Same blobs, bytes and order of steps for the same input as the whole-hour reference
+    (`transform.process_hour`, encoded with `encode_lines`, split by `part_slices`).
+    The result's `frame` and `identities` are empty (the rows went to the parts, the
+    identities to their Parquet blob) but have their columns.
+
+    The whole export holds the hour's lease (`lease.hour_lease` on `layout.lock(hour)`),
+    taken before the source is read or any block is staged: another export of the hour
+    waits up to `lock_wait_seconds` (telling `notify` that it waits), then fails with
+    `HourLocked` and changes nothing.
+    """
+    hour = shaped.hour
+    label = f"events {partition_key(hour)}"
+    with hour_lease(container, layout.lock(hour), label, lock_wait_seconds, holder=holder, notify=notify) as lease:
+        return _write_events_hour(container, layout, shaped, source=source, max_rows_per_file=max_rows_per_file,
+                                  lease=lease)
+
+
+def _write_events_hour(
+    container: ContainerClient,
+    layout: EventsLayout,
+    shaped: ShapedHour,
+    *,
+    source: str,
+    max_rows_per_file: int,
     lease: HourLease,
 ) -> tuple[Manifest, HourResult]:
-    timer = _Timer(timings)
+    hour, timer = shaped.hour, shaped.timer
     # Block IDs of this export alone: another export of the same hour at the same time
     # stages its own blocks, and each commit takes only its own.
     run = secrets.token_hex(6)
-    dedup = FirstWins()
-    order: dict[str, None] = {}  # extra keys of parsed lines, in order of first appearance
-    present: set[str] = set()  # extra keys that some in-hour row carries
-    reject_frames: list[bytes] = []
-    repair_frames: list[bytes] = []
-    identity_frames: list[str] = []  # each chunk's identities, as a file
-    tally = {"source_rows": 0, "in_hour": 0, "unique": 0, "exported": 0, "repaired": 0}
     parts: list[_Part] = []
 
     with tempfile.TemporaryDirectory(prefix="amplitude-hour-") as workdir, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="amplitude-shape") as shaper, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="amplitude-compress") as compressor, \
             ThreadPoolExecutor(max_workers=4, thread_name_prefix="amplitude-upload") as uploads:
 
@@ -650,8 +527,8 @@ def _export_events_hour(
             with timer("compress"):
                 part.gz.write(data)
 
-        # The compressor thread takes the parts' text and seals full parts, in order; the
-        # shaper waits only when two pieces of work are already queued for it.
+        # The compressor thread takes the parts' text and seals full parts, in order; this
+        # thread waits only when two pieces of work are already queued for it.
         queued: collections.deque[Future] = collections.deque()
 
         def to_compressor(fn: Callable, *args) -> None:
@@ -662,41 +539,9 @@ def _export_events_hour(
         def hand_over(part: _Part) -> None:
             to_compressor(seal, part, f"{run}-{part.number:06d}-0")
 
-        def shape(offset: int, parsed: pl.DataFrame, unparseable: pl.DataFrame, chunk_extras: list[str], known: list[str]) -> None:
-            with timer("normalize"):
-                in_hour, outside = reject_outside_hour(parsed, hour)
-                del parsed
-                reject_frames.append(_packed(pl.concat([unparseable, outside]).with_columns(pl.col("_pos") + offset)))
-                carried = [k for k in chunk_extras if in_hour[k].is_not_null().any()]
-                present.update(carried)
-                normalized, chunk_repairs = normalize_with_repairs(in_hour, carried)
-                tally["repaired"] += chunk_repairs.height
-                if chunk_repairs.height:
-                    repair_frames.append(_packed(chunk_repairs))
-                tally["in_hour"] += normalized.height
-                del in_hour
-            with timer("dedup"):
-                unique = dedup(normalized.select(_KEY_COLUMNS))
-                identity_path = os.path.join(workdir, f"identities-{len(identity_frames):06d}.arrow")
-                normalized.select(IDENTITY_COLUMNS).filter(unique).write_ipc(identity_path, compression="zstd")
-                identity_frames.append(identity_path)
-                exported = unique
-                if keep is not None:
-                    missing = [c for c in keep.meta.root_names() if c not in normalized.columns]
-                    # with_columns, not select: a condition on an extra field this chunk lacks
-                    # is a scalar, which must broadcast to every row.
-                    kept = normalized.with_columns(pl.lit(None, pl.String).alias(c) for c in missing).with_columns(
-                        keep.fill_null(False).alias("_keep")
-                    )["_keep"]
-                    exported = unique & kept
-                tally["unique"] += int(unique.sum())
-                tally["exported"] += int(exported.sum())
-            # The hour's extra keys so far, in order: all of the hour's, unless a later
-            # chunk brings a new one.
-            keys = tuple(k for k in known if k in present)
+        for chunk in shaped:
             with timer("serialize"):
-                lines = encode_events(normalized.filter(exported), keys)
-            del normalized
+                lines = encode_events(chunk.frame, chunk.keys)
             start = 0
             while start < lines.height:
                 if not parts or parts[-1].rows == max_rows_per_file:
@@ -705,60 +550,23 @@ def _export_events_hour(
                 take = min(max_rows_per_file - part.rows, lines.height - start)
                 with timer("serialize"):
                     data = jsonl_bytes(lines.slice(start, take))
-                part.note(take, keys)
+                part.note(take, chunk.keys)
                 to_compressor(compress, part, data)
                 del data
                 start += take
                 if part.rows == max_rows_per_file:
                     hand_over(part)
-
-        pending: Future | None = None
-        for chunk in prefetch(_line_chunks(chunks, lines_per_chunk)):
-            with timer("parse"):
-                lines = read_lines(chunk)
-                del chunk
-                parsed, unparseable, chunk_extras = parse(lines)
-            offset = tally["source_rows"]
-            tally["source_rows"] += len(lines)
-            del lines
-            order.update(dict.fromkeys(chunk_extras))
-            if pending is not None:
-                pending.result()
-            pending = shaper.submit(shape, offset, parsed, unparseable, chunk_extras, list(order))
-            del parsed, unparseable
-        if pending is not None:
-            pending.result()
+            del chunk, lines
         if parts and parts[-1].rows < max_rows_per_file:
             hand_over(parts[-1])
         while queued:
             queued.popleft().result()
 
-        extras = [k for k in order if k in present]
+        extras = shaped.extras
         for part in parts:
             if any(list(keys) != extras for _, keys in part.segments):
                 _rebuild(part, extras, timer)
                 seal(part, f"{run}-{part.number:06d}-1")
-
-        rejects = (
-            pl.concat(_unpacked(reject_frames)).sort("_pos").drop("_pos") if reject_frames
-            else pl.DataFrame(schema={"reason": pl.String, "line": pl.String})
-        )
-        repairs = pl.concat(_unpacked(repair_frames)) if repair_frames else no_repairs()
-        # The hour's identities go into one Parquet file as a stream, never whole in memory.
-        identity_schema = {c: event_schema()[c] for c in IDENTITY_COLUMNS}
-        identities_path = os.path.join(workdir, "identities.parquet")
-        scanned = pl.scan_ipc(identity_frames) if identity_frames else pl.LazyFrame(schema=identity_schema)
-        scanned.sink_parquet(identities_path, compression="zstd", statistics=False)
-        with open(identities_path, "rb") as file:
-            identities = file.read()
-        counts = Counts(
-            source_rows=tally["source_rows"],
-            exported=tally["exported"],
-            duplicates=tally["in_hour"] - tally["unique"],
-            filtered=tally["unique"] - tally["exported"],
-            rejected=rejects.height,
-            repaired=tally["repaired"],
-        )
 
         lease.confirm()  # the hour is still ours: only now does the container change
         delete_if_exists(container, layout.marker(hour))
@@ -766,17 +574,19 @@ def _export_events_hour(
             list(uploads.map(lambda part: _commit(container, layout.part(hour, part.number), part), parts))
 
     manifest = finish_hour(
-        container, layout, hour, [p.info for p in parts], rejects, identities, counts, source, repairs, lease=lease
+        container, layout, hour, [p.info for p in parts], shaped.rejects, shaped.identities, shaped.counts, source,
+        shaped.repairs, lease=lease,
     )
     columns = {**event_schema(), **{k: pl.String for k in extras}}
     result = HourResult(
-        hour=hour, frame=pl.DataFrame(schema=columns), rejects=rejects,
-        identities=pl.DataFrame(schema=identity_schema), counts=counts, repairs=repairs,
+        hour=hour, frame=pl.DataFrame(schema=columns), rejects=shaped.rejects,
+        identities=pl.DataFrame(schema={c: event_schema()[c] for c in IDENTITY_COLUMNS}), counts=shaped.counts,
+        repairs=shaped.repairs,
     )
     return manifest, result
 
 
-def _rebuild(part: _Part, extras: list[str], timer: _Timer) -> None:
+def _rebuild(part: _Part, extras: list[str], timer: Timer) -> None:
     """Rewrite a part's lines with the hour's extra keys, from its compressed copy.
 
     A segment written before a new key turned up lacks it at the end of each line: the
