@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -20,6 +21,14 @@ H = datetime(2020, 1, 26, 6, tzinfo=timezone.utc)
 HOUR = timedelta(hours=1)
 PROJECT = "187520"
 
+
+
+def evaluate(**kwargs):
+    """`dagster.evaluate_automation_conditions` in a thread of its own: it runs its own event
+    loop, which must not meet one that another test (the browser tests' Playwright) left
+    running in the main thread."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(dg.evaluate_automation_conditions, **kwargs).result()
 
 def at(n: int) -> datetime:
     return H + n * HOUR
@@ -193,18 +202,18 @@ def test_merged_ids_follows_events_through_its_automation_condition(env):
     instance = dg.DagsterInstance.ephemeral()
     defs = definitions()
     merged = dg.AssetKey("merged_ids")
-    start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    start = evaluate(defs=defs, instance=instance)
     assert start.total_requested == 0
     # events alone for 06:00-07:00 (the UI's Materialize on the events page): merged_ids follows.
     assert materialize(defs, ["events"], start=key(0), end=key(1), instance=instance).success
-    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+    result = evaluate(defs=defs, instance=instance, cursor=start.cursor)
     assert result.get_requested_partitions(merged) == {key(0), key(1)}
     # Once requested, not again; and a run of both assets needs nothing more.
     assert materialize(defs, ["merged_ids"], start=key(0), end=key(1), instance=instance).success
-    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    result = evaluate(defs=defs, instance=instance, cursor=result.cursor)
     assert result.total_requested == 0
     assert materialize(defs, ["events", "merged_ids"], partition=key(2), instance=instance).success
-    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    result = evaluate(defs=defs, instance=instance, cursor=result.cursor)
     assert result.total_requested == 0
 
 
@@ -214,9 +223,9 @@ def test_an_hour_that_failed_for_want_of_the_hour_before_is_requested_again_once
     instance = dg.DagsterInstance.ephemeral()
     defs = definitions()
     merged = dg.AssetKey("merged_ids")
-    start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    start = evaluate(defs=defs, instance=instance)
     assert materialize(defs, ["events"], start=key(0), end=key(1), instance=instance).success
-    requested = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+    requested = evaluate(defs=defs, instance=instance, cursor=start.cursor)
     assert requested.get_requested_partitions(merged) == {key(0), key(1)}
     # 07:00 ran first, while another run still exported 06:00: it failed at once.
     busy = dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
@@ -224,9 +233,9 @@ def test_an_hour_that_failed_for_want_of_the_hour_before_is_requested_again_once
     instance.add_run(busy)
     assert not materialize(defs, ["merged_ids"], partition=key(1), instance=instance, raise_on_error=False).success
     instance.report_run_failed(busy)
-    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=requested.cursor)
+    result = evaluate(defs=defs, instance=instance, cursor=requested.cursor)
     assert result.total_requested == 0  # 06:00 is still missing: nothing to do yet
     # 06:00 lands: 07:00, failed, is requested again.
     assert materialize(defs, ["merged_ids"], partition=key(0), instance=instance).success
-    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    result = evaluate(defs=defs, instance=instance, cursor=result.cursor)
     assert result.get_requested_partitions(merged) == {key(1)}
