@@ -55,6 +55,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 container=settings.merged_ids_container,
                 prefix=settings.merged_ids_prefix,
                 scope=settings.merged_ids_scope,
+                hour_lock_wait_seconds=settings.hour_lock_wait_seconds,
             ),
         },
     )

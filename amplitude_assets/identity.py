@@ -34,6 +34,7 @@ takes no part in step 2 and sets no `anonymous` entry. A null `event_time` gives
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import polars as pl
 
@@ -124,6 +125,40 @@ class IdentityState:
                 _long("merged", self.merged.join(before.merged, on="amplitude_id", how="anti"), None),
             ]
         )
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """An identity state as stored: its blob, and the md5 of its bytes (the chain's digest)."""
+
+    name: str
+    md5: str
+
+
+@dataclass(frozen=True)
+class MergedHour:
+    """One hour of merged IDs as the `merged_ids` asset derives it, for its IO manager to write.
+
+    `merges` is the hour's table (`MERGED_ID_FIELDS`, in emission order). `state` is the
+    identity state after the hour in its stored form, Parquet of a snapshot or of a delta on
+    the state before (`encode_state`), with its md5; the IO manager writes it just before
+    the hour's marker, and the next hour starts from it. `started_from` is the stored state
+    the hour was derived from, None where the identity history starts.
+    """
+
+    hour: datetime
+    merges: pl.DataFrame
+    identity_rows: int
+    state: bytes
+    state_md5: str
+    state_stored_as: str  # "snapshot" or "delta"
+    state_sizes: dict[str, int]
+    started_from: StoredState | None
+    timings: dict[str, float]  # read_seconds, derive_seconds
+
+    @property
+    def history_starts(self) -> bool:
+        return self.started_from is None
 
 
 def _long(kind: str, frame: pl.DataFrame, key: str | None) -> pl.DataFrame:

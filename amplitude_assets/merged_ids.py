@@ -6,23 +6,21 @@ For each hour of the step, oldest first:
   2. take the identity state after the hour before: carried in memory inside a range run,
      else read from `[Q/]_state/{scope}/` (the day's snapshot plus at most 23 hourly deltas);
   3. derive the hour's merges (`identity.derive_merges`, pure polars);
-  4. write in the four-step order: delete the marker, write the file (only when the hour
-     has merges) with its Content-MD5, delete a stale file, write the marker. The hour's
-     state (a delta, or a snapshot after hour 23) is written just before the marker.
-     These writes hold the hour's lease: one writer per merged-ID hour.
+  4. hand the hour to `MergedIdsIOManager` as a `MergedHour`: its merges as a Polars
+     table, and the state it leaves (a delta, or a snapshot after hour 23) in stored form.
 
-The asset writes in its body and returns a `MaterializeResult`: an IO manager would get
-one output for the whole range, but every hour needs the state of the hour before it,
-written before that hour's marker, and its own metadata.
+The asset returns a `MergedIdsStream`, and the IO manager writes each hour in the
+four-step order (`destination/merged_writer.py`), the state just before the marker, under
+the hour's lease. The stream is lazy: an hour is derived only after the hour before was
+written, so a range run holds one hour at a time and carries the state in memory.
 """
 
 import hashlib
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -30,46 +28,38 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from amplitude_assets.assets import GROUP, refuse_young_hours
-from amplitude_assets.chain import NO_STATE, Link, link_problem, read_link
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.layout import EventsLayout, MergedIdsLayout
-from amplitude_assets.destination.lease import hour_lease
-from amplitude_assets.destination.writer import (
-    GZIP_CONTENT,
-    JSON_CONTENT,
-    PARQUET_CONTENT,
-    Manifest,
-    PartInfo,
-    delete_if_exists,
-    encode_records,
-    md5_hex,
-    parquet_bytes,
-    upload,
+from amplitude_assets.destination.io_manager import MergedIdsStream
+from amplitude_assets.destination.writer import md5_hex, parquet_bytes
+from amplitude_assets.identity import (
+    DELTA,
+    IdentityState,
+    MergedHour,
+    StoredState,
+    decode_state,
+    derive_merges,
+    encode_state,
+    stored_kind,
 )
-from amplitude_assets.identity import DELTA, IdentityState, decode_state, derive_merges, encode_state, stored_kind
-from amplitude_assets.partitions import PARTITION, RANGE_END, RANGE_START, UNFINISHED, hours_of, manifest_hour, partition_key
-from amplitude_assets.schema import MERGED_ID_FIELDS
+from amplitude_assets.layout import EventsLayout, MergedIdsLayout
+from amplitude_assets.partitions import PARTITION, RANGE_END, RANGE_START, UNFINISHED, hours_of, partition_key
 from amplitude_assets.settings import Settings
 
 MAX_DELTAS = 23  # a snapshot is stored at least once a day
 MERGED_IDS = dg.AssetKey("merged_ids")
 EVENTS = dg.AssetKey("events")
-COLUMN_SCHEMA = dg.TableSchema(
-    columns=[dg.TableColumn(name, "int" if name == "scope" else "long") for name in MERGED_ID_FIELDS]
-)
 
 
 @dataclass(frozen=True)
 class Carried:
-    """The identity state an hour starts from, and where it came from."""
+    """The identity state an hour starts from, and where it is stored (None: the history starts here)."""
 
     state: IdentityState
-    name: str | None  # the snapshot blob; None when the history starts at this hour
-    md5: str | None
+    stored: StoredState | None
 
     @property
     def history_starts(self) -> bool:
-        return self.name is None
+        return self.stored is None
 
 
 def read_identities(client: ContainerClient, layout: EventsLayout, hour: datetime) -> pl.DataFrame:
@@ -111,7 +101,7 @@ def read_carried_state(client: ContainerClient, layout: MergedIdsLayout, hour: d
                 f"missing, and the latest earlier state is for {partition_key(latest)}. Merged IDs are derived "
                 f"hour by hour: export merged_ids for {partition_key(first)} first ({span}), then {partition_key(hour)}."
             ) from None
-        return Carried(IdentityState.empty(), None, None)
+        return Carried(IdentityState.empty(), None)
     frames = [pl.read_parquet(io.BytesIO(data))]
     at = previous
     while stored_kind(frames[-1]) == DELTA:
@@ -126,7 +116,7 @@ def read_carried_state(client: ContainerClient, layout: MergedIdsLayout, hour: d
                 f"{partition_key(at)}, whose state is missing. Re-export merged_ids from the last snapshot on: "
                 f"export merged_ids for {partition_key(at)} ... {partition_key(previous)} first."
             ) from None
-    return Carried(decode_state(frames[::-1]), name, hashlib.md5(data).hexdigest())
+    return Carried(decode_state(frames[::-1]), StoredState(name, hashlib.md5(data).hexdigest()))
 
 
 def run_exporting(instance: dg.DagsterInstance, key: str, own_run_id: str) -> str | None:
@@ -174,44 +164,6 @@ def existing_md5(client: ContainerClient, name: str) -> str | None:
         return md5_hex(client.get_blob_client(name).get_blob_properties().content_settings.content_md5) or ""
     except ResourceNotFoundError:
         return None
-
-
-def write_merged_ids_hour(
-    client: ContainerClient,
-    layout: MergedIdsLayout,
-    hour: datetime,
-    rows: pl.DataFrame,
-    state: bytes,
-    *,
-    source: str,
-    counts: dict[str, int],
-    extra: dict[str, Any],
-    lock_wait_seconds: float = Settings.hour_lock_wait_seconds,
-    holder: str | None = None,
-    notify: Callable[[str], None] | None = None,
-) -> Manifest:
-    """Export one hour in the four-step order; the state snapshot goes in just before the marker.
-
-    All of it under the hour's lease (`destination/lease.py`): two runs never write the
-    state, file or marker of one hour at once. Another run's export of the hour makes this
-    one wait up to `lock_wait_seconds`, then fail with `HourLocked`, changing nothing.
-    """
-    label = f"merged_ids {partition_key(hour)}"
-    with hour_lease(client, layout.lock(hour), label, lock_wait_seconds, holder=holder, notify=notify) as lease:
-        delete_if_exists(client, layout.marker(hour))
-        parts = []
-        if rows.height:
-            info = upload(client, layout.file(hour), encode_records(rows), GZIP_CONTENT)
-            parts.append(PartInfo(name=info.name, rows=rows.height, bytes=info.bytes, md5=info.md5))
-        else:
-            delete_if_exists(client, layout.file(hour))  # a stale file from an earlier export
-        upload(client, layout.state(hour), state, PARQUET_CONTENT)
-        manifest = Manifest(hour=hour, source=source, parts=parts, counts=counts, extra=extra)
-        # The chain's two digests ride on the marker as blob metadata: one listing gives a day's links.
-        link = Link(extra["state"]["md5"], (extra.get("previous_state") or {}).get("md5"))
-        lease.confirm()
-        upload(client, layout.marker(hour), manifest.to_json(), JSON_CONTENT, metadata=link.as_blob_metadata())
-    return manifest
 
 
 def follows_events() -> dg.AutomationCondition:
@@ -267,109 +219,46 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
             "with a `_complete` marker. Re-exporting an hour makes later hours stale: re-run them."
         ),
     )
-    def merged_ids(context: dg.AssetExecutionContext, storage: AzureStorage) -> dg.MaterializeResult:
+    def merged_ids(context: dg.AssetExecutionContext, storage: AzureStorage) -> MergedIdsStream:
         hours = hours_of(context)
         refuse_young_hours(hours, settings.export_delay_minutes)
+        return MergedIdsStream(hours=hours, derived=derive_hours(context, storage, hours), source=settings.source)
+
+    def derive_hours(
+        context: dg.AssetExecutionContext, storage: AzureStorage, hours: list[datetime]
+    ) -> Iterator[MergedHour]:
+        """Each hour's merges and the state it leaves, oldest first; the state is carried in memory."""
         events_client = storage.container(settings.events_container)
         client = storage.container(settings.merged_ids_container)
         carried: Carried | None = None
-        done: list[str] = []
         for hour in hours:
-            key = partition_key(hour)
-            try:
-                started = time.perf_counter()
-                identities = read_identities(events_client, events_layout, hour)
-                if carried is None:  # the first hour of the step; later ones carry it in memory
-                    refuse_while_the_hour_before_runs(context, client, layout, hour)
-                    carried = read_carried_state(client, layout, hour)
-                    before_hour = hour - timedelta(hours=1)
-                    if carried.history_starts and existing_md5(events_client, events_layout.identities(before_hour)) is not None:
-                        context.log.warning(
-                            f"merged_ids {key}: no identity state exists before this hour, so the identity "
-                            f"history starts here, although events of {partition_key(before_hour)} were exported. If "
-                            f"merged_ids of earlier hours is meant to run (or is running), run it first and "
-                            f"then re-run merged_ids from {key}."
-                        )
-                read_seconds = time.perf_counter() - started
-                started = time.perf_counter()
-                rows, state = derive_merges(identities, carried.state, int(scope))
-                snapshot = is_snapshot_hour(hour, carried.history_starts)
-                state_bytes = parquet_bytes(encode_state(state, None if snapshot else carried.state))
-                derive_seconds = time.perf_counter() - started
-                state_md5 = hashlib.md5(state_bytes).hexdigest()
-                extra: dict[str, Any] = {}
-                if carried.history_starts:
-                    extra["identity_history_starts"] = manifest_hour(hour)
-                extra["state"] = {"name": layout.state(hour), "stored_as": "snapshot" if snapshot else "delta",
-                                  "bytes": len(state_bytes), "md5": state_md5, "sizes": state.sizes()}
-                extra["previous_state"] = {"name": carried.name, "md5": carried.md5} if carried.name else None
-                started = time.perf_counter()
-                manifest = write_merged_ids_hour(
-                    client, layout, hour, rows, state_bytes, source=settings.source,
-                    counts={"identity_rows": identities.height, "merges": rows.height}, extra=extra,
-                    lock_wait_seconds=settings.hour_lock_wait_seconds, holder=context.run_id, notify=context.log.info,
-                )
-                write_seconds = time.perf_counter() - started
-            except Exception as exc:
-                message = (exc.description if isinstance(exc, dg.Failure)
-                           else storage.explain(exc) or storage.redact(f"{type(exc).__name__}: {exc}"))
-                not_run = [partition_key(h) for h in hours[hours.index(hour) + 1:]]
-                raise dg.Failure(
-                    description=f"merged_ids {key} failed: {message}",
-                    metadata={
-                        "exported_hours": dg.MetadataValue.json(done),
-                        "not_attempted": dg.MetadataValue.json(not_run),
-                    },
-                ) from None
-            link = Link(state_md5, carried.md5)
-            carried = Carried(state, layout.state(hour), state_md5)
-            done.append(key)
-            later = hour + timedelta(hours=1)
-            stale_from = None
-            # The hour after the step (already exported) must start from the state just written:
-            # a re-export that changed it, or a first export before an existing history, breaks the chain.
-            following = read_link(client, layout, later) if hour == hours[-1] else None
-            problem = link_problem(later, following, link) if following else None
-            if problem:
-                stale_from = partition_key(later)
-                context.log.warning(
-                    f"merged_ids {key}: merged_ids from {stale_from} on is stale now: {problem}, to the latest "
-                    "exported hour (hourly_export_sensor does this within its catch-up window)."
-                )
-                context.log_event(dg.AssetObservation(
-                    asset_key=MERGED_IDS, partition=stale_from,
-                    metadata={"chain": f"stale since merged_ids {key} was exported: {problem}"},
-                ))
-            metadata: dict[str, Any] = {
-                "dagster/row_count": rows.height,
-                "dagster/column_schema": COLUMN_SCHEMA,
-                "compressed_bytes": sum(p.bytes for p in manifest.parts),
-                "marker": f"{settings.merged_ids_container}/{layout.marker(hour)}",
-                "identity_rows": identities.height,
-                "state": f"{settings.merged_ids_container}/{layout.state(hour)}",
-                "state_bytes": len(state_bytes),
-                **{f"state_{kind}": size for kind, size in state.sizes().items()},
-                "read_seconds": dg.MetadataValue.float(round(read_seconds, 3)),
-                "derive_seconds": dg.MetadataValue.float(round(derive_seconds, 3)),
-                "write_seconds": dg.MetadataValue.float(round(write_seconds, 3)),
-            }
-            if rows.height:
-                metadata["file"] = f"{settings.merged_ids_container}/{layout.file(hour)}"
-            if "identity_history_starts" in extra:
-                metadata["identity_history_starts"] = extra["identity_history_starts"]
-            metadata["state_md5"] = state_md5
-            metadata["previous_state_md5"] = link.previous or NO_STATE
-            metadata["chain"] = (
-                "the identity history starts here" if link.previous is None
-                else f"starts from the state {partition_key(hour - timedelta(hours=1))} left"
+            started = time.perf_counter()
+            identities = read_identities(events_client, events_layout, hour)
+            if carried is None:  # the first hour of the step; later ones carry it in memory
+                refuse_while_the_hour_before_runs(context, client, layout, hour)
+                carried = read_carried_state(client, layout, hour)
+                before_hour = hour - timedelta(hours=1)
+                if carried.history_starts and existing_md5(events_client, events_layout.identities(before_hour)) is not None:
+                    context.log.warning(
+                        f"merged_ids {partition_key(hour)}: no identity state exists before this hour, so the "
+                        f"identity history starts here, although events of {partition_key(before_hour)} were "
+                        f"exported. If merged_ids of earlier hours is meant to run (or is running), run it first "
+                        f"and then re-run merged_ids from {partition_key(hour)}."
+                    )
+            read_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            rows, state = derive_merges(identities, carried.state, int(scope))
+            snapshot = is_snapshot_hour(hour, carried.history_starts)
+            state_bytes = parquet_bytes(encode_state(state, None if snapshot else carried.state))
+            state_md5 = hashlib.md5(state_bytes).hexdigest()
+            derived = MergedHour(
+                hour=hour, merges=rows, identity_rows=identities.height, state=state_bytes, state_md5=state_md5,
+                state_stored_as="snapshot" if snapshot else "delta", state_sizes=state.sizes(),
+                started_from=carried.stored,
+                timings={"read_seconds": read_seconds, "derive_seconds": time.perf_counter() - started},
             )
-            if stale_from:
-                metadata["later_hours_stale_from"] = stale_from
-            context.add_asset_metadata(metadata, partition_key=key)
-            context.log.info(
-                f"merged_ids {key}: {rows.height} merge(s) from {identities.height} identity rows"
-                + (" (identity history starts here)" if "identity_history_starts" in extra else "")
-            )
-        return dg.MaterializeResult()
+            del identities, rows
+            yield derived  # the IO manager asks for the next hour only once this one is written
+            carried = Carried(state, StoredState(layout.state(hour), state_md5))
 
     return merged_ids

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 from azure.core.exceptions import ResourceNotFoundError
 
-from amplitude_assets.chain import Link, stale_hours
+from amplitude_assets.destination.links import Link, stale_hours
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.partitions import PARTITION, RANGE_END, RANGE_START, UNFINISHED, parse_hour, partition_key

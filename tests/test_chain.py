@@ -10,7 +10,8 @@ import dagster as dg
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from amplitude_assets.chain import Link, chain_outcome, link_problem, stale_hours
+from amplitude_assets.chain import chain_outcome
+from amplitude_assets.destination.links import Link, link_problem, stale_hours
 from amplitude_assets.layout import MergedIdsLayout
 from amplitude_assets.partitions import hourly_partitions
 from amplitude_assets.sensors import MERGED_IDS_CHAIN, build_hourly_export_sensor

@@ -37,7 +37,7 @@ from amplitude_assets.destination.writer import (
     gzip_bytes,
     jsonl_bytes,
 )
-from amplitude_assets.merged_ids import write_merged_ids_hour
+from amplitude_assets.destination.merged_writer import write_merged_ids_hour
 from amplitude_assets.schema import MERGED_ID_FIELDS
 from amplitude_assets.settings import Settings, SettingsError
 from amplitude_assets.sources.synthetic import SyntheticSource

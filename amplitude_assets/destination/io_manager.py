@@ -1,12 +1,17 @@
-"""The IO managers: `events` hours written in Amplitude's layout, and both assets read back as polars.
+"""The IO managers: each hour written in Amplitude's layout, and read back as polars.
 
-Dagster gives an IO manager one output per step, even when a run covers many hours.
-The `events` asset therefore returns an `HourStream`: a lazy sequence of shaped hours,
-each a `ShapedHour` whose exported rows come as Polars frames a chunk at a time.
-`handle_output` only serializes: it pulls one hour at a time and writes it (encode,
-compress, upload the parts, stale parts, rejects, marker, under the hour's lease), and
-attaches that hour's own metadata to that hour's materialization, so memory is bounded
-by one hour and the UI's per-partition view shows per-hour counts, not the range's totals.
+Dagster gives an IO manager one output per step, even when a run covers many hours, so
+both assets return a lazy sequence of hours and their IO managers write one hour at a
+time, attaching that hour's own metadata to that hour's materialization: memory is
+bounded by one hour, and the UI's per-partition view shows per-hour counts.
+
+- `events` returns an `HourStream`: each hour a `ShapedHour` whose exported rows come as
+  Polars frames a chunk at a time. `EventsIOManager.handle_output` only serializes: encode,
+  compress, upload the parts, stale parts, rejects, marker, under the hour's lease.
+- `merged_ids` returns a `MergedIdsStream`: each hour a `MergedHour` (its merges as a
+  Polars table, and the identity state it leaves), derived only once the hour before is
+  written. `MergedIdsIOManager.handle_output` writes the file, the state and the marker
+  under the hour's lease, and says when a new state makes the hour after the step stale.
 
 `load_input` lets a downstream asset take `events` or `merged_ids` as an input: it reads
 the hours of the downstream partition (through its partition mapping) from the container,
@@ -17,9 +22,9 @@ as typed polars frames. An hour that was never exported (no marker) fails, namin
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -28,7 +33,10 @@ from azure.core.exceptions import ResourceNotFoundError
 from isal import igzip
 
 from amplitude_assets.destination.credentials import AzureStorage
+from amplitude_assets.destination.links import NO_STATE, Link, link_problem, read_link
+from amplitude_assets.destination.merged_writer import merged_hour_extra, write_merged_ids_hour
 from amplitude_assets.destination.writer import Manifest, read_marker, write_events_hour
+from amplitude_assets.identity import MergedHour
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.partitions import hours_in, partition_key, reconciles
 from amplitude_assets.shaping import ShapedHour
@@ -39,6 +47,9 @@ _AS_SENT_FIELDS = tuple(name for name, kind in EVENT_FIELDS if kind is Kind.ARRA
 _DICT_FIELDS = tuple(name for name, kind in EVENT_FIELDS if kind is Kind.DICT)
 # The merged IDs as `load_input` gives them: scope is an int, the rest are longs.
 MERGED_ID_SCHEMA = {name: pl.Int32 if name == "scope" else pl.Int64 for name in MERGED_ID_FIELDS}
+MERGED_ID_COLUMNS = dg.TableSchema(
+    columns=[dg.TableColumn(name, "int" if name == "scope" else "long") for name in MERGED_ID_FIELDS]
+)
 
 _TABLE_TYPES = {
     Kind.TIMESTAMP: "timestamp",
@@ -60,6 +71,19 @@ class HourStream:
 
     hours: list[datetime]
     shaped: Callable[[datetime], ShapedHour]  # the hour's shaped rows, made lazily
+    source: str
+
+
+@dataclass
+class MergedIdsStream:
+    """The `merged_ids` asset's output: each hour of the step as a `MergedHour`, oldest first.
+
+    `derived` is lazy: an hour is derived from the state the hour before left only when the
+    IO manager asks for it, after the hour before was written; a failed hour ends the step.
+    """
+
+    hours: list[datetime]
+    derived: Iterable[MergedHour]
     source: str
 
 
@@ -233,25 +257,113 @@ def read_merged_ids_hour(client, layout: MergedIdsLayout, hour: datetime) -> pl.
 
 
 class MergedIdsIOManager(dg.ConfigurableIOManager):
-    """Loads hours of `merged_ids` back as polars for downstream assets.
-
-    `merged_ids` writes each hour in its own body (the hour's identity state must land
-    before its marker, and the next hour needs it) and returns a `MaterializeResult`, so
-    Dagster never hands this IO manager a value to store.
-    """
+    """Writes each hour of `merged_ids` (file, identity state, marker); loads hours back as polars."""
 
     storage: dg.ResourceDependency[AzureStorage]
     container: str = "amplitude"
     prefix: str = "merged_ids"
     scope: str = "187520"  # "-{org_id}", or the project id for a legacy org
+    hour_lock_wait_seconds: int = 600  # how long an hour waits for another export of it
 
     @property
     def layout(self) -> MergedIdsLayout:
         return MergedIdsLayout(self.prefix, self.scope)
 
-    def handle_output(self, context: dg.OutputContext, obj: None) -> None:
-        if obj is not None:
-            raise dg.Failure(f"merged_ids writes its hours itself; MergedIdsIOManager got a {type(obj).__name__}")
+    def handle_output(self, context: dg.OutputContext, obj: MergedIdsStream) -> None:
+        if not isinstance(obj, MergedIdsStream):
+            raise dg.Failure(f"MergedIdsIOManager expects a MergedIdsStream, got {type(obj).__name__}")
+        client = self.storage.container(self.container)
+        derived = iter(obj.derived)
+        landed: dict[str, dict[str, Any]] = {}
+        for index, hour in enumerate(obj.hours):
+            key = partition_key(hour)
+            try:
+                merged = next(derived)
+                if merged.hour != hour:
+                    raise ValueError(f"hours out of order: got {partition_key(merged.hour)}, expected {key}")
+                started = time.perf_counter()
+                manifest = write_merged_ids_hour(
+                    client, self.layout, hour, merged.merges, merged.state, source=obj.source,
+                    counts={"identity_rows": merged.identity_rows, "merges": merged.merges.height},
+                    extra=merged_hour_extra(self.layout, merged),
+                    lock_wait_seconds=self.hour_lock_wait_seconds, holder=context.run_id, notify=context.log.info,
+                )
+                write_seconds = time.perf_counter() - started
+            except Exception as exc:  # every later hour needs this one's state: the step ends here
+                message = (exc.description if isinstance(exc, dg.Failure)
+                           else self.storage.explain(exc) or self.storage.redact(f"{type(exc).__name__}: {exc}"))
+                # Dagster records a step's materializations only when its output is handled, so
+                # record the hours that did land before failing the step.
+                for done, metadata in landed.items():
+                    context.log_event(dg.AssetMaterialization(context.asset_key, partition=done, metadata=metadata))
+                raise dg.Failure(
+                    description=f"merged_ids {key} failed: {message}",
+                    metadata={
+                        "exported_hours": dg.MetadataValue.json(list(landed)),
+                        "not_attempted": dg.MetadataValue.json([partition_key(h) for h in obj.hours[index + 1:]]),
+                    },
+                ) from None
+            stale_from = self._hour_after_made_stale(context, merged) if hour == obj.hours[-1] else None
+            metadata = self._hour_metadata(merged, manifest, write_seconds, stale_from)
+            context.step_context.add_asset_metadata(metadata, partition_key=key)
+            landed[key] = metadata
+            context.log.info(
+                f"merged_ids {key}: {merged.merges.height} merge(s) from {merged.identity_rows} identity rows"
+                + (" (identity history starts here)" if merged.history_starts else "")
+            )
+
+    def _hour_after_made_stale(self, context: dg.OutputContext, merged: MergedHour) -> str | None:
+        """The hour after the step, when it is exported and no longer starts from the state just written.
+
+        A re-export that changed the state, or a first export before an existing history,
+        breaks the chain there; it is logged, and observed on that hour.
+        """
+        later = merged.hour + timedelta(hours=1)
+        following = read_link(self.storage.container(self.container), self.layout, later)
+        link = Link(merged.state_md5, merged.started_from.md5 if merged.started_from else None)
+        problem = link_problem(later, following, link) if following else None
+        if not problem:
+            return None
+        stale_from = partition_key(later)
+        context.log.warning(
+            f"merged_ids {partition_key(merged.hour)}: merged_ids from {stale_from} on is stale now: {problem}, to the "
+            "latest exported hour (hourly_export_sensor does this within its catch-up window)."
+        )
+        context.log_event(dg.AssetObservation(
+            asset_key=context.asset_key, partition=stale_from,
+            metadata={"chain": f"stale since merged_ids {partition_key(merged.hour)} was exported: {problem}"},
+        ))
+        return stale_from
+
+    def _hour_metadata(
+        self, merged: MergedHour, manifest: Manifest, write_seconds: float, stale_from: str | None
+    ) -> dict[str, Any]:
+        hour, layout, container = merged.hour, self.layout, self.container
+        metadata: dict[str, Any] = {
+            "dagster/row_count": merged.merges.height,
+            "dagster/column_schema": MERGED_ID_COLUMNS,
+            "compressed_bytes": sum(p.bytes for p in manifest.parts),
+            "marker": f"{container}/{layout.marker(hour)}",
+            "identity_rows": merged.identity_rows,
+            "state": f"{container}/{layout.state(hour)}",
+            "state_bytes": len(merged.state),
+            **{f"state_{kind}": size for kind, size in merged.state_sizes.items()},
+            **{name: dg.MetadataValue.float(round(value, 3)) for name, value in merged.timings.items()},
+            "write_seconds": dg.MetadataValue.float(round(write_seconds, 3)),
+        }
+        if merged.merges.height:
+            metadata["file"] = f"{container}/{layout.file(hour)}"
+        if merged.history_starts:
+            metadata["identity_history_starts"] = manifest.extra["identity_history_starts"]
+        metadata["state_md5"] = merged.state_md5
+        metadata["previous_state_md5"] = merged.started_from.md5 if merged.started_from else NO_STATE
+        metadata["chain"] = (
+            "the identity history starts here" if merged.history_starts
+            else f"starts from the state {partition_key(hour - timedelta(hours=1))} left"
+        )
+        if stale_from:
+            metadata["later_hours_stale_from"] = stale_from
+        return metadata
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         client = self.storage.container(self.container)
