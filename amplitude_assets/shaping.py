@@ -10,13 +10,15 @@ works on this one. When the iteration ends, the hour's counts, rejects, repairs,
 columns (as Parquet) and final list of extra keys are known; the writer needs them for
 the marker.
 
-It is the chunked form of `transform.process_hour`, with the same rows, order and counts.
+The tests hold it to a whole-hour reference (the same stages over the whole hour at once):
+the same rows, order and counts.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -32,6 +34,7 @@ from amplitude_assets.schema import event_schema
 from amplitude_assets.transform import (
     IDENTITY_COLUMNS,
     Counts,
+    HourResult,
     no_repairs,
     normalize_with_repairs,
     parse,
@@ -83,7 +86,7 @@ class Timer:
 
 
 class FirstWins:
-    """`transform.dedup`, one chunk at a time in source order.
+    """Dedup decided one chunk at a time in source order: the first row wins.
 
     A row is kept when its uuid is null or unseen, then when its ($insert_id,
     device_id), both non-null, is unseen among the rows kept by uuid. Each chunk is
@@ -182,11 +185,13 @@ class ShapedHour:
     """
 
     def __init__(self, chunks: Iterable[bytes], hour: datetime, *, keep: pl.Expr | None,
-                 lines_per_chunk: int = CHUNK_LINES, timings: dict | None = None) -> None:
+                 lines_per_chunk: int = CHUNK_LINES, chunk_bytes: int = CHUNK_BYTES,
+                 timings: dict | None = None) -> None:
         self.chunks = chunks
         self.hour = hour
         self.keep = keep
         self.lines_per_chunk = lines_per_chunk
+        self.chunk_bytes = chunk_bytes
         self.timer = Timer(timings)
         self.counts: Counts | None = None
         self.rejects: pl.DataFrame | None = None
@@ -196,7 +201,7 @@ class ShapedHour:
 
     def _parsed(self, order: dict[str, None], tally: dict[str, int]) -> Iterator[tuple]:
         """Parse each chunk (in a background thread): (offset, parsed, unparseable, its extras, the hour's so far)."""
-        for chunk in prefetch(line_batches(self.chunks, self.lines_per_chunk)):
+        for chunk in prefetch(line_batches(self.chunks, self.lines_per_chunk, self.chunk_bytes)):
             with self.timer("parse"):
                 lines = read_lines(chunk)
                 del chunk
@@ -272,3 +277,17 @@ class ShapedHour:
             rejected=self.rejects.height,
             repaired=self.repairs.height,
         )
+
+
+def process_hour(chunks: Iterable[bytes], hour: datetime, keep: pl.Expr | None = None) -> HourResult:
+    """The whole hour through the same path as one chunk, collected in memory.
+
+    For scripts, tests and small hours: the export itself never holds an hour whole. The
+    frame, rejects, repairs and identities are those the export writes for the hour.
+    """
+    shaped = ShapedHour(chunks, hour, keep=keep, lines_per_chunk=sys.maxsize, chunk_bytes=sys.maxsize)
+    frames = [chunk.frame for chunk in shaped]  # one chunk, or none for an empty hour
+    frame = frames[0] if frames else pl.DataFrame(schema=event_schema())
+    identities = pl.read_parquet(io.BytesIO(shaped.identities))
+    return HourResult(hour=hour, frame=frame, rejects=shaped.rejects, identities=identities,
+                      counts=shaped.counts, repairs=shaped.repairs)

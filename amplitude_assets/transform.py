@@ -1,4 +1,4 @@
-"""Shaping an hour of events: parse -> reject -> normalize -> dedup -> filter.
+"""The stages of shaping events: parse -> reject -> normalize (dedup and the filter are in `shaping.py`).
 
 JSON is read by DuckDB's JSON functions (exact objects, one struct per line); everything
 after that is polars expressions.
@@ -706,47 +706,3 @@ def reject_outside_hour(frame: pl.DataFrame, hour: datetime) -> tuple[pl.DataFra
         return frame, rejected.clear()
     rejected = rejected.filter(outside)
     return frame.filter(~outside), rejected
-
-
-def dedup(frame: pl.DataFrame) -> pl.DataFrame:
-    """Keep the first row in source order: by uuid, then by ($insert_id, device_id).
-
-    A null uuid is never a duplicate; the pair counts only when both are non-null.
-    """
-    by_uuid = frame.filter(pl.col("uuid").is_null() | pl.col("uuid").is_first_distinct())
-    pair = pl.struct("$insert_id", "device_id")
-    both = pl.col("$insert_id").is_not_null() & pl.col("device_id").is_not_null()
-    # Rows without both keys get a unique stand-in so they never collide.
-    return by_uuid.filter(~both | pair.is_first_distinct().over(both))
-
-
-def process_hour(
-    chunks: Iterable[bytes], hour: datetime, keep: pl.Expr | None = None
-) -> HourResult:
-    """Shape one hour of source lines. `keep` is the compiled event filter (None: no filter)."""
-    lines = read_lines(chunks)
-    parsed, unparseable, extras = parse(lines)
-    in_hour, outside = reject_outside_hour(parsed, hour)
-    # An extra key carried only by rejected rows is not a key of the hour's events.
-    extras = [k for k in extras if in_hour[k].is_not_null().any()]
-    normalized, repairs = normalize_with_repairs(in_hour, extras)
-    unique = dedup(normalized)
-    identities = unique.select(IDENTITY_COLUMNS)
-    exported = unique.filter(keep) if keep is not None else unique
-    rejects = pl.concat([unparseable, outside]).sort("_pos").drop("_pos")
-    counts = Counts(
-        source_rows=len(lines),
-        exported=exported.height,
-        duplicates=normalized.height - unique.height,
-        filtered=unique.height - exported.height,
-        rejected=rejects.height,
-        repaired=repairs.height,
-    )
-    return HourResult(
-        hour=hour,
-        frame=exported,
-        rejects=rejects,
-        identities=identities,
-        counts=counts,
-        repairs=repairs,
-    )

@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.identity_month                 # 720 hours at 2000 events/hour
     .venv/bin/python -m bench.identity_month --hours 168 --events-per-hour 5000
 
-Every hour goes through the real path without Azure: the synthetic source, `process_hour`
-(whose identity columns `events` writes), then what a single-hour `merged_ids` run does:
+Every hour goes through the real path without Azure: the synthetic source, `ShapedHour`
+(the identity columns `events` writes, as Parquet), then what a single-hour `merged_ids` run does:
 read the state of the hour before (the day's snapshot and the hourly deltas since, as
 Parquet bytes), derive the merges, store this hour's state (a delta, or a snapshot after
 hour 23). Reading the source and shaping events is not counted: that is `events`' cost.
@@ -24,7 +24,7 @@ import polars as pl
 from amplitude_assets.destination.writer import encode_records, parquet_bytes
 from amplitude_assets.identity import IdentityState, decode_state, derive_merges, encode_state, stored_kind
 from amplitude_assets.sources.synthetic import SyntheticSource
-from amplitude_assets.transform import process_hour
+from amplitude_assets.shaping import ShapedHour
 
 START = datetime(2024, 3, 1, tzinfo=timezone.utc)
 
@@ -44,8 +44,10 @@ def main() -> None:
     started_all = time.perf_counter()
     for k in range(args.hours):
         hour = START + timedelta(hours=k)
-        identities = process_hour(source.iter_lines(hour), hour).identities
-        identities = pl.read_parquet(io.BytesIO(parquet_bytes(identities)))  # as merged_ids reads it
+        shaped = ShapedHour(source.iter_lines(hour), hour, keep=None)
+        for _ in shaped:  # the exported rows are `events`' business; the identities come at the end
+            pass
+        identities = pl.read_parquet(io.BytesIO(shaped.identities))  # as merged_ids reads it
 
         # As a single-hour run does it (the sensor's hourly run): read the state of the hour
         # before (its day's snapshot and the deltas since), derive, store this hour's state.

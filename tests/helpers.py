@@ -39,7 +39,7 @@ def materialize(defs: dg.Definitions, selection: list[str], *, partition: str | 
 def part_slices(height: int, max_rows: int) -> list[tuple[int, int]]:
     """(offset, length) of each part of a whole hour: at most `max_rows` rows, no empty part.
 
-    With `process_hour`, `encode_lines` and `gzip_bytes`, the whole-hour reference the
+    With `whole_hour` (tests/reference.py), `encode_lines` and `gzip_bytes`, the whole-hour reference the
     chunked export is compared with, byte for byte."""
     return [(offset, min(max_rows, height - offset)) for offset in range(0, height, max_rows)]
 

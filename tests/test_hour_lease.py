@@ -41,7 +41,7 @@ from amplitude_assets.destination.merged_writer import write_merged_ids_hour
 from amplitude_assets.schema import MERGED_ID_FIELDS
 from amplitude_assets.settings import Settings, SettingsError
 from amplitude_assets.sources.synthetic import SyntheticSource
-from amplitude_assets.transform import process_hour
+from tests.reference import whole_hour
 from tests.conftest import ROOT
 from tests.helpers import definitions, materialize, part_slices
 
@@ -74,7 +74,7 @@ def chunks_of(lines: list[str], pause: float = 0.0, per_chunk: int = 90):
 
 def expected_parts(lines: list[str], max_rows: int) -> list[bytes]:
     """The parts an export of `lines` must leave, from the whole-hour path."""
-    whole = process_hour(chunks_of(lines), HOUR)
+    whole = whole_hour(chunks_of(lines), HOUR)
     return [
         gzip_bytes(jsonl_bytes(encode_lines(whole.frame.slice(offset, length))))
         for offset, length in part_slices(whole.frame.height, max_rows)

@@ -251,7 +251,7 @@ def test_the_synthetic_source_merges_anonymous_installs_that_log_in():
     from datetime import timezone
 
     from amplitude_assets.sources.synthetic import SyntheticSource
-    from amplitude_assets.transform import process_hour
+    from amplitude_assets.shaping import process_hour
 
     source = SyntheticSource("187520", 300, 0)
     oracle, state = Oracle(), IdentityState.empty()

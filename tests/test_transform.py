@@ -11,7 +11,8 @@ import pytest
 
 from amplitude_assets.destination.writer import encode_lines, jsonl_bytes
 from amplitude_assets.schema import DICT_FIELDS, EVENT_FIELD_NAMES
-from amplitude_assets.transform import NOT_UTF8, parse_timestamp, process_hour
+from amplitude_assets.shaping import process_hour
+from amplitude_assets.transform import NOT_UTF8, parse_timestamp
 
 HOUR = datetime(2020, 1, 25, 17, tzinfo=timezone.utc)
 

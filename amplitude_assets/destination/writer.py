@@ -334,7 +334,7 @@ def existing_markers(container: ContainerClient, prefix: str, names: Sequence[st
 # staged block changes nothing, so until the commit the container is as it was, and an
 # hour that fails midway leaves an earlier export of it whole.
 #
-# The bytes are the same as the whole hour shaped at once (`transform.process_hour`), encoded
+# The bytes are the same as the whole hour shaped at once (the tests' `process_hour`), encoded
 # (`encode_lines`), cut every `max_rows_per_file` rows and compressed (`gzip_bytes`): same
 # rows, order, split, keys and compressor. That whole-hour path lives only in the tests, as
 # the reference they compare this one with (tests/test_fast_path.py).
@@ -480,7 +480,7 @@ def write_events_hour(
     """Write one shaped hour in the four-step order, and return its manifest and result.
 
     Same blobs, bytes and order of steps for the same input as the whole-hour reference
-    (`transform.process_hour`, encoded with `encode_lines`, split by `part_slices`).
+    (the tests' `process_hour`, encoded with `encode_lines`, split by `part_slices`).
     The result's `frame` and `identities` are empty (the rows went to the parts, the
     identities to their Parquet blob) but have their columns.
 
