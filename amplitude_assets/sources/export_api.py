@@ -30,7 +30,7 @@ import dagster as dg
 import requests
 from isal import igzip
 
-from amplitude_assets.layout import PART_NAME_RE
+from amplitude_assets.layout import part_hour
 from amplitude_assets.lines import CHUNK_BYTES, gzip_line_chunks, is_gzip, line_chunks
 from amplitude_assets.partitions import partition_key
 from amplitude_assets.settings import SettingsError, redact
@@ -219,7 +219,7 @@ class ExportApiSource:
                     continue
                 with archive:
                     for name, chunks in self.archive_entries(archive):
-                        default = entry_hour(name)
+                        default = part_hour(name)  # the hour the ZIP entry is named after
                         if default is None or not window.first <= default <= window.last:
                             default = window.first
                         for chunk in chunks:
@@ -389,15 +389,6 @@ class ExportApiSource:
 _UPLOAD_HOUR = re.compile(
     rb'"server_upload_time"\s*:\s*"(\d{4}-\d{2}-\d{2})[ T](\d{2}):\d{2}:\d{2}(?:\.\d{0,9})?(?:Z|\+00:00)?"'
 )
-
-
-def entry_hour(name: str) -> datetime | None:
-    """The hour a ZIP entry is named after (`..._2020-01-25_17#0.json.gz`), if it is."""
-    match = PART_NAME_RE.search(name)
-    if not match:
-        return None
-    day = datetime.strptime(match.group(2), "%Y-%m-%d").replace(tzinfo=timezone.utc)
-    return day + timedelta(hours=int(match.group(3)))
 
 
 def split_by_upload_hour(chunk: bytes, window: Window, default: datetime) -> dict[datetime, bytes]:
