@@ -771,39 +771,39 @@ def hourly_checks(
     name: str,
     description: str,
     asset: str,
-    specs: list[dg.AssetCheckSpec],
+    partitions: dg.PartitionsDefinition,
+    checks: list[tuple[str, bool, str]],
     container: str,
     run: Callable[[ContainerClient, datetime, set[str]], dict[str, Outcome]],
 ) -> dg.AssetChecksDefinition:
-    """One multi-asset check over `specs`, any subset of them selectable: `run(client, hour, selected)`
-    evaluates an hour of the asset read from `container`, for every hour of the step."""
+    """One multi-asset check over `checks` (name, blocking, description), any subset of them selectable:
+    `run(client, hour, selected)` evaluates an hour of the asset read from `container`, for every hour of the step."""
+    specs = [dg.AssetCheckSpec(check, asset=asset, blocking=blocking, partitions_def=partitions, description=text)
+             for check, blocking, text in checks]
 
     @dg.multi_asset_check(specs=specs, name=name, can_subset=True, description=description)
-    def checks(context: dg.AssetCheckExecutionContext, storage: AzureStorage):
+    def multi_check(context: dg.AssetCheckExecutionContext, storage: AzureStorage):
         client = storage.container(container)
         yield from evaluate_hours(context, asset, specs, storage, lambda hour, selected: run(client, hour, selected))
 
-    return checks
+    return multi_check
 
 
 def build_events_checks(settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
     layout = EventsLayout(settings.events_prefix, settings.project_id)
-    specs = [
-        dg.AssetCheckSpec("schema", asset="events", blocking=True, partitions_def=partitions,
-                          description="Every line of the hour's parts parses, has the 49 keys in order (then the "
-                                      "same extra keys on every line) and the contract's JSON types."),
-        dg.AssetCheckSpec("unique", asset="events", partitions_def=partitions,
-                          description="No uuid and no ($insert_id, device_id) repeats across the hour's parts."),
-        dg.AssetCheckSpec("complete", asset="events", blocking=True, partitions_def=partitions,
-                          description="The marker's manifest matches the parts in the container (names, sizes, "
-                                      "Content-MD5, no stray parts) and its counts reconcile."),
+    checks = [
+        ("schema", True, "Every line of the hour's parts parses, has the 49 keys in order (then the same extra keys "
+                         "on every line) and the contract's JSON types."),
+        ("unique", False, "No uuid and no ($insert_id, device_id) repeats across the hour's parts."),
+        ("complete", True, "The marker's manifest matches the parts in the container (names, sizes, Content-MD5, "
+                           "no stray parts) and its counts reconcile."),
     ]
 
     def run(client: ContainerClient, hour: datetime, selected: set[str]) -> dict[str, Outcome]:
         return events_hour_outcomes(client, layout, hour, selected)
 
     return [hourly_checks("events_checks", "One read of each hour serves the schema, unique and complete checks.",
-                          "events", specs, settings.events_container, run)]
+                          "events", partitions, checks, settings.events_container, run)]
 
 
 def build_merged_ids_checks(settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
@@ -811,12 +811,10 @@ def build_merged_ids_checks(settings, partitions: dg.PartitionsDefinition) -> li
     rules = LineRules(head=MERGED_ID_FIELDS, fields=tuple((name, Kind.INT) for name in MERGED_ID_FIELDS),
                       allow_extras=False, nullable=False, fixed=(("scope", str(int(settings.merged_ids_scope))),),
                       unique=(("amplitude_id",),))
-    specs = [
-        dg.AssetCheckSpec("schema", asset="merged_ids", blocking=True, partitions_def=partitions,
-                          description="Every line parses, has scope, merge_time, merge_server_time, amplitude_id, "
-                                      "merged_amplitude_id in order, all integers (never null), and the configured scope."),
-        dg.AssetCheckSpec("unique", asset="merged_ids", partitions_def=partitions,
-                          description="No amplitude_id is merged away twice in the hour."),
+    checks = [
+        ("schema", True, "Every line parses, has scope, merge_time, merge_server_time, amplitude_id, "
+                         "merged_amplitude_id in order, all integers (never null), and the configured scope."),
+        ("unique", False, "No amplitude_id is merged away twice in the hour."),
     ]
 
     def run(client: ContainerClient, hour: datetime, selected: set[str]) -> dict[str, Outcome]:
@@ -828,4 +826,4 @@ def build_merged_ids_checks(settings, partitions: dg.PartitionsDefinition) -> li
 
     return [hourly_checks("merged_ids_checks",
                           "One read of each hour's merged-IDs file serves the schema and unique checks.",
-                          "merged_ids", specs, settings.merged_ids_container, run)]
+                          "merged_ids", partitions, checks, settings.merged_ids_container, run)]
