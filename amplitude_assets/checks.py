@@ -767,42 +767,54 @@ def evaluate_hours(
         )
 
 
+def hourly_checks(
+    name: str,
+    description: str,
+    asset: str,
+    partitions: dg.PartitionsDefinition,
+    checks: list[tuple[str, bool, str]],
+    container: str,
+    run: Callable[[ContainerClient, datetime, set[str]], dict[str, Outcome]],
+) -> dg.AssetChecksDefinition:
+    """One multi-asset check over `checks` (name, blocking, description), any subset of them selectable:
+    `run(client, hour, selected)` evaluates an hour of the asset read from `container`, for every hour of the step."""
+    specs = [dg.AssetCheckSpec(check, asset=asset, blocking=blocking, partitions_def=partitions, description=text)
+             for check, blocking, text in checks]
+
+    @dg.multi_asset_check(specs=specs, name=name, can_subset=True, description=description)
+    def multi_check(context: dg.AssetCheckExecutionContext, storage: AzureStorage):
+        client = storage.container(container)
+        yield from evaluate_hours(context, asset, specs, storage, lambda hour, selected: run(client, hour, selected))
+
+    return multi_check
+
+
 def build_events_checks(settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
     layout = EventsLayout(settings.events_prefix, settings.project_id)
-    container = settings.events_container
-    specs = [
-        dg.AssetCheckSpec("schema", asset="events", blocking=True, partitions_def=partitions,
-                          description="Every line of the hour's parts parses, has the 49 keys in order (then the "
-                                      "same extra keys on every line) and the contract's JSON types."),
-        dg.AssetCheckSpec("unique", asset="events", partitions_def=partitions,
-                          description="No uuid and no ($insert_id, device_id) repeats across the hour's parts."),
-        dg.AssetCheckSpec("complete", asset="events", blocking=True, partitions_def=partitions,
-                          description="The marker's manifest matches the parts in the container (names, sizes, "
-                                      "Content-MD5, no stray parts) and its counts reconcile."),
+    checks = [
+        ("schema", True, "Every line of the hour's parts parses, has the 49 keys in order (then the same extra keys "
+                         "on every line) and the contract's JSON types."),
+        ("unique", False, "No uuid and no ($insert_id, device_id) repeats across the hour's parts."),
+        ("complete", True, "The marker's manifest matches the parts in the container (names, sizes, Content-MD5, "
+                           "no stray parts) and its counts reconcile."),
     ]
 
-    @dg.multi_asset_check(specs=specs, name="events_checks", can_subset=True,
-                          description="One read of each hour serves the schema, unique and complete checks.")
-    def events_checks(context: dg.AssetCheckExecutionContext, storage: AzureStorage):
-        client = storage.container(container)
-        yield from evaluate_hours(context, "events", specs, storage,
-                                  lambda hour, selected: events_hour_outcomes(client, layout, hour, selected))
+    def run(client: ContainerClient, hour: datetime, selected: set[str]) -> dict[str, Outcome]:
+        return events_hour_outcomes(client, layout, hour, selected)
 
-    return [events_checks]
+    return [hourly_checks("events_checks", "One read of each hour serves the schema, unique and complete checks.",
+                          "events", partitions, checks, settings.events_container, run)]
 
 
 def build_merged_ids_checks(settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
     layout = MergedIdsLayout(settings.merged_ids_prefix, settings.merged_ids_scope)
-    container = settings.merged_ids_container
     rules = LineRules(head=MERGED_ID_FIELDS, fields=tuple((name, Kind.INT) for name in MERGED_ID_FIELDS),
                       allow_extras=False, nullable=False, fixed=(("scope", str(int(settings.merged_ids_scope))),),
                       unique=(("amplitude_id",),))
-    specs = [
-        dg.AssetCheckSpec("schema", asset="merged_ids", blocking=True, partitions_def=partitions,
-                          description="Every line parses, has scope, merge_time, merge_server_time, amplitude_id, "
-                                      "merged_amplitude_id in order, all integers (never null), and the configured scope."),
-        dg.AssetCheckSpec("unique", asset="merged_ids", partitions_def=partitions,
-                          description="No amplitude_id is merged away twice in the hour."),
+    checks = [
+        ("schema", True, "Every line parses, has scope, merge_time, merge_server_time, amplitude_id, "
+                         "merged_amplitude_id in order, all integers (never null), and the configured scope."),
+        ("unique", False, "No amplitude_id is merged away twice in the hour."),
     ]
 
     def run(client: ContainerClient, hour: datetime, selected: set[str]) -> dict[str, Outcome]:
@@ -812,10 +824,6 @@ def build_merged_ids_checks(settings, partitions: dg.PartitionsDefinition) -> li
         outcomes = {"schema": _combine(scan.schema, scan.facts), "unique": _combine(scan.unique, scan.facts)}
         return {n: outcomes[n] for n in selected}
 
-    @dg.multi_asset_check(specs=specs, name="merged_ids_checks", can_subset=True,
-                          description="One read of each hour's merged-IDs file serves the schema and unique checks.")
-    def merged_ids_checks(context: dg.AssetCheckExecutionContext, storage: AzureStorage):
-        client = storage.container(container)
-        yield from evaluate_hours(context, "merged_ids", specs, storage, lambda hour, selected: run(client, hour, selected))
-
-    return [merged_ids_checks]
+    return [hourly_checks("merged_ids_checks",
+                          "One read of each hour's merged-IDs file serves the schema and unique checks.",
+                          "merged_ids", partitions, checks, settings.merged_ids_container, run)]

@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 
 def hour_stem(scope: str, hour: datetime) -> str:
     """`187520_2020-01-25_17` for 17:00-18:00 UTC on 2020-01-25."""
     return f"{scope}_{hour:%Y-%m-%d}_{hour.hour}"
+
+
+def _stem_hour(day: str, hour: str) -> datetime:
+    """The UTC hour a stem names by its `{yyyy-MM-dd}` and `{H}` (`2020-01-25`, `17`)."""
+    return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=timezone.utc) + timedelta(hours=int(hour))
 
 
 def _join(*parts: str) -> str:
@@ -113,15 +118,18 @@ class MergedIdsLayout:
         match = re.fullmatch(
             re.escape(self.state_folder + self.scope) + r"_(\d{4}-\d{2}-\d{2})_(\d{1,2})\.parquet", name
         )
-        if not match:
-            return None
-        day = datetime.strptime(match.group(1), "%Y-%m-%d").replace(tzinfo=timezone.utc)
-        return day.replace(hour=int(match.group(2)))
+        return _stem_hour(match.group(1), match.group(2)) if match else None
 
 
 # Matches part names in Amplitude's layout, with or without a folder: captures the
 # scope, the date, the hour and the part number.
 PART_NAME_RE = re.compile(r"(?:^|/)(-?\d+)_(\d{4}-\d{2}-\d{2})_(\d{1,2})#(\d+)\.json\.gz$")
+
+
+def part_hour(name: str) -> datetime | None:
+    """The hour a part is named after (`..._2020-01-25_17#0.json.gz`, any scope and folder), or None."""
+    match = PART_NAME_RE.search(name)
+    return _stem_hour(match.group(2), match.group(3)) if match else None
 
 
 def split_az_url(url: str) -> tuple[str, str]:

@@ -41,6 +41,12 @@ def hourly_partitions(settings: Settings) -> dg.HourlyPartitionsDefinition:
     return dg.HourlyPartitionsDefinition(start_date=settings.start, timezone="UTC")
 
 
+def utc_hour(moment: datetime) -> datetime:
+    """The UTC hour that holds `moment`, as an aware datetime; a naive `moment` counts as UTC."""
+    moment = moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
 def partition_key(hour: datetime) -> str:
     """The hour's partition key, such as `2020-01-25-17:00`."""
     return hour.strftime(KEY_FORMAT)

@@ -6,7 +6,7 @@ import gzip
 import io
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from azure.storage.blob import ContentSettings
@@ -52,6 +52,14 @@ def test_local_parts_are_read_in_order_of_n(local_root):
     assert all(c.endswith(b"\n") for c in chunks)
     one = FilesSource(f"file://{local_root}", PROJECT)
     assert b"".join(one.iter_lines(datetime(2020, 1, 25, 1, tzinfo=timezone.utc))) == b'{"hour": 1}\n'
+
+
+def test_an_hour_is_the_utc_hour_that_holds_it(local_root):
+    source = FilesSource(str(local_root), PROJECT)
+    kolkata = timezone(timedelta(hours=5, minutes=30))
+    for hour in (datetime(2020, 1, 25, 17), HOUR.replace(minute=59, second=59), datetime(2020, 1, 25, 23, 15, tzinfo=kolkata)):
+        assert [n for n, _ in source.parts(hour)] == [0, 2, 10, 11], hour
+        assert b"".join(source.iter_lines(hour)) == b"".join(b'{"n": %d}\n' % i for i in range(5)), hour
 
 
 def test_an_hour_without_files_is_empty_and_a_missing_folder_is_named(local_root, tmp_path):

@@ -2,7 +2,7 @@
 
 from datetime import datetime, timezone
 
-from amplitude_assets.layout import EventsLayout, MergedIdsLayout, hour_stem
+from amplitude_assets.layout import EventsLayout, MergedIdsLayout, hour_stem, part_hour
 
 H17 = datetime(2020, 1, 25, 17, tzinfo=timezone.utc)
 
@@ -28,6 +28,26 @@ def test_part_numbers_belong_to_their_hour_only():
     assert layout.part_number("187520/187520_2020-01-25_17_complete", H17) is None
     # hour 1's parts prefix must not match hour 17's names
     assert layout.part_number("187520/187520_2020-01-25_17#0.json.gz", H17.replace(hour=1)) is None
+
+
+def test_part_names_read_back_as_their_hour():
+    assert part_hour("187520/187520_2020-01-25_17#3.json.gz") == H17
+    assert part_hour("raw/amp/-4242/-4242_2020-01-25_0#12.json.gz") == H17.replace(hour=0)  # any scope and folder
+    assert part_hour("187520_2020-01-25_9#0.json.gz") == H17.replace(hour=9)
+    assert part_hour("187520/187520_2020-01-25_17_complete") is None
+    assert part_hour("187520/187520_2020-01-25_17#3.json") is None
+    layout = EventsLayout("raw", "187520")
+    hours = [datetime(2020, 12, 31, h, tzinfo=timezone.utc) for h in (0, 9, 23)]
+    assert [part_hour(layout.part(h, 2)) for h in hours] == hours
+
+
+def test_state_names_read_back_as_their_hour():
+    layout = MergedIdsLayout("merged_ids", "-4242")
+    hours = [datetime(2020, 12, 31, h, tzinfo=timezone.utc) for h in (0, 9, 23)]
+    assert [layout.state_hour(layout.state(h)) for h in hours] == hours
+    assert layout.state_hour("merged_ids/_state/-4242/-4242_2020-01-25_17.parquet") == H17
+    assert layout.state_hour("merged_ids/_state/-999/-999_2020-01-25_17.parquet") is None  # another scope
+    assert layout.state_hour(layout.file(H17)) is None
 
 
 def test_merged_id_names():

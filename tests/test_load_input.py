@@ -47,6 +47,22 @@ def exported_merges(stored: dict[str, bytes], hour: datetime) -> list[dict]:
     return [json.loads(line) for line in gzip.decompress(stored[name]).decode().splitlines()] if name in stored else []
 
 
+MERGED_IDS_SCHEMA = pl.Schema({"scope": pl.Int32, "merge_time": pl.Int64, "merge_server_time": pl.Int64,
+                               "amplitude_id": pl.Int64, "merged_amplitude_id": pl.Int64})
+
+
+def loading_asset(defs: dg.Definitions, loaded: dict) -> dg.AssetsDefinition:
+    """An hourly downstream asset that takes `events` and `merged_ids` and records the frames it is given."""
+
+    @dg.asset(partitions_def=defs.get_assets_def("events").partitions_def,
+              ins={"events": dg.AssetIn(), "merged_ids": dg.AssetIn()})
+    def resolved(events: pl.DataFrame, merged_ids: pl.DataFrame) -> dg.MaterializeResult:
+        loaded.update(events=events, merged_ids=merged_ids)
+        return dg.MaterializeResult()
+
+    return resolved
+
+
 def downstream(defs: dg.Definitions, asset: dg.AssetsDefinition, partition: str | None = None, **tags):
     """Materialize `asset` alone, for one partition or a range (tags), its inputs loaded by the project's IO managers."""
     return dg.materialize(
@@ -61,14 +77,7 @@ def test_events_and_merged_ids_load_as_typed_frames(env, blobs):
     assert materialize(definitions(), ["events", "merged_ids"], start="2020-01-25-00:00", end="2020-01-25-02:00").success
     defs = definitions()
     loaded = {}
-
-    @dg.asset(partitions_def=defs.get_assets_def("events").partitions_def,
-              ins={"events": dg.AssetIn(), "merged_ids": dg.AssetIn()})
-    def resolved(events: pl.DataFrame, merged_ids: pl.DataFrame) -> dg.MaterializeResult:
-        loaded.update(events=events, merged_ids=merged_ids)
-        return dg.MaterializeResult()
-
-    result = downstream(defs, resolved, **{
+    result = downstream(defs, loading_asset(defs, loaded), **{
         "dagster/asset_partition_range_start": "2020-01-25-00:00", "dagster/asset_partition_range_end": "2020-01-25-02:00"})
     assert result.success
     stored = blobs(env)
@@ -98,8 +107,7 @@ def test_events_and_merged_ids_load_as_typed_frames(env, blobs):
     merges = [m for hour in hours for m in exported_merges(stored, hour)]
     assert merges, "the synthetic hours have merges"
     frame = loaded["merged_ids"]
-    assert frame.schema == pl.Schema({"scope": pl.Int32, "merge_time": pl.Int64, "merge_server_time": pl.Int64,
-                                      "amplitude_id": pl.Int64, "merged_amplitude_id": pl.Int64})
+    assert frame.schema == MERGED_IDS_SCHEMA
     assert frame.to_dicts() == merges
 
 
@@ -172,15 +180,7 @@ def test_an_hour_without_merges_loads_as_an_empty_typed_frame(env, clean_env, tm
     assert f"merged_ids/-{ORG}/-{ORG}_2020-01-25_0.json.gz" not in stored
     defs = definitions()
     loaded = {}
-
-    @dg.asset(partitions_def=defs.get_assets_def("events").partitions_def,
-              ins={"events": dg.AssetIn(), "merged_ids": dg.AssetIn()})
-    def resolved(events: pl.DataFrame, merged_ids: pl.DataFrame) -> dg.MaterializeResult:
-        loaded.update(events=events, merged_ids=merged_ids)
-        return dg.MaterializeResult()
-
-    assert downstream(defs, resolved, "2020-01-25-00:00").success
+    assert downstream(defs, loading_asset(defs, loaded), "2020-01-25-00:00").success
     assert loaded["events"]["amplitude_id"].to_list() == [10, 11]
     assert loaded["merged_ids"].height == 0
-    assert loaded["merged_ids"].schema == pl.Schema({"scope": pl.Int32, "merge_time": pl.Int64, "merge_server_time": pl.Int64,
-                                                     "amplitude_id": pl.Int64, "merged_amplitude_id": pl.Int64})
+    assert loaded["merged_ids"].schema == MERGED_IDS_SCHEMA

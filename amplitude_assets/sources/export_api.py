@@ -30,9 +30,9 @@ import dagster as dg
 import requests
 from isal import igzip
 
-from amplitude_assets.layout import PART_NAME_RE
+from amplitude_assets.layout import part_hour
 from amplitude_assets.lines import CHUNK_BYTES, gzip_line_chunks, is_gzip, line_chunks
-from amplitude_assets.partitions import partition_key
+from amplitude_assets.partitions import partition_key, utc_hour
 from amplitude_assets.settings import SettingsError, redact
 
 HOUR_FORMAT = "%Y%m%dT%H"
@@ -62,11 +62,6 @@ class _TooLarge(Exception):
     def __init__(self, status: int):
         super().__init__(f"HTTP {status}")
         self.status = status
-
-
-def _utc_hour(hour: datetime) -> datetime:
-    hour = hour.astimezone(timezone.utc) if hour.tzinfo else hour.replace(tzinfo=timezone.utc)
-    return hour.replace(minute=0, second=0, microsecond=0)
 
 
 @dataclass(frozen=True)
@@ -165,7 +160,7 @@ class ExportApiSource:
 
     def iter_lines(self, hour: datetime) -> Iterator[bytes]:
         """The hour's JSON lines, in ZIP entry order (`#0`, `#1`, ...), in line-aligned chunks."""
-        hour = _utc_hour(hour)
+        hour = utc_hour(hour)
         window = self._plan.pop(hour, None)
         if window is None or window.hours == 1:
             for _, archive in self.fetch(Window(hour, hour)):
@@ -195,7 +190,7 @@ class ExportApiSource:
         server_upload_time is unparseable or outside the window stays with the hour its
         ZIP entry is named after, where the transform rejects (and keeps) it.
         """
-        ordered = sorted({_utc_hour(h) for h in hours})
+        ordered = sorted({utc_hour(h) for h in hours})
         group: list[datetime] = []
         for hour in [*ordered, None]:
             if group and (hour is None or hour != group[-1] + timedelta(hours=1) or len(group) == self.window_hours):
@@ -219,7 +214,7 @@ class ExportApiSource:
                     continue
                 with archive:
                     for name, chunks in self.archive_entries(archive):
-                        default = entry_hour(name)
+                        default = part_hour(name)  # the hour the ZIP entry is named after
                         if default is None or not window.first <= default <= window.last:
                             default = window.first
                         for chunk in chunks:
@@ -389,15 +384,6 @@ class ExportApiSource:
 _UPLOAD_HOUR = re.compile(
     rb'"server_upload_time"\s*:\s*"(\d{4}-\d{2}-\d{2})[ T](\d{2}):\d{2}:\d{2}(?:\.\d{0,9})?(?:Z|\+00:00)?"'
 )
-
-
-def entry_hour(name: str) -> datetime | None:
-    """The hour a ZIP entry is named after (`..._2020-01-25_17#0.json.gz`), if it is."""
-    match = PART_NAME_RE.search(name)
-    if not match:
-        return None
-    day = datetime.strptime(match.group(2), "%Y-%m-%d").replace(tzinfo=timezone.utc)
-    return day + timedelta(hours=int(match.group(3)))
 
 
 def split_by_upload_hour(chunk: bytes, window: Window, default: datetime) -> dict[datetime, bytes]:

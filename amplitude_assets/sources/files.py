@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
@@ -20,13 +20,10 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from amplitude_assets.layout import EventsLayout, split_az_url
 from amplitude_assets.lines import CHUNK_BYTES, gzip_line_chunks, is_gzip
+from amplitude_assets.partitions import utc_hour
 from amplitude_assets.settings import SettingsError
 
 log = dg.get_dagster_logger("amplitude_assets.files")
-
-
-def _utc(hour: datetime) -> datetime:
-    return hour.astimezone(timezone.utc) if hour.tzinfo else hour.replace(tzinfo=timezone.utc)
 
 
 class FilesSource:
@@ -61,7 +58,7 @@ class FilesSource:
 
     def parts(self, hour: datetime) -> list[tuple[int, str]]:
         """(n, name) of the hour's part files in order of n; names relative to the root."""
-        hour = _utc(hour)
+        hour = utc_hour(hour)
         if self.root is not None:
             folder = self.root / self.layout.folder
             if not folder.is_dir():
@@ -106,7 +103,7 @@ class FilesSource:
     # -- Source -----------------------------------------------------------------------
 
     def iter_lines(self, hour: datetime) -> Iterator[bytes]:
-        hour = _utc(hour)
+        hour = utc_hour(hour)
         parts = self.parts(hour)
         log.info("files source: hour %s has %d part(s) under %s", f"{hour:%Y-%m-%d %H}:00", len(parts), self.files_url)
         for _, name in parts:

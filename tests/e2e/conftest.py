@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -40,6 +40,8 @@ PROJECT_ID = "187520"
 STARTUP_TIMEOUT = 240.0
 RUN_TIMEOUT = 300.0
 BACKFILL_TIMEOUT = 420.0
+# The sensor's runs export an hour once it has been closed this long (AMPLITUDE_EXPORT_DELAY_MINUTES).
+EXPORT_DELAY_MINUTES = 10
 
 DAGSTER_YAML = """\
 telemetry:
@@ -371,6 +373,35 @@ def running_dagster(tmp_path_factory, name: str, env: dict[str, str]) -> Iterato
 
 def unique_container(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module")
+def recent_dagster(e2e_azurite, tmp_path_factory) -> Iterator[Callable[[str, int], DagsterDev]]:
+    """recent_dagster(name, hours_back): a `dagster dev` whose partitions start `hours_back` hours
+    before this hour, with its own container and an export delay of EXPORT_DELAY_MINUTES, so the
+    sensor's catch-up window is small and known. Stopped at the end of the module."""
+    with ExitStack() as stack:
+
+        def start(name: str, hours_back: int) -> DagsterDev:
+            first = this_hour() - timedelta(hours=hours_back)
+            container = unique_container(f"e2e{name}")
+            env = e2e_env(e2e_azurite, container, hour_key(first),
+                          AMPLITUDE_EXPORT_DELAY_MINUTES=str(EXPORT_DELAY_MINUTES))
+            dagster = stack.enter_context(running_dagster(tmp_path_factory, name, env))
+            dagster.container = container
+            dagster.start_hour = first
+            return dagster
+
+        yield start
+
+
+def exportable_hours(start: datetime, now: datetime) -> list[datetime]:
+    """Closed hours from `start` whose export delay has passed at `now`."""
+    hours, hour = [], start
+    while hour + timedelta(hours=1, minutes=EXPORT_DELAY_MINUTES) <= now:
+        hours.append(hour)
+        hour += timedelta(hours=1)
+    return hours
 
 
 def days_back(days: int) -> datetime:

@@ -9,44 +9,18 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from .conftest import (
-    e2e_env,
-    hour_blobs,
-    hour_key,
-    running_dagster,
-    this_hour,
-    unique_container,
-)
+from .conftest import exportable_hours, hour_blobs, hour_key
 
 pytestmark = pytest.mark.e2e
 
 SENSOR = "hourly_export_sensor"
-EXPORT_DELAY_MINUTES = 10
 HOURS_BACK = 6
 REPAIR_TIMEOUT = 480.0  # the sensor's first tick, then its runs one after the other
 
 
 @pytest.fixture(scope="module")
-def dagster(e2e_azurite, tmp_path_factory):
-    start = this_hour() - timedelta(hours=HOURS_BACK)
-    container = unique_container("e2ec")
-    env = e2e_env(
-        e2e_azurite, container, hour_key(start),
-        AMPLITUDE_HOURS_PER_RUN="3",
-        AMPLITUDE_EXPORT_DELAY_MINUTES=str(EXPORT_DELAY_MINUTES),
-    )
-    with running_dagster(tmp_path_factory, "chain", env) as dagster:
-        dagster.container = container
-        dagster.start_hour = start
-        yield dagster
-
-
-def exportable_hours(start: datetime, now: datetime) -> list[datetime]:
-    hours, hour = [], start
-    while hour + timedelta(hours=1, minutes=EXPORT_DELAY_MINUTES) <= now:
-        hours.append(hour)
-        hour += timedelta(hours=1)
-    return hours
+def dagster(recent_dagster):
+    return recent_dagster("chain", HOURS_BACK)
 
 
 def manifest(blobs, container: str, hour: datetime) -> dict | None:

@@ -12,49 +12,19 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from .conftest import (
-    RANGE_END,
-    RANGE_START,
-    e2e_env,
-    hour_blobs,
-    hour_key,
-    parse_key,
-    running_dagster,
-    this_hour,
-    unique_container,
-)
+from .conftest import RANGE_END, RANGE_START, exportable_hours, hour_blobs, hour_key, parse_key
 
 pytestmark = pytest.mark.e2e
 
 SENSOR = "hourly_export_sensor"
-EXPORT_DELAY_MINUTES = 10
 HOURS_BACK = 4
 # The first tick comes on the daemon's next loop after the sensor starts; generous for two busy cores.
 SENSOR_TIMEOUT = 420.0
 
 
 @pytest.fixture(scope="module")
-def dagster(e2e_azurite, tmp_path_factory):
-    start = this_hour() - timedelta(hours=HOURS_BACK)
-    container = unique_container("e2es")
-    env = e2e_env(
-        e2e_azurite, container, hour_key(start),
-        AMPLITUDE_HOURS_PER_RUN="3",
-        AMPLITUDE_EXPORT_DELAY_MINUTES=str(EXPORT_DELAY_MINUTES),
-    )
-    with running_dagster(tmp_path_factory, "sensor", env) as dagster:
-        dagster.container = container
-        dagster.start_hour = start
-        yield dagster
-
-
-def exportable_hours(start: datetime, now: datetime) -> list[datetime]:
-    """Closed hours from `start` whose export delay has passed at `now`."""
-    hours, hour = [], start
-    while hour + timedelta(hours=1, minutes=EXPORT_DELAY_MINUTES) <= now:
-        hours.append(hour)
-        hour += timedelta(hours=1)
-    return hours
+def dagster(recent_dagster):
+    return recent_dagster("sensor", HOURS_BACK)
 
 
 def requested_hours(run: dict) -> list[datetime]:
@@ -84,14 +54,7 @@ def test_sensor_requests_closed_hours_that_are_missing(dagster, e2e_blobs):
     expected = [h for h in exportable_hours(first, datetime.now(timezone.utc)) if h != first]
     assert expected, "no exportable hour to expect (the partitions start too late)"
 
-    data = dagster.gql(
-        """mutation($selector: SensorSelector!) { startSensor(sensorSelector: $selector) {
-               __typename ... on Sensor { sensorState { status } } ... on PythonError { message } } }""",
-        {"selector": {"repositoryLocationName": "amplitude_assets", "repositoryName": repository["name"],
-                      "sensorName": SENSOR}},
-    )
-    assert data["startSensor"]["__typename"] == "Sensor", data
-    assert data["startSensor"]["sensorState"]["status"] == "RUNNING"
+    dagster.start_sensor(SENSOR)
 
     deadline = time.monotonic() + SENSOR_TIMEOUT
     requested: dict[datetime, str] = {}

@@ -60,6 +60,17 @@ def marker_manifest(blobs, container: str, hour) -> dict:
     return json.loads(client.download_blob(marker).readall())
 
 
+def select_events_partitions(page, url: str, selection: str):
+    """Open the events asset's Materialize dialog and select `selection` (a key, or `[first...last]`)."""
+    page.goto(f"{url}/assets/events")
+    page.get_by_role("button", name=MATERIALIZE).click()
+    dialog = page.get_by_role("dialog")
+    partitions = dialog.get_by_placeholder("No matching partitions")
+    partitions.fill(selection)
+    partitions.press("Enter")
+    return dialog
+
+
 def run_range(run: dict) -> tuple[str, str]:
     tags = {t["key"]: t["value"] for t in run["tags"]}
     if RANGE_START in tags:
@@ -155,12 +166,7 @@ def test_merged_ids_follows_a_single_hour_run_launched_from_the_events_page(dags
     hour = dagster.start_hour + timedelta(hours=29)
     key = hour_key(hour)
 
-    page.goto(f"{dagster.url}/assets/events")
-    page.get_by_role("button", name=MATERIALIZE).click()
-    dialog = page.get_by_role("dialog")
-    partitions = dialog.get_by_placeholder("No matching partitions")
-    partitions.fill(key)
-    partitions.press("Enter")
+    dialog = select_events_partitions(page, dagster.url, key)
     dialog.get_by_text(re.compile(r"^1 partition$")).wait_for()
     dialog.get_by_role("button", name=re.compile(r"\bLaunch 1 run$")).click()
     page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}")).wait_for()
@@ -200,12 +206,7 @@ def test_range_backfill_through_the_ui_dialog(dagster, page, e2e_blobs):
     hours = [dagster.start_hour + timedelta(hours=6 + i) for i in range(6)]
     selection = f"[{hour_key(hours[0])}...{hour_key(hours[-1])}]"
 
-    page.goto(f"{dagster.url}/assets/events")
-    page.get_by_role("button", name=MATERIALIZE).click()
-    dialog = page.get_by_role("dialog")
-    partitions = dialog.get_by_placeholder("No matching partitions")
-    partitions.fill(selection)
-    partitions.press("Enter")
+    dialog = select_events_partitions(page, dagster.url, selection)
     dialog.get_by_text(re.compile(rf"^{len(hours)} partitions$")).wait_for()
     dialog.get_by_text(f"maximum of {HOURS_PER_RUN} partitions per run").wait_for()  # the policy, as the UI says it
     with page.expect_response(
