@@ -49,8 +49,12 @@ def is_gzip(head: bytes) -> bool:
     return head[:2] == GZIP_MAGIC
 
 
-def prefetch(items: Iterator, depth: int = 1) -> Iterator:
+def prefetch(items: Iterator, depth: int = 1, *, handoff: bool = False) -> Iterator:
     """Produce the next items in a background thread while the caller works on this one.
+
+    With `handoff`, the producer makes an item only once the caller has taken the one
+    before: at most two items are alive, the caller's and the next one, instead of a
+    third waiting in the queue. For large items (a parsed chunk) that bounds memory.
 
     If the caller stops early (an error in the hour), the producer is told to stop and
     its queue drained, so no thread is left holding a chunk or the source's download.
@@ -58,16 +62,22 @@ def prefetch(items: Iterator, depth: int = 1) -> Iterator:
     done = object()
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    taken = threading.Semaphore(0)  # released each time the caller takes an item
     failure: list[BaseException] = []
 
     def put(item) -> bool:
         while not stop.is_set():
             try:
                 buffer.put(item, timeout=0.1)
-                return True
+                break
             except queue.Full:
                 continue
-        return False
+        else:
+            return False
+        while handoff and not taken.acquire(timeout=0.1):
+            if stop.is_set():
+                return False
+        return True
 
     def produce() -> None:
         try:
@@ -86,6 +96,7 @@ def prefetch(items: Iterator, depth: int = 1) -> Iterator:
     thread.start()
     try:
         while (item := buffer.get()) is not done:
+            taken.release()
             yield item
     finally:
         stop.set()

@@ -222,7 +222,8 @@ class ShapedHour:
         identity_files: list[str] = []  # each chunk's identities, as a file
         tally = {"source_rows": 0, "in_hour": 0, "unique": 0, "exported": 0}
         with tempfile.TemporaryDirectory(prefix="amplitude-shaped-") as workdir:
-            for offset, parsed, unparseable, chunk_extras, known in prefetch(self._parsed(order, tally)):
+            # The next chunk is parsed while this one is shaped, and no further: two parsed chunks at most.
+            for offset, parsed, unparseable, chunk_extras, known in prefetch(self._parsed(order, tally), handoff=True):
                 with timer("normalize"):
                     in_hour, outside = reject_outside_hour(parsed, hour)
                     del parsed
