@@ -65,7 +65,7 @@ def prefetch(items: Iterator, depth: int = 1, *, handoff: bool = False) -> Itera
     taken = threading.Semaphore(0)  # released each time the caller takes an item
     failure: list[BaseException] = []
 
-    def put(item) -> bool:
+    def put(item, wait: bool = handoff) -> bool:
         while not stop.is_set():
             try:
                 buffer.put(item, timeout=0.1)
@@ -74,7 +74,7 @@ def prefetch(items: Iterator, depth: int = 1, *, handoff: bool = False) -> Itera
                 continue
         else:
             return False
-        while handoff and not taken.acquire(timeout=0.1):
+        while wait and not taken.acquire(timeout=0.1):
             if stop.is_set():
                 return False
         return True
@@ -87,7 +87,7 @@ def prefetch(items: Iterator, depth: int = 1, *, handoff: bool = False) -> Itera
         except BaseException as exc:  # re-raised in the caller's thread
             failure.append(exc)
         finally:
-            put(done)
+            put(done, wait=False)  # the caller takes it and stops: nothing to wait for
             close = getattr(items, "close", None)
             if stop.is_set() and close is not None:
                 close()
