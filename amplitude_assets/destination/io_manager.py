@@ -303,7 +303,7 @@ class MergedIdsIOManager(dg.ConfigurableIOManager):
                         "not_attempted": dg.MetadataValue.json([partition_key(h) for h in obj.hours[index + 1:]]),
                     },
                 ) from None
-            stale_from = self._hour_after_made_stale(context, merged) if hour == obj.hours[-1] else None
+            stale_from = self._hour_after_made_stale(context, client, merged) if hour == obj.hours[-1] else None
             metadata = self._hour_metadata(merged, manifest, write_seconds, stale_from)
             context.step_context.add_asset_metadata(metadata, partition_key=key)
             landed[key] = metadata
@@ -312,14 +312,14 @@ class MergedIdsIOManager(dg.ConfigurableIOManager):
                 + (" (identity history starts here)" if merged.history_starts else "")
             )
 
-    def _hour_after_made_stale(self, context: dg.OutputContext, merged: MergedHour) -> str | None:
+    def _hour_after_made_stale(self, context: dg.OutputContext, client, merged: MergedHour) -> str | None:
         """The hour after the step, when it is exported and no longer starts from the state just written.
 
         A re-export that changed the state, or a first export before an existing history,
         breaks the chain there; it is logged, and observed on that hour.
         """
         later = merged.hour + timedelta(hours=1)
-        following = read_link(self.storage.container(self.container), self.layout, later)
+        following = read_link(client, self.layout, later)
         link = Link(merged.state_md5, merged.started_from.md5 if merged.started_from else None)
         problem = link_problem(later, following, link) if following else None
         if not problem:
