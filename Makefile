@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing the pinned Python dependencies (a minute or two the first time)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet -e ".[test]"
+	@$(PY) -m pip install --quiet -e ".[test,deploy]"
 	@touch $(STAMP)
 
 $(AZURITE): package.json
