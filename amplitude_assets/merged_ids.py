@@ -119,39 +119,58 @@ def read_carried_state(client: ContainerClient, layout: MergedIdsLayout, hour: d
     return Carried(decode_state(frames[::-1]), StoredState(name, hashlib.md5(data).hexdigest()))
 
 
-def run_exporting(instance: dg.DagsterInstance, key: str, own_run_id: str) -> str | None:
-    """Another unfinished run that exports hour `key` (events or merged IDs), if there is one."""
+def run_exporting(instance: dg.DagsterInstance, key: str, own_run_id: str) -> dg.DagsterRun | None:
+    """Another unfinished run that derives the merged IDs of hour `key`, if there is one."""
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED)):
         if run.run_id == own_run_id:
             continue
-        if run.asset_selection is not None and not {EVENTS, MERGED_IDS} & set(run.asset_selection):
+        if run.asset_selection is not None and MERGED_IDS not in run.asset_selection:
             continue
         start, end = run.tags.get(RANGE_START), run.tags.get(RANGE_END)
         if (start and end and start <= key <= end) or run.tags.get(PARTITION) == key:  # keys sort as hours
-            return run.run_id
+            return run
     return None
 
 
-def refuse_while_the_hour_before_runs(
-    context: dg.AssetExecutionContext, client: ContainerClient, layout: MergedIdsLayout, hour: datetime
-) -> None:
-    """Fail at once when the hour before has no state yet and another run is still exporting it.
+WAIT_POLL_SECONDS = 5.0
 
-    Nobody waits inside a step: Dagster orders the runs (the self-dependency in backfills,
-    the automation condition, the sensor's runs through the run queue). A run that starts
-    too early fails here, naming the hour, rather than start an identity history of its own.
+
+def wait_for_the_hour_before(
+    context: dg.AssetExecutionContext, client: ContainerClient, layout: MergedIdsLayout, hour: datetime,
+    wait_seconds: float,
+) -> None:
+    """When the hour before has no state yet and another run is exporting it, wait for it to land.
+
+    Runs are ordered by Dagster (the self-dependency in backfills, the automation condition,
+    the sensor's requests), but two of them can still meet: a sync that starts while a
+    backfill exports the hour before. A run that is already running will write that hour's
+    state, so this step waits for it (polling the state blob) rather than fail and spend an
+    attempt; it holds no run-queue slot the other run needs, because runs of events and of
+    both assets carry no chain tag, and a queued run is not waited for. It fails, naming the
+    hour, when the other run is only queued, ends without the state, or takes longer than
+    AMPLITUDE_HOUR_LOCK_WAIT_SECONDS.
     """
     previous = hour - timedelta(hours=1)
-    if existing_md5(client, layout.state(previous)) is not None:
-        return
-    run_id = run_exporting(context.instance, partition_key(previous), context.run_id)
-    if run_id is not None:
-        raise dg.Failure(
-            f"merged_ids {partition_key(hour)}: the hour before, {partition_key(previous)}, is not exported yet: "
-            f"run {run_id} is still exporting it. Merged IDs are derived in hour order: export merged_ids for "
-            f"{partition_key(previous)} first, then {partition_key(hour)} (its automation condition requests "
-            "it again once the hour before lands)."
-        )
+    deadline = time.monotonic() + wait_seconds
+    announced = False
+    while existing_md5(client, layout.state(previous)) is None:
+        run = run_exporting(context.instance, partition_key(previous), context.run_id)
+        if run is None:
+            return  # nobody is exporting it: read_carried_state tells a first hour from a gap
+        if run.status != dg.DagsterRunStatus.STARTED or time.monotonic() >= deadline:
+            raise dg.Failure(
+                f"merged_ids {partition_key(hour)}: the hour before, {partition_key(previous)}, is not exported yet: "
+                f"run {run.run_id} is {'still exporting it' if run.status == dg.DagsterRunStatus.STARTED else 'queued to export it'}. "
+                f"Merged IDs are derived in hour order: export merged_ids for {partition_key(previous)} first, then "
+                f"{partition_key(hour)} (its automation condition requests it again once the hour before lands)."
+            )
+        if not announced:
+            context.log.info(
+                f"merged_ids {partition_key(hour)}: waiting for run {run.run_id}, which is exporting the hour "
+                f"before ({partition_key(previous)})"
+            )
+            announced = True
+        time.sleep(WAIT_POLL_SECONDS)
 
 
 def is_snapshot_hour(hour: datetime, history_starts: bool) -> bool:
@@ -235,7 +254,7 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
             started = time.perf_counter()
             identities = read_identities(events_client, events_layout, hour)
             if carried is None:  # the first hour of the step; later ones carry it in memory
-                refuse_while_the_hour_before_runs(context, client, layout, hour)
+                wait_for_the_hour_before(context, client, layout, hour, settings.hour_lock_wait_seconds)
                 carried = read_carried_state(client, layout, hour)
                 before_hour = hour - timedelta(hours=1)
                 if carried.history_starts and existing_md5(events_client, events_layout.identities(before_hour)) is not None:

@@ -6,10 +6,16 @@ On each tick it:
   2. lists the events and merged-IDs markers, one listing per day and destination; the
      merged-IDs markers' blob metadata tells which hours are stale (`chain.py`), and those
      count as missing;
-  3. drops hours that a queued or running run already covers (sensor, backfill or UI);
+  3. drops hours that a queued or running run, or an in-progress backfill, already covers
+     (sensor, backfill, automation or UI);
   4. requests the rest, oldest first, consecutive hours batched into range runs of at most
-     AMPLITUDE_HOURS_PER_RUN hours (`merged_ids` alone where the events are in place),
-     tagged so that a run-queue limit can run them one after the other.
+     AMPLITUDE_HOURS_PER_RUN hours:
+     - hours whose events are missing get runs of `events` alone, which never hold the
+       merged-ID chain; `merged_ids_automation` derives their merged IDs once they land;
+     - hours whose events are in place but whose merged IDs are missing or stale get runs
+       of `merged_ids` alone, tagged with the chain (a run-queue limit of 1 runs them one
+       after the other), and only once the hour before has its merged IDs: an hour that
+       waits for the hour before is not requested, and not counted as an attempt.
 
 The cursor (JSON) counts the runs requested per hour since the hour was last seen exported.
 An hour whose marker is still missing once its run is over is requested again, in a run
@@ -26,6 +32,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 from azure.core.exceptions import ResourceNotFoundError
 
+from amplitude_assets.backfills import hours_in_backfills
 from amplitude_assets.destination.links import Link, stale_hours
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout
@@ -37,8 +44,9 @@ ATTEMPT = "amplitude_assets/attempt"
 # Every run this code location starts for merged_ids carries it: a run-queue limit of 1 on this
 # tag (dagster.yaml) makes runs of adjacent hours go one after the other, oldest first.
 MERGED_IDS_CHAIN = "amplitude_assets/merged_ids_chain"
+EVENTS = dg.AssetKey("events")
 MERGED_IDS = dg.AssetKey("merged_ids")
-ASSETS = (dg.AssetKey("events"), MERGED_IDS)
+ASSETS = (EVENTS, MERGED_IDS)
 
 
 def utc_now() -> datetime:
@@ -145,8 +153,8 @@ def build_merged_ids_automation_sensor(settings: Settings) -> dg.AutomationCondi
 
 
 def hours_in_flight(instance: dg.DagsterInstance, partitions: dg.PartitionsDefinition) -> set[str]:
-    """Hours that a queued or running run of events or merged_ids already covers."""
-    busy: set[str] = set()
+    """Hours that a queued or running run of events or merged_ids, or an in-progress backfill, covers."""
+    busy: set[str] = hours_in_backfills(instance, set(ASSETS))
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED)):
         if run.asset_selection is not None and not set(run.asset_selection) & set(ASSETS):
             continue
@@ -170,10 +178,28 @@ def batches(keys: list[str], size: int) -> list[list[str]]:
     return runs
 
 
+def merged_ids_ready(keys: list[str], due: list[str], merged_done: set[str]) -> tuple[list[str], list[str]]:
+    """Split hours that need only their merged IDs into (ready to request, waiting for the hour before).
+
+    An hour is ready when the hour before has its merged IDs, is older than the hours the
+    tick looks at (its state is judged when the run starts), or is ready itself (the two go
+    in one run, in order). Any other hour would start from a state that is not there yet."""
+    ready: list[str] = []
+    waiting: list[str] = []
+    looked_at = set(due)
+    for key in keys:  # oldest first
+        previous = partition_key(parse_hour(key) - timedelta(hours=1))
+        if previous not in looked_at or previous in merged_done or previous in ready:
+            ready.append(key)
+        else:
+            waiting.append(key)
+    return ready, waiting
+
+
 def load_cursor(text: str | None) -> dict:
     cursor = json.loads(text) if text else {}
-    return {"attempts": dict(cursor.get("attempts", {})), "given_up": list(cursor.get("given_up", [])),
-            "seq": int(cursor.get("seq", 0))}
+    return {"attempts": dict(cursor.get("attempts", {})), "merged_attempts": dict(cursor.get("merged_attempts", {})),
+            "given_up": list(cursor.get("given_up", [])), "seq": int(cursor.get("seq", 0))}
 
 
 def build_hourly_export_sensor(
@@ -188,7 +214,7 @@ def build_hourly_export_sensor(
         name="hourly_export_sensor",
         target=[key.to_user_string() for key in ASSETS],
         default_status=dg.DefaultSensorStatus.STOPPED,
-        minimum_interval_seconds=300,
+        minimum_interval_seconds=settings.sensor_interval_seconds,
         description=(
             "Exports every closed hour that is not in the container yet (events and merged IDs), "
             "and re-exports stale merged IDs, "
@@ -216,42 +242,57 @@ def build_hourly_export_sensor(
             context.log.info(f"{len(found.stale)} hour(s) of merged_ids are stale, from {first}: {found.stale[first]}")
         busy = hours_in_flight(context.instance, partitions)
 
-        # An hour seen exported starts afresh (a marker that vanishes later is requested
-        # again); hours that fell out of the catch-up window are forgotten.
-        attempts = {k: n for k, n in cursor["attempts"].items() if k in set(missing)}
+        # Attempts are counted per asset: an hour whose events landed starts afresh for its
+        # merged IDs. An hour seen exported starts afresh (a marker that vanishes later is
+        # requested again); hours that fell out of the catch-up window are forgotten.
+        needs_events = [k for k in missing if k not in found.events]
+        needs_merged = [k for k in missing if k in found.events]
+        attempts = {k: n for k, n in cursor["attempts"].items() if k in set(needs_events)}
+        merged_attempts = {k: n for k, n in cursor["merged_attempts"].items() if k in set(needs_merged)}
         given_up = [k for k in cursor["given_up"] if k in set(missing)]
 
-        wanted, newly_given_up = [], []
-        for key in missing:
-            if key in busy:
-                continue
-            if attempts.get(key, 0) >= settings.sensor_max_attempts:
-                if key not in given_up:
-                    given_up.append(key)
-                    newly_given_up.append(key)
-                continue
-            wanted.append(key)
+        def available(keys: list[str], counts: dict[str, int]) -> list[str]:
+            """The hours of `keys` to request now: not busy, and not given up (newly given up ones noted)."""
+            chosen = []
+            for key in keys:
+                if key in busy:
+                    continue
+                if counts.get(key, 0) >= settings.sensor_max_attempts:
+                    if key not in given_up:
+                        given_up.append(key)
+                        newly_given_up.append(key)
+                    continue
+                chosen.append(key)
+            return chosen
 
-        # A retried hour runs alone: one bad hour that failed its batch must not spend the
-        # attempts of the healthy hours beside it on every later tick.
-        fresh = [k for k in wanted if not attempts.get(k)]
-        retried = [[k] for k in wanted if attempts.get(k)]
-        runs = sorted([*batches(fresh, settings.hours_per_run), *retried], key=lambda run: run[0])
+        newly_given_up: list[str] = []
+        events_wanted = available(needs_events, attempts)
+        merged_wanted, waiting = merged_ids_ready(
+            available(needs_merged, merged_attempts), due, found.merged_ids
+        )
+
         requests = []
         seq = cursor["seq"]
-        for run in runs:
-            seq += 1
-            for key in run:
-                attempts[key] = attempts.get(key, 0) + 1
-            attempt = max(attempts[k] for k in run)
-            # Hours whose events are in place need only their merged IDs (stale, or missing).
-            selection = [MERGED_IDS] if all(k in found.events for k in run) else list(ASSETS)
-            requests.append(dg.RunRequest(
-                run_key=f"{run[0]}...{run[-1]}#attempt{attempt}#{seq}",
-                asset_selection=selection,
-                tags={RANGE_START: run[0], RANGE_END: run[-1], ATTEMPT: str(attempt), DESTINATION: destination,
-                      MERGED_IDS_CHAIN: chain},
-            ))
+        for selection, keys, counts, tags in (
+            ([EVENTS], events_wanted, attempts, {}),
+            ([MERGED_IDS], merged_wanted, merged_attempts, {MERGED_IDS_CHAIN: chain}),
+        ):
+            # A retried hour runs alone: one bad hour that failed its batch must not spend the
+            # attempts of the healthy hours beside it on every later tick.
+            fresh = [k for k in keys if not counts.get(k)]
+            retried = [[k] for k in keys if counts.get(k)]
+            for run in sorted([*batches(fresh, settings.hours_per_run), *retried], key=lambda run: run[0]):
+                seq += 1
+                for key in run:
+                    counts[key] = counts.get(key, 0) + 1
+                attempt = max(counts[k] for k in run)
+                requests.append(dg.RunRequest(
+                    run_key=f"{run[0]}...{run[-1]}#attempt{attempt}#{seq}",
+                    asset_selection=selection,
+                    tags={RANGE_START: run[0], RANGE_END: run[-1], ATTEMPT: str(attempt), DESTINATION: destination,
+                          **tags},
+                ))
+        wanted = [*events_wanted, *merged_wanted]
 
         notes = []
         if given_up:
@@ -263,6 +304,11 @@ def build_hourly_export_sensor(
         skipped_busy = [k for k in missing if k in busy]
         if skipped_busy:
             notes.append(f"{len(skipped_busy)} hour(s) already have a run queued or in progress")
+        if waiting:
+            notes.append(
+                f"{len(waiting)} hour(s) of merged_ids wait for the hour before, from {waiting[0]} "
+                "(merged_ids_automation requests them once it lands)"
+            )
         stale_wanted = [k for k in wanted if k in found.stale]
         if stale_wanted:
             notes.append(f"{len(stale_wanted)} stale hour(s) of merged_ids re-exported from {stale_wanted[0]}")
@@ -280,7 +326,8 @@ def build_hourly_export_sensor(
             )
             for key in newly_given_up for asset in ASSETS
         ]
-        new_cursor = json.dumps({"attempts": attempts, "given_up": sorted(given_up), "seq": seq}, sort_keys=True)
+        new_cursor = json.dumps({"attempts": attempts, "merged_attempts": merged_attempts,
+                                 "given_up": sorted(given_up), "seq": seq}, sort_keys=True)
         if not requests:
             summary = "; ".join(notes) or f"all {len(due)} hour(s) since {due[0]} are exported"
             return dg.SensorResult(skip_reason=dg.SkipReason(summary), cursor=new_cursor, asset_events=observations)

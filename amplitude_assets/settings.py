@@ -149,6 +149,7 @@ class Settings:
     hours_per_run: int = 24
     catch_up_hours: int = 72
     sensor_max_attempts: int = 3
+    sensor_interval_seconds: int = 300
     api_max_attempts: int = 6
     api_timeout_seconds: int = 600
     hour_lock_wait_seconds: int = 600
@@ -191,6 +192,7 @@ class Settings:
             hours_per_run=_int(env, "AMPLITUDE_HOURS_PER_RUN", 24, minimum=1),
             catch_up_hours=_int(env, "AMPLITUDE_CATCH_UP_HOURS", 72, minimum=1),
             sensor_max_attempts=_int(env, "AMPLITUDE_SENSOR_MAX_ATTEMPTS", 3, minimum=1),
+            sensor_interval_seconds=_int(env, "AMPLITUDE_SENSOR_INTERVAL_SECONDS", 300, minimum=30),
             api_max_attempts=_int(env, "AMPLITUDE_API_MAX_ATTEMPTS", 6, minimum=1),
             api_timeout_seconds=_int(env, "AMPLITUDE_API_TIMEOUT_SECONDS", 600, minimum=1),
             hour_lock_wait_seconds=_int(env, "AMPLITUDE_HOUR_LOCK_WAIT_SECONDS", 600),

@@ -228,8 +228,9 @@ def test_an_hour_that_failed_for_want_of_the_hour_before_is_requested_again_once
     assert materialize(defs, ["events"], start=key(0), end=key(1), instance=instance).success
     requested = evaluate(defs=defs, instance=instance, cursor=start.cursor)
     assert requested.get_requested_partitions(merged) == {key(0), key(1)}
-    # 07:00 ran first, while another run still exported 06:00: it failed at once.
-    busy = dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
+    # 07:00 ran first, while another run was queued to export 06:00: it failed at once (a queued
+    # run is not waited for: it may be queued behind this one).
+    busy = dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.NOT_STARTED,
                          asset_selection=frozenset({merged}), tags={"dagster/partition": key(0)})
     instance.add_run(busy)
     assert not materialize(defs, ["merged_ids"], partition=key(1), instance=instance, raise_on_error=False).success
@@ -240,3 +241,29 @@ def test_an_hour_that_failed_for_want_of_the_hour_before_is_requested_again_once
     assert materialize(defs, ["merged_ids"], partition=key(0), instance=instance).success
     result = evaluate(defs=defs, instance=instance, cursor=result.cursor)
     assert result.get_requested_partitions(merged) == {key(1)}
+
+
+def test_an_hour_waits_while_a_running_run_exports_the_hour_before(env):
+    """A sync that meets a running backfill on the chain waits for the hour before, and does not fail."""
+    import time
+    import uuid
+
+    instance = dg.DagsterInstance.ephemeral()
+    defs = definitions()
+    merged = dg.AssetKey("merged_ids")
+    assert materialize(defs, ["events"], start=key(0), end=key(1), instance=instance).success
+    busy = dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
+                         asset_selection=frozenset({merged}), tags={"dagster/partition": key(0)})
+    instance.add_run(busy)
+    with ThreadPoolExecutor(1) as pool:
+        later = pool.submit(materialize, defs, ["merged_ids"], partition=key(1), instance=instance,
+                            raise_on_error=False)
+        time.sleep(3)
+        assert not later.done(), "07:00 did not wait for the run exporting 06:00"
+        assert materialize(defs, ["merged_ids"], partition=key(0), instance=instance).success
+        result = later.result(timeout=120)
+    assert result.success
+    logs = [record.user_message for record in instance.all_logs(result.run_id)]
+    assert any(f"waiting for run {busy.run_id}, which is exporting the hour before ({key(0)})" in m for m in logs)
+    # 07:00 started from 06:00's state: the chain holds
+    assert chain_evaluations(result) == {key(1): True}

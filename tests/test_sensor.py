@@ -91,7 +91,10 @@ def test_first_tick_requests_the_closed_unexported_hours_in_range_runs(env, inst
     result = Ticker(instance).tick()
     assert ranges(result) == [(DUE[0], DUE[3]), (DUE[4], DUE[4])]
     for request in result.run_requests:
-        assert set(request.asset_selection) == {dg.AssetKey("events"), dg.AssetKey("merged_ids")}
+        # events alone: merged_ids_automation follows once they land, so a long export of
+        # events never holds the merged-ID chain's run-queue slot
+        assert set(request.asset_selection) == {dg.AssetKey("events")}
+        assert "amplitude_assets/merged_ids_chain" not in request.tags
         assert request.tags["amplitude_assets/destination"] == f"{env}/{PROJECT}/"
     assert len({r.run_key for r in result.run_requests}) == 2
     assert json.loads(result.cursor)["attempts"] == {k: 1 for k in DUE}
@@ -156,6 +159,35 @@ def test_a_failed_hour_is_retried_then_given_up(env, instance):
     again = ticker.tick()  # still reported in the tick's log, observed only once
     assert ranges(again) == [] and "gave up on 5 hour(s)" in skip_text(again)
     assert not again.asset_events
+
+
+def test_merged_ids_wait_for_the_hour_before_and_are_not_counted(env, instance, azurite):
+    """Hours whose events landed but whose hour before has no merged IDs yet are left to the
+    automation: no run is requested for them, and no attempt is spent."""
+    assert materialize(definitions(), ["events"], start=DUE[1], end=DUE[4]).success
+    assert materialize(definitions(), ["events", "merged_ids"], partition=DUE[3]).success
+    add_run(instance, dg.DagsterRunStatus.STARTED, {"dagster/partition": DUE[1]})
+    ticker = Ticker(instance)
+    result = ticker.tick()
+    # 06:00 has no events: a run of events alone. 07:00 is busy. 08:00 waits for 07:00's merged IDs.
+    # 09:00 is done. 10:00 follows 09:00: a run of merged_ids alone, with the chain's tag.
+    assert ranges(result) == [(DUE[0], DUE[0]), (DUE[4], DUE[4])]
+    events_run, merged_run = result.run_requests
+    assert set(events_run.asset_selection) == {dg.AssetKey("events")}
+    assert set(merged_run.asset_selection) == {dg.AssetKey("merged_ids")}
+    assert merged_run.tags["amplitude_assets/merged_ids_chain"] == f"{env}/merged_ids/{PROJECT}/"
+    cursor = json.loads(result.cursor)
+    assert cursor["attempts"] == {DUE[0]: 1}
+    assert cursor["merged_attempts"] == {DUE[4]: 1}
+    # 06:00's events run is running and 07:00's run is over: 07:00 and 08:00 wait for 06:00's merged IDs
+    for run in instance.get_runs():
+        instance.report_run_failed(run)
+    add_run(instance, dg.DagsterRunStatus.STARTED, {RANGE_START: DUE[0], RANGE_END: DUE[0]})
+    add_run(instance, dg.DagsterRunStatus.STARTED, {RANGE_START: DUE[4], RANGE_END: DUE[4]})
+    later = ticker.tick()
+    assert ranges(later) == []
+    assert f"2 hour(s) of merged_ids wait for the hour before, from {DUE[1]}" in skip_text(later)
+    assert json.loads(later.cursor)["merged_attempts"] == {DUE[4]: 1}  # waiting spent no attempt
 
 
 def test_export_delay_and_catch_up_windows(env, instance, clean_env):
