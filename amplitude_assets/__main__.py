@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 import uuid
@@ -198,9 +199,31 @@ def check_destination(args: argparse.Namespace) -> int:
     return 0 if run_check_destination(settings, storage.process_config_and_initialize()) else 1
 
 
+def default_sigterm() -> None:
+    """SIGTERM back to its default action when the command was started with it ignored.
+
+    Each step of a run mirrors its compute log to this process's stdout and stderr through a
+    `tail -F` child, which Dagster stops with SIGTERM: at the end of the step, or, through its
+    watch_orphans helper, once this process is gone. An ignored signal stays ignored across
+    fork and exec, so a command started with SIGTERM ignored (by a scheduler, a supervisor, a
+    test runner that ignores it) would hand that on to every `tail`: they would outlive the
+    command, keep its stdout and stderr open, and `... backfill | tee log` would never end.
+    (Dagster's in-process execution on a main thread copies SIGINT's disposition onto SIGTERM,
+    so a process started with SIGINT ignored, as a shell starts a background job, ends up
+    ignoring SIGTERM after its first run.) Reset here, before any child starts, every child
+    inherits the default. SIGINT is left as it is: the tails are not stopped with it, and an
+    ignored SIGINT is how a shell keeps Ctrl-C away from its background jobs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set a handler; the command itself runs there
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
+    default_sigterm()  # first: before any run starts a compute-log `tail`
     warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
     parser = argparse.ArgumentParser(
         prog="python -m amplitude_assets",
