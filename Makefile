@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 AZURITE := node_modules/.bin/azurite-blob
 
-.PHONY: demo demo-clean test test-fast bench bootstrap clean
+.PHONY: demo demo-clean deploy-local deploy-local-clean test test-fast bench bootstrap clean
 
 bootstrap: $(STAMP) $(AZURITE)
 
@@ -28,6 +28,15 @@ demo: bootstrap
 demo-clean:
 	rm -rf .demo
 
+# The production topology as plain processes: PostgreSQL, the code server, the daemon and the
+# webserver, with deploy/dagster.yaml and deploy/workspace.yaml (docs/deployment.md).
+deploy-local: bootstrap
+	@$(PY) -m scripts.deploy_local
+
+deploy-local-clean:
+	@$(PY) -c "from scripts.topology import Postgres, default_pg_folder; Postgres(default_pg_folder()).remove()"
+	rm -rf .deploy
+
 # The whole suite: unit tests, Azurite integration tests, and the end-to-end tests
 # against a real `dagster dev` in headless Chromium. Each session starts and stops
 # its own Azurite on a free loopback port.
@@ -43,4 +52,4 @@ bench: bootstrap
 	@$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) node_modules .demo .pytest_cache
+	rm -rf $(VENV) node_modules .demo .deploy .pytest_cache

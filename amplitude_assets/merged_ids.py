@@ -28,6 +28,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from amplitude_assets.assets import GROUP, refuse_young_hours
+from amplitude_assets.backfills import hours_in_backfills
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.io_manager import MergedIdsStream
 from amplitude_assets.destination.writer import md5_hex, parquet_bytes
@@ -42,7 +43,15 @@ from amplitude_assets.identity import (
     stored_kind,
 )
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout
-from amplitude_assets.partitions import PARTITION, RANGE_END, RANGE_START, UNFINISHED, hours_of, partition_key
+from amplitude_assets.partitions import (
+    PARTITION,
+    RANGE_END,
+    RANGE_START,
+    UNFINISHED,
+    hours_of,
+    parse_hour,
+    partition_key,
+)
 from amplitude_assets.settings import Settings
 
 MAX_DELTAS = 23  # a snapshot is stored at least once a day
@@ -146,9 +155,9 @@ def wait_for_the_hour_before(
     backfill exports the hour before. A run that is already running will write that hour's
     state, so this step waits for it (polling the state blob) rather than fail and spend an
     attempt; it holds no run-queue slot the other run needs, because runs of events and of
-    both assets carry no chain tag, and a queued run is not waited for. It fails, naming the
-    hour, when the other run is only queued, ends without the state, or takes longer than
-    AMPLITUDE_HOUR_LOCK_WAIT_SECONDS.
+    both assets carry no chain tag, and a queued run is not waited for (`pending_earlier_hours`
+    then leaves the hour to the automation). It fails, naming the hour, when the other run
+    takes longer than AMPLITUDE_HOUR_LOCK_WAIT_SECONDS.
     """
     previous = hour - timedelta(hours=1)
     deadline = time.monotonic() + wait_seconds
@@ -157,12 +166,15 @@ def wait_for_the_hour_before(
         run = run_exporting(context.instance, partition_key(previous), context.run_id)
         if run is None:
             return  # nobody is exporting it: read_carried_state tells a first hour from a gap
-        if run.status != dg.DagsterRunStatus.STARTED or time.monotonic() >= deadline:
+        if run.status != dg.DagsterRunStatus.STARTED:
+            return  # queued: it may be queued behind this run; pending_earlier_hours leaves the hour to it
+        if time.monotonic() >= deadline:
             raise dg.Failure(
                 f"merged_ids {partition_key(hour)}: the hour before, {partition_key(previous)}, is not exported yet: "
-                f"run {run.run_id} is {'still exporting it' if run.status == dg.DagsterRunStatus.STARTED else 'queued to export it'}. "
-                f"Merged IDs are derived in hour order: export merged_ids for {partition_key(previous)} first, then "
-                f"{partition_key(hour)} (its automation condition requests it again once the hour before lands)."
+                f"run {run.run_id} is still exporting it after {wait_seconds:.0f}s "
+                "(AMPLITUDE_HOUR_LOCK_WAIT_SECONDS). Merged IDs are derived in hour order: export merged_ids for "
+                f"{partition_key(previous)} first, then {partition_key(hour)} (its automation condition requests "
+                "it again once the hour before lands)."
             )
         if not announced:
             context.log.info(
@@ -171,6 +183,38 @@ def wait_for_the_hour_before(
             )
             announced = True
         time.sleep(WAIT_POLL_SECONDS)
+
+
+def pending_earlier_hours(
+    context: dg.AssetExecutionContext, client: ContainerClient, layout: MergedIdsLayout, hour: datetime
+) -> list[str]:
+    """Earlier hours without identity state that another unfinished run or backfill will export.
+
+    Empty when the hour before has its state (the usual case, one request), or when nobody
+    is working on the hours before (then `read_carried_state` tells a first hour from a gap)."""
+    if existing_md5(client, layout.state(hour - timedelta(hours=1))) is not None:
+        return []
+    key = partition_key(hour)
+    pending = set(hours_in_backfills(context.instance, {MERGED_IDS}))
+    for run in context.instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED)):
+        if run.run_id == context.run_id or (run.asset_selection is not None and MERGED_IDS not in run.asset_selection):
+            continue
+        start, end = run.tags.get(RANGE_START), run.tags.get(RANGE_END)
+        if start and end:
+            pending |= {partition_key(h) for h in hours_between(parse_hour(start), parse_hour(end))}
+        elif run.tags.get(PARTITION):
+            pending.add(run.tags[PARTITION])
+    earlier = sorted(k for k in pending if k < key)  # keys sort as hours
+    if not earlier:
+        return []
+    states = [h for h in (layout.state_hour(b.name) for b in client.list_blobs(name_starts_with=layout.state_folder))
+              if h is not None and h < hour]
+    latest = partition_key(max(states)) if states else None
+    return [k for k in earlier if latest is None or k > latest]
+
+
+def hours_between(first: datetime, last: datetime) -> list[datetime]:
+    return [first + timedelta(hours=n) for n in range(int((last - first).total_seconds() // 3600) + 1)]
 
 
 def is_snapshot_hour(hour: datetime, history_starts: bool) -> bool:
@@ -231,6 +275,7 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
         ],
         automation_condition=follows_events(),
         io_manager_key="merged_ids_io_manager",
+        output_required=False,  # a step whose hours wait for the chain writes nothing, and does not fail
         kinds={"azure", "polars"},
         description=(
             "Merged Amplitude IDs of each UTC hour, derived from the hour's events and the identity "
@@ -238,10 +283,22 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
             "with a `_complete` marker. Re-exporting an hour makes later hours stale: re-run them."
         ),
     )
-    def merged_ids(context: dg.AssetExecutionContext, storage: AzureStorage) -> MergedIdsStream:
+    def merged_ids(context: dg.AssetExecutionContext, storage: AzureStorage):
         hours = hours_of(context)
         refuse_young_hours(hours, settings.export_delay_minutes)
-        return MergedIdsStream(hours=hours, derived=derive_hours(context, storage, hours), source=settings.source)
+        client = storage.container(settings.merged_ids_container)
+        wait_for_the_hour_before(context, client, layout, hours[0], settings.hour_lock_wait_seconds)
+        pending = pending_earlier_hours(context, client, layout, hours[0])
+        if pending:
+            # Not a failure: the chain is being filled by another run or backfill. The hours stay
+            # missing, and the automation condition requests them once the hour before lands.
+            context.log.info(
+                f"merged_ids {partition_key(hours[0])}: left to merged_ids_automation: the hour before has no "
+                f"identity state yet, and earlier hours ({pending[0]} ... {pending[-1]}) are still being "
+                "exported by other runs or backfills. Nothing was written."
+            )
+            return
+        yield dg.Output(MergedIdsStream(hours=hours, derived=derive_hours(context, storage, hours), source=settings.source))
 
     def derive_hours(
         context: dg.AssetExecutionContext, storage: AzureStorage, hours: list[datetime]
@@ -254,7 +311,6 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
             started = time.perf_counter()
             identities = read_identities(events_client, events_layout, hour)
             if carried is None:  # the first hour of the step; later ones carry it in memory
-                wait_for_the_hour_before(context, client, layout, hour, settings.hour_lock_wait_seconds)
                 carried = read_carried_state(client, layout, hour)
                 before_hour = hour - timedelta(hours=1)
                 if carried.history_starts and existing_md5(events_client, events_layout.identities(before_hour)) is not None:

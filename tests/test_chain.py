@@ -218,7 +218,7 @@ def test_merged_ids_follows_events_through_its_automation_condition(env):
     assert result.total_requested == 0
 
 
-def test_an_hour_that_failed_for_want_of_the_hour_before_is_requested_again_once_it_lands(env):
+def test_an_hour_left_for_want_of_the_hour_before_is_requested_again_once_it_lands(env):
     import uuid
 
     instance = dg.DagsterInstance.ephemeral()
@@ -228,16 +228,21 @@ def test_an_hour_that_failed_for_want_of_the_hour_before_is_requested_again_once
     assert materialize(defs, ["events"], start=key(0), end=key(1), instance=instance).success
     requested = evaluate(defs=defs, instance=instance, cursor=start.cursor)
     assert requested.get_requested_partitions(merged) == {key(0), key(1)}
-    # 07:00 ran first, while another run was queued to export 06:00: it failed at once (a queued
-    # run is not waited for: it may be queued behind this one).
+    # 07:00 ran first, while another run was queued to export 06:00: it wrote nothing and did not
+    # fail (a queued run is not waited for: it may be queued behind this one).
     busy = dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.NOT_STARTED,
                          asset_selection=frozenset({merged}), tags={"dagster/partition": key(0)})
     instance.add_run(busy)
-    assert not materialize(defs, ["merged_ids"], partition=key(1), instance=instance, raise_on_error=False).success
+    left = materialize(defs, ["merged_ids"], partition=key(1), instance=instance)
+    assert left.success
+    assert not [e for e in left.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
+    logs = [record.user_message for record in instance.all_logs(left.run_id)]
+    assert any(f"merged_ids {key(1)}: left to merged_ids_automation" in m and f"({key(0)} ... {key(0)})" in m
+               for m in logs), logs
     instance.report_run_failed(busy)
     result = evaluate(defs=defs, instance=instance, cursor=requested.cursor)
     assert result.total_requested == 0  # 06:00 is still missing: nothing to do yet
-    # 06:00 lands: 07:00, failed, is requested again.
+    # 06:00 lands: 07:00, still missing, is requested again.
     assert materialize(defs, ["merged_ids"], partition=key(0), instance=instance).success
     result = evaluate(defs=defs, instance=instance, cursor=result.cursor)
     assert result.get_requested_partitions(merged) == {key(1)}

@@ -262,10 +262,12 @@ def test_a_broken_delta_chain_names_the_hours_to_re_export(env, blobs):
     assert run(start="2020-01-25-01:00", end="2020-01-25-04:00").success
 
 
-def test_an_hour_fails_at_once_while_another_run_exports_the_hour_before(env, blobs):
-    """Nobody waits inside a step: a run that starts before the hour before has landed fails, naming it."""
+def test_an_hour_waits_a_bounded_time_while_another_run_exports_the_hour_before(env, blobs, clean_env):
+    """A run that starts while a running run still exports the hour before waits for it, up to
+    AMPLITUDE_HOUR_LOCK_WAIT_SECONDS, then fails naming the hour (and writes nothing)."""
     import time
 
+    clean_env.setenv("AMPLITUDE_HOUR_LOCK_WAIT_SECONDS", "6")
     instance = dg.DagsterInstance.ephemeral()
     assert run(["events"], partition="2020-01-25-09:00", instance=instance).success
     earlier = dg.DagsterRun(
@@ -279,10 +281,10 @@ def test_an_hour_fails_at_once_while_another_run_exports_the_hour_before(env, bl
     started = time.monotonic()
     result = run(["merged_ids"], partition="2020-01-25-09:00", instance=instance, raise_on_error=False)
     assert not result.success
-    assert time.monotonic() - started < 60
+    assert 6 <= time.monotonic() - started < 60
     message = failure_message(result)
-    assert (f"the hour before, 2020-01-25-08:00, is not exported yet: run {earlier.run_id} is still exporting it"
-            in message)
+    assert (f"the hour before, 2020-01-25-08:00, is not exported yet: run {earlier.run_id} is still exporting it "
+            "after 6s (AMPLITUDE_HOUR_LOCK_WAIT_SECONDS)" in message)
     assert "export merged_ids for 2020-01-25-08:00 first, then 2020-01-25-09:00" in message
     assert not any("_9_complete" in n and f"-{ORG}" in n for n in blobs(env))
 
