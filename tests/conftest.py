@@ -110,3 +110,19 @@ def synthetic_hours(container, clean_env) -> str:
     clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
     clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "200")
     return container
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[dict[str, str]]:
+    """A PostgreSQL cluster of its own on a free loopback port, for deploy/dagster.yaml's storage;
+    yields the DAGSTER_PG_* variables that file reads."""
+    import tempfile
+
+    from scripts.topology import Postgres
+
+    cluster = Postgres(Path(tempfile.mkdtemp(prefix="amplitude_assets-pg-", dir="/var/tmp")))
+    try:
+        cluster.start()
+        yield cluster.env()
+    finally:
+        cluster.remove()

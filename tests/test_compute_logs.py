@@ -1,4 +1,5 @@
-"""Compute logs in the storage account: deploy/dagster.yaml, as shipped, against Azurite."""
+"""Compute logs in the storage account: deploy/dagster.yaml, as shipped (PostgreSQL storage
+included), against Azurite and a PostgreSQL of the test's own."""
 
 from __future__ import annotations
 
@@ -42,12 +43,15 @@ def logs_container(azurite, blobs, clean_env) -> str:
     return name
 
 
-def test_a_runs_compute_logs_land_in_the_container(logs_container, blobs, tmp_path, clean_env):
+def test_a_runs_compute_logs_land_in_the_container(logs_container, blobs, tmp_path, clean_env, postgres):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(EXAMPLE, home / "dagster.yaml")
     clean_env.setenv("DAGSTER_HOME", str(home))
+    for name, value in postgres.items():
+        clean_env.setenv(name, value)
     with dg.DagsterInstance.get() as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         manager = instance.compute_log_manager
         assert isinstance(manager, AzureBlobComputeLogManager)
         assert isinstance(manager, DagsterAzureBlobComputeLogManager)
