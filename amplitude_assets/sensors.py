@@ -26,6 +26,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 from azure.core.exceptions import ResourceNotFoundError
 
+from amplitude_assets.alerts import notify_gave_up
 from amplitude_assets.destination.links import Link, stale_hours
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout
@@ -260,6 +261,7 @@ def build_hourly_export_sensor(
                 f"{', '.join(sorted(given_up))}; re-run them by hand (the sensor tries again once one is exported)"
             )
             context.log.warning(notes[-1])
+        notify_gave_up(settings, newly_given_up, context.log)
         skipped_busy = [k for k in missing if k in busy]
         if skipped_busy:
             notes.append(f"{len(skipped_busy)} hour(s) already have a run queued or in progress")
