@@ -201,7 +201,7 @@ def check_destination(args: argparse.Namespace) -> int:
 def test_alert(args: argparse.Namespace) -> int:
     import logging
 
-    from amplitude_assets.alerts.messages import test_message
+    from amplitude_assets.alerts.messages import probe_message
     from amplitude_assets.alerts.webhook import payload_format, send, webhook_url
 
     settings = Settings.from_env()
@@ -209,7 +209,7 @@ def test_alert(args: argparse.Namespace) -> int:
         raise SettingsError("AMPLITUDE_ALERT_WEBHOOK_URL is not set: there is nowhere to send the test message")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     fmt = payload_format(webhook_url() or "", settings.alert_format)
-    if send(test_message(settings), settings, logging.getLogger("amplitude_assets.alerts")):
+    if send(probe_message(settings), settings, logging.getLogger("amplitude_assets.alerts")):
         print(f"sent a test message ({fmt} payload)")
         return 0
     print(f"the test message was not delivered ({fmt} payload); the reason is above", file=sys.stderr)

@@ -104,7 +104,7 @@ def recovered(settings: Settings, problems: list[dict]) -> Message:
     )
 
 
-def test_message(settings: Settings) -> Message:
+def probe_message(settings: Settings) -> Message:
     return Message(
         kind="test",
         title=_title(settings, "test alert"),

@@ -47,14 +47,14 @@ class Message:
 
 
 def slack_payload(message: Message) -> dict:
-    lines = [f"*{message.title}*", *message.lines]
-    if message.links:
-        lines.append(" | ".join(f"<{url}|{label}>" for label, url in message.links))
-    return {"text": scrub("\n".join(lines))}
+    text = scrub("\n".join([f"*{message.title}*", *message.lines]))
+    if message.links:  # the links are the UI's own, built here: only the text is scrubbed
+        text += "\n" + " | ".join(f"<{url}|{label}>" for label, url in message.links)
+    return {"text": text}
 
 
 def teams_payload(message: Message) -> dict:
-    from dagster_msteams import AdaptiveCard
+    from dagster_msteams.adaptive_card import AdaptiveCard
 
     card = AdaptiveCard()
     card.add_attachment(scrub(f"**{message.title}**"))
@@ -91,7 +91,7 @@ def send(message: Message, settings: Settings, log: logging.Logger | None = None
     def post() -> None:
         try:
             if fmt == "teams":
-                from dagster_msteams import TeamsClient
+                from dagster_msteams.client import TeamsClient
 
                 TeamsClient(hook_url=url, timeout=timeout).post_message(teams_payload(message))
             else:
