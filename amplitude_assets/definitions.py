@@ -6,7 +6,7 @@ import warnings
 
 import dagster as dg
 
-from amplitude_assets.alerts import build_alert_sensors
+from amplitude_assets.alerts.sensors import build_alert_sensors
 from amplitude_assets.assets import build_events_asset
 from amplitude_assets.chain import build_chain_check
 from amplitude_assets.checks import build_events_checks, build_merged_ids_checks

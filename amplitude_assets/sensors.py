@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 from azure.core.exceptions import ResourceNotFoundError
 
-from amplitude_assets.alerts import notify_gave_up
+from amplitude_assets.alerts.sensors import notify_gave_up
 from amplitude_assets.destination.links import Link, stale_hours
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout

@@ -39,10 +39,8 @@ def utc_now() -> datetime:
 
 def hourly_sensor_on(context: dg.SensorEvaluationContext) -> bool:
     """Whether `hourly_export_sensor` of this code location is running."""
-    from dagster._core.scheduler.instigation import InstigatorType
-
     location = context.code_location_origin.location_name if context.code_location_origin else None
-    for state in context.instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+    for state in context.instance.all_instigator_state():
         origin = state.origin
         if origin.instigator_name != HOURLY_SENSOR:
             continue
@@ -51,6 +49,16 @@ def hourly_sensor_on(context: dg.SensorEvaluationContext) -> bool:
         if state.is_running:
             return True
     return False
+
+
+def build_alert_sensors(settings: Settings, partitions: dg.TimeWindowPartitionsDefinition) -> list[dg.SensorDefinition]:
+    return [build_run_failure_sensor(settings, partitions), build_freshness_sensor(settings, partitions)]
+
+
+def notify_gave_up(settings: Settings, hours: list[str], log=None) -> None:
+    """`hourly_export_sensor` gave up on `hours`: say so (nothing without the webhook)."""
+    if hours and settings.alert_webhook_set:
+        send(messages.gave_up(settings, sorted(hours)), settings, log)
 
 
 def build_run_failure_sensor(
