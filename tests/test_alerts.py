@@ -332,3 +332,16 @@ def test_the_webhook_url_must_be_https_except_loopback(clean_env):
     clean_env.setenv("AMPLITUDE_ALERT_WEBHOOK_URL", f"https://hooks.slack.com/services/{TOKEN}")
     assert Settings.from_env().alert_webhook_set
     assert redact(f"posting to https://hooks.slack.com/services/{TOKEN}") == "posting to ***"
+
+
+def test_a_message_holds_no_blob_url_query_or_secret(env, receiver, azurite):
+    from amplitude_assets.alerts.messages import run_failed
+
+    env.setenv("AZURE_STORAGE_SAS_TOKEN", "sv=2024-01-01&ss=b&sp=rw&sig=c2lnbmF0dXJl")
+    settings = Settings.from_env()
+    cause = (f"could not write http://127.0.0.1:1/devstoreaccount1/c/a.json.gz?sv=2024-01-01&sp=rw&sig=c2lnbmF0dXJl "
+             f"with {azurite} to {receiver.url}")
+    assert send(run_failed(settings, "r" * 36, [HOUR], ["events"], "events", cause), settings)
+    assert receiver.texts()[0].split("\n")[3] == (
+        "Cause: could not write http://127.0.0.1:1/devstoreaccount1/c/a.json.gz with *** to ***")
+    assert_no_secrets(receiver)
