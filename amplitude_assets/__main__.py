@@ -1,4 +1,4 @@
-"""The command line: `python -m amplitude_assets {backfill,check-destination}`."""
+"""The command line: `python -m amplitude_assets {backfill,check-destination,test-alert}`."""
 
 from __future__ import annotations
 
@@ -220,6 +220,24 @@ def default_sigterm() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def test_alert(args: argparse.Namespace) -> int:
+    import logging
+
+    from amplitude_assets.alerts.messages import probe_message
+    from amplitude_assets.alerts.webhook import payload_format, send, webhook_url
+
+    settings = Settings.from_env()
+    if not settings.alert_webhook_set:
+        raise SettingsError("AMPLITUDE_ALERT_WEBHOOK_URL is not set: there is nowhere to send the test message")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    fmt = payload_format(webhook_url() or "", settings.alert_format)
+    if send(probe_message(settings), settings, logging.getLogger("amplitude_assets.alerts")):
+        print(f"sent a test message ({fmt} payload)")
+        return 0
+    print(f"the test message was not delivered ({fmt} payload); the reason is above", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -243,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     fill.add_argument("--start", required=True, help="first hour, e.g. 2024-01-01-00:00")
     fill.add_argument("--end", required=True, help="last hour (included), e.g. 2024-01-01-23:00")
     fill.set_defaults(run=backfill)
+    alert = verbs.add_parser("test-alert", help="send one test message to AMPLITUDE_ALERT_WEBHOOK_URL")
+    alert.set_defaults(run=test_alert)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -6,11 +6,13 @@ import warnings
 
 import dagster as dg
 
+from amplitude_assets.alerts.sensors import build_alert_sensors
 from amplitude_assets.assets import build_events_asset
 from amplitude_assets.chain import build_chain_check
 from amplitude_assets.checks import build_events_checks, build_merged_ids_checks
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.io_manager import EventsIOManager, MergedIdsIOManager
+from amplitude_assets.freshness import build_freshness_checks
 from amplitude_assets.jobs import build_check_destination_job
 from amplitude_assets.merged_ids import build_merged_ids_asset
 from amplitude_assets.partitions import hourly_partitions
@@ -36,8 +38,13 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             *build_events_checks(settings, partitions),
             *build_merged_ids_checks(settings, partitions),
             build_chain_check(settings, partitions),
+            build_freshness_checks(settings),
         ],
-        sensors=[build_hourly_export_sensor(settings, partitions), build_merged_ids_automation_sensor(settings)],
+        sensors=[
+            build_hourly_export_sensor(settings, partitions),
+            build_merged_ids_automation_sensor(settings),
+            *build_alert_sensors(settings, partitions),
+        ],
         jobs=[build_check_destination_job(settings)],
         resources={
             "amplitude_source": AmplitudeSource.from_settings(settings),

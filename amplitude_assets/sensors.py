@@ -32,6 +32,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 from azure.core.exceptions import ResourceNotFoundError
 
+from amplitude_assets.alerts.sensors import notify_gave_up
 from amplitude_assets.backfills import hours_in_backfills
 from amplitude_assets.destination.links import Link, stale_hours
 from amplitude_assets.destination.credentials import AzureStorage
@@ -44,6 +45,12 @@ ATTEMPT = "amplitude_assets/attempt"
 # Every run this code location starts for merged_ids carries it: a run-queue limit of 1 on this
 # tag (dagster.yaml) makes runs of adjacent hours go one after the other, oldest first.
 MERGED_IDS_CHAIN = "amplitude_assets/merged_ids_chain"
+# Runs that derive merged IDs alone go ahead of queued exports of events: an hour of merged IDs
+# takes about a second, and the later hours of the chain wait for it (Dagster's run queue
+# dequeues higher `dagster/priority` first). So merged IDs follow a long backfill of events
+# hour by hour, rather than after its last run.
+PRIORITY = "dagster/priority"
+MERGED_IDS_PRIORITY = "1"
 EVENTS = dg.AssetKey("events")
 MERGED_IDS = dg.AssetKey("merged_ids")
 ASSETS = (EVENTS, MERGED_IDS)
@@ -146,7 +153,11 @@ def build_merged_ids_automation_sensor(settings: Settings) -> dg.AutomationCondi
         target=dg.AssetSelection.assets(MERGED_IDS),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
-        run_tags={MERGED_IDS_CHAIN: merged_ids_chain(settings)},
+        # Runs, not backfills: a backfill waits for the backfill daemon's next iteration (30 s)
+        # and takes a slot of the run queue's backfill limit. Each run covers at most
+        # AMPLITUDE_HOURS_PER_RUN consecutive hours (the asset's backfill policy).
+        emit_backfills=False,
+        run_tags={MERGED_IDS_CHAIN: merged_ids_chain(settings), PRIORITY: MERGED_IDS_PRIORITY},
         description="Materializes merged_ids for every hour whose events landed, in hour order "
                     "(the asset's automation condition). Turn it off only to stop merged IDs following events.",
     )
@@ -275,7 +286,7 @@ def build_hourly_export_sensor(
         seq = cursor["seq"]
         for selection, keys, counts, tags in (
             ([EVENTS], events_wanted, attempts, {}),
-            ([MERGED_IDS], merged_wanted, merged_attempts, {MERGED_IDS_CHAIN: chain}),
+            ([MERGED_IDS], merged_wanted, merged_attempts, {MERGED_IDS_CHAIN: chain, PRIORITY: MERGED_IDS_PRIORITY}),
         ):
             # A retried hour runs alone: one bad hour that failed its batch must not spend the
             # attempts of the healthy hours beside it on every later tick.
@@ -301,6 +312,7 @@ def build_hourly_export_sensor(
                 f"{', '.join(sorted(given_up))}; re-run them by hand (the sensor tries again once one is exported)"
             )
             context.log.warning(notes[-1])
+        notify_gave_up(settings, newly_given_up, context.log)
         skipped_busy = [k for k in missing if k in busy]
         if skipped_busy:
             notes.append(f"{len(skipped_busy)} hour(s) already have a run queued or in progress")

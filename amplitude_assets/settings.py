@@ -30,7 +30,9 @@ SECRET_VARIABLES = (
     "AZURE_STORAGE_CONNECTION_STRING",
     "AZURE_CLIENT_SECRET",
     "AZURE_STORAGE_SAS_TOKEN",
+    "AMPLITUDE_ALERT_WEBHOOK_URL",
 )
+ALERT_FORMATS = ("auto", "slack", "teams")
 
 
 def redact(text: str, secrets: list[str | None] | None = None) -> str:
@@ -132,6 +134,32 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
+def _alert_webhook_set(env: Mapping[str, str]) -> bool:
+    """Whether the webhook is set; its transport is checked here, its value is kept nowhere."""
+    url = _get(env, "AMPLITUDE_ALERT_WEBHOOK_URL")
+    if url is None:
+        return False
+    check_transport(url, "AMPLITUDE_ALERT_WEBHOOK_URL")  # names the scheme and host, never the path
+    return True
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = (_get(env, name) or choices[0]).lower()
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _ui_url(env: Mapping[str, str], name: str) -> str | None:
+    url = _get(env, name)
+    if url is None:
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise SettingsError(f"{name} must be the Dagster UI's address, such as https://dagster.example.com, got {url!r}")
+    return url.rstrip("/")
+
+
 @dataclass(frozen=True)
 class Settings:
     project_id: str = "187520"
@@ -158,6 +186,11 @@ class Settings:
     merged_ids_container: str = "amplitude"
     merged_ids_prefix: str = "merged_ids"
     create_containers: bool = False
+    late_after_minutes: int = 60
+    alert_webhook_set: bool = False  # whether AMPLITUDE_ALERT_WEBHOOK_URL is set; its value is read only when sending
+    alert_format: str = "auto"
+    alert_ui_url: str | None = None
+    alert_timeout_seconds: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -201,6 +234,11 @@ class Settings:
             merged_ids_container=merged_container,
             merged_ids_prefix=_prefix(env, "AZURE_MERGED_IDS_PREFIX", "merged_ids" if shared else ""),
             create_containers=_bool(env, "AZURE_CREATE_CONTAINERS", False),
+            late_after_minutes=_int(env, "AMPLITUDE_LATE_AFTER_MINUTES", 60),
+            alert_webhook_set=_alert_webhook_set(env),
+            alert_format=_choice(env, "AMPLITUDE_ALERT_FORMAT", ALERT_FORMATS),
+            alert_ui_url=_ui_url(env, "AMPLITUDE_ALERT_UI_URL"),
+            alert_timeout_seconds=_int(env, "AMPLITUDE_ALERT_TIMEOUT_SECONDS", 10, minimum=1),
         )
         settings.validate()
         duck.settings(env)  # checked here too, so a bad value stops the definitions from loading
