@@ -153,10 +153,9 @@ def build_merged_ids_automation_sensor(settings: Settings) -> dg.AutomationCondi
         target=dg.AssetSelection.assets(MERGED_IDS),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
-        # Runs, not backfills: a backfill waits for the backfill daemon's next iteration (30 s)
-        # and takes a slot of the run queue's backfill limit. Each run covers at most
-        # AMPLITUDE_HOURS_PER_RUN consecutive hours (the asset's backfill policy).
-        emit_backfills=False,
+        # Hours that become ready on one tick go into one backfill, in runs of at most
+        # AMPLITUDE_HOURS_PER_RUN hours (the asset's backfill policy); as plain runs they would be
+        # one run per hour. Its runs carry the tags below, so they go ahead of queued events.
         run_tags={MERGED_IDS_CHAIN: merged_ids_chain(settings), PRIORITY: MERGED_IDS_PRIORITY},
         description="Materializes merged_ids for every hour whose events landed, in hour order "
                     "(the asset's automation condition). Turn it off only to stop merged IDs following events.",

@@ -4,8 +4,8 @@ The deployment runs as `make deploy-local` starts it (scripts/topology.py: deplo
 and deploy/workspace.yaml as shipped), against Azurite behind a proxy that faults a share of
 the requests. While `hourly_export_sensor` is on, a backfill of SOAK_HOURS hours of both
 assets is launched through GraphQL, as the UI's dialog does; one step process is SIGKILLed
-mid-hour (as the OOM killer would) and one run worker later. Then the hours left failed or
-missing are re-launched as a user would: a backfill of those partitions. It ends with:
+mid-hour (as the OOM killer would) and one run worker later. Then the hours left failed,
+missing or unchecked are re-launched as a user would: a backfill of those partitions. It ends with:
   - every hour's blobs byte-identical to a clean sequential export of the same hours through
     the command line (markers compared without their export time; lock blobs left out);
   - the merged-ID chain whole, and every check passing for every hour;
@@ -300,8 +300,13 @@ def test_a_backfill_and_the_sensor_under_faults_land_every_hour_once(soak):
     while True:
         wait(lambda: deployment.quiet(), 300, "an idle deployment", deployment)
         present = {name for name in (b.name for b in client.list_blobs()) if name.endswith("_complete")}
-        missing = [k for k in backfill_hours
-                   if not {f"187520/187520_{parse_key(k):%Y-%m-%d}_{parse_key(k).hour}_complete",
+        unchecked = set()  # a step killed after its hours landed leaves them without checks
+        for asset, checks in (("events", EVENTS_CHECKS), ("merged_ids", MERGED_CHECKS)):
+            for check in checks:
+                latest = deployment.latest_checks(asset, check)
+                unchecked |= {k for k in backfill_hours if latest.get(k) is not True}
+        missing = [k for k in backfill_hours if k in unchecked
+                   or not {f"187520/187520_{parse_key(k):%Y-%m-%d}_{parse_key(k).hour}_complete",
                            f"merged_ids/187520/187520_{parse_key(k):%Y-%m-%d}_{parse_key(k).hour}_complete"} <= present]
         if not missing or relaunches == 3:
             break
