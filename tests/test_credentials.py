@@ -118,11 +118,13 @@ def test_one_client_per_account_and_container_reused(azurite):
     assert storage.container("amplitude") is not storage.container("other")
     with storage.get_client() as first, storage.get_client() as second:
         assert first is second is storage.service
-    # The probe's client is separate, with short timeouts and one retry; the export's keeps the SDK's.
+    # The probe's client is separate, with short timeouts and one retry; the export's retries
+    # five times, the first after 1-3 s (the SDK's default waits 15 s first).
     probe = storage.container("amplitude", probe=True)
     assert probe is not storage.container("amplitude")
     assert probe._config.retry_policy.total_retries == 1
-    assert storage.container("amplitude")._config.retry_policy.total_retries == 3
+    policy = storage.container("amplitude")._config.retry_policy
+    assert (policy.total_retries, policy.initial_backoff, policy.increment_base) == (5, 1, 2)
 
 
 def test_missing_containers_are_created_only_when_asked(azurite, blobs):

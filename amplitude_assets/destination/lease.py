@@ -189,11 +189,18 @@ def hour_lease(
 
     held = HourLease(blob, lease, hour_label, lease_seconds)
     try:
-        blob.set_blob_metadata(
-            {"started_at": _now(), "run_id": _ascii(holder or ""), "host": _ascii(socket.gethostname()),
-             "pid": str(os.getpid())},
-            lease=lease,
-        )
+        try:
+            blob.set_blob_metadata(
+                {"started_at": _now(), "run_id": _ascii(holder or ""), "host": _ascii(socket.gethostname()),
+                 "pid": str(os.getpid())},
+                lease=lease,
+            )
+        except HttpResponseError as exc:
+            if exc.status_code not in _GONE_STATUSES and not str(exc.error_code or "").startswith("Lease"):
+                raise
+            # The lease was broken or taken between acquiring it and labelling it: it is lost.
+            held.lost = f"it was gone at once ({exc.status_code} {exc.error_code or ''})".strip()
+            held._renew()  # raises LeaseLost, naming the hour
         held._thread.start()
         yield held
     finally:
