@@ -208,6 +208,8 @@ class Topology:
 
 def stop_group(process: subprocess.Popen, grace: float = 20.0) -> None:
     """SIGTERM the process group, then SIGKILL whatever is left of it."""
+    if process.poll() is not None and not _group_alive(process.pid):
+        return
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(process.pid, sig)
@@ -215,12 +217,19 @@ def stop_group(process: subprocess.Popen, grace: float = 20.0) -> None:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                try:
-                    os.killpg(process.pid, 0)
-                except ProcessLookupError:
-                    return
+            if process.poll() is not None and not _group_alive(process.pid):
+                return
             time.sleep(0.2)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 if __name__ == "__main__":  # pragma: no cover - `make deploy-local` runs scripts.deploy_local

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 import urllib.error
@@ -23,6 +22,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 
 from conftest import AZURITE, ROOT, connection_string, free_port, wait_for_port
+from scripts.topology import stop_group as kill_group
 
 DAGSTER = ROOT / ".venv" / "bin" / "dagster"
 CHROMIUM = Path(os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium"))
@@ -70,32 +70,6 @@ def hour_blobs(hour: datetime) -> tuple[str, str]:
     """(the prefix of the hour's parts, the hour's marker) in Amplitude's layout, default prefix."""
     stem = f"{PROJECT_ID}/{PROJECT_ID}_{hour:%Y-%m-%d}_{hour.hour}"
     return f"{stem}#", f"{stem}_complete"
-
-
-def kill_group(process: subprocess.Popen, grace: float = 20.0) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left of it."""
-    if process.poll() is not None and not _group_alive(process.pid):
-        return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if process.poll() is not None and not _group_alive(process.pid):
-                return
-            time.sleep(0.2)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 class GraphQLError(AssertionError):
