@@ -51,6 +51,7 @@ from amplitude_assets.schema import (
     UUID_PATTERN,
     VALUE_PATTERNS,
     Kind,
+    line_keys,
 )
 
 EXTRAS_NOTE = " (extra keys must be the same, in the same order, on every line of the hour as on its first)"
@@ -263,9 +264,13 @@ class LineRules:
     nullable: bool = True
     fixed: tuple[tuple[str, str], ...] = ()  # fields whose every value must be this JSON text
     unique: tuple[tuple[str, ...], ...] = ()  # keys that must not repeat (all parts non-null)
+    in_code_point_order: bool = False  # the head and the extras together, sorted (events)
 
     def expected_keys(self, first: list[str] | None) -> list[str]:
-        """The hour's keys: the head, then the first line's extras when they follow it."""
+        """The hour's keys: the head, then the first line's extras when they follow it; or, in
+        code-point order, the head's and the first line's others together."""
+        if self.in_code_point_order:
+            return line_keys(k for k in (first or []) if k not in self.head)
         if first is None:
             return list(self.head)
         head = list(self.head)
@@ -360,14 +365,23 @@ def _structure_problems(scanned: pl.DataFrame) -> tuple[pl.DataFrame, Found]:
     return scanned.filter(pl.col("kind") == "OBJECT"), Found(problems, bad.height)
 
 
-def _key_problems(objects: pl.DataFrame, expected: list[str], extras: set[str]) -> Found:
-    """Keys in the expected order (the contract's, then the hour's extras)."""
+OLD_ORDER_NOTE = ("keys in the order an earlier release wrote (the 49 fields in the seed's order, then the "
+                  "extra keys), not in code-point order: re-export this hour to upgrade it; its values are not damaged")
+
+
+def _key_problems(objects: pl.DataFrame, expected: list[str], extras: set[str], head: tuple[str, ...] = ()) -> Found:
+    """Keys in the expected order. A line in the order an earlier release wrote (`head`, then
+    the extras) is named as such: an hour to re-export, not damage."""
     if objects.height == 0:
         return Found()
     bad = objects.filter(pl.col("keys").list.join("\x1f") != "\x1f".join(expected))
     problems = []
     for r in bad.head(MAX_REPORTED).iter_rows(named=True):
         keys = list(r["keys"])
+        if head and keys[: len(head)] == list(head) and sorted(keys) == expected:
+            problems.append({"file": r["file"], "line": r["line"], "field": keys[0],
+                             "value": _short(keys[:3]), "problem": OLD_ORDER_NOTE})
+            continue
         position = next((i for i, (a, b) in enumerate(zip(keys, expected)) if a != b), min(len(keys), len(expected)))
         if position < len(expected) and expected[position] not in keys:
             what, name = f"key {expected[position]!r} is missing", expected[position]
@@ -578,7 +592,8 @@ def scan_files(client: ContainerClient, names: list[str], rules: LineRules, *, s
             details = json_columns(connection(), lines, [n for n, _ in rules.fields], rules.string_fields)
             objects, found = _structure_problems(details)
             structure.add(found)
-            keys_found.add(_key_problems(objects, expected or list(rules.head), extras))
+            keys_found.add(_key_problems(objects, expected or rules.expected_keys(None), extras,
+                                         rules.head if rules.in_code_point_order else ()))
             types_found.add(_type_problems(objects, rules.fields, rules.nullable))
             for name, value in rules.fixed:
                 fixed_found[name].add(_fixed_problems(objects, name, value))
@@ -595,7 +610,7 @@ def scan_files(client: ContainerClient, names: list[str], rules: LineRules, *, s
                 largest = max(largest, len(batch.lines))
                 if expected is None and (first := first_keys(batch)) is not None:
                     expected = rules.expected_keys(first)
-                    extras = set(expected[len(rules.head):])
+                    extras = set(expected) - set(rules.head)
                     sql = _scan_sql(rules, expected)
                 pending.append((batch, start, pool.submit(scan, batch, sql)))
                 del batch
@@ -697,18 +712,77 @@ def complete_outcome(layout: EventsLayout, hour: datetime, listed: dict[str, dic
 # -- the checks ------------------------------------------------------------------------------
 
 EVENT_RULES = LineRules(head=EVENT_FIELD_NAMES, fields=EVENT_FIELDS, allow_extras=True,
-                        unique=(("uuid",), ("$insert_id", "device_id")))
+                        unique=(("uuid",), ("$insert_id", "device_id")), in_code_point_order=True)
+CHANGED_NOTE = ("is not the part whose lines were validated when it was written: {why}. Re-export the hour, "
+                "or run the read-back check (job deep_check_events) to see what it holds")
+
+
+def validated_outcomes(layout: EventsLayout, hour: datetime, listed: dict[str, dict],
+                       manifest: dict) -> dict[str, Outcome]:
+    """`schema` and `unique` from what the writing step established (`writer.Validation`).
+
+    The exporter validated the exact text of every line it wrote and removed every
+    repeated key before writing; Azure verified each block's MD5 as it arrived. What is
+    left to establish is that the parts present are those parts: each listed part's size
+    and Content-MD5 are the manifest's, and no part is there that the manifest lacks.
+    """
+    validated = manifest["validated"]
+    parts = {p["name"]: p for p in manifest.get("parts", [])}
+    listed_names = {n.rsplit("/", 1)[-1]: n for n in listed}
+    problems: list[dict] = []
+    for name in sorted(set(parts) | set(listed_names)):
+        entry, blob = parts.get(name), listed.get(listed_names.get(name, ""))
+        if entry is None:
+            why = "it is not in the marker's manifest"
+        elif blob is None:
+            why = "it is missing from the container"
+        elif blob["md5"] != entry.get("md5") or blob["size"] != entry.get("bytes"):
+            why = (f"its Content-MD5 {blob['md5']} and size {blob['size']} are not the manifest's "
+                   f"{entry.get('md5')} and {entry.get('bytes')}")
+        else:
+            continue
+        problems.append({"file": listed_names.get(name, layout.folder + name), "problem": CHANGED_NOTE.format(why=why)})
+    facts = {"files_checked": len(listed), "lines_checked": validated.get("lines", 0),
+             "validated_when_written": True, "lines_as_sent": validated.get("as_sent", 0),
+             "lines_encoded": validated.get("encoded", 0)}
+    return {"schema": _outcome(problems, facts), "unique": _outcome(problems, facts)}
+
+
+def _manifest(body: bytes | None) -> dict | None:
+    try:
+        manifest = json.loads(body) if body is not None else None
+    except ValueError:
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def invalid_lines(lines: pl.Series, expected: list[str]) -> list[str]:
+    """The lines (of one hour's events) that break the `schema` check's rules, with keys `expected`."""
+    con = duck.connect()
+    try:
+        con.register("lines", pl.DataFrame({"text": lines}).with_row_index("_i")
+                     .to_arrow(compat_level=pl.CompatLevel.newest()))
+        ok = con.sql(_scan_sql(EVENT_RULES, expected)).pl()["ok"]
+    finally:
+        con.close()
+    return lines.filter(~ok).to_list()
 
 
 def events_hour_outcomes(client: ContainerClient, layout: EventsLayout, hour: datetime,
-                         selected: set[str], batch_bytes: int = BATCH_BYTES) -> dict[str, Outcome]:
-    """The selected events checks of one hour, from one listing, the marker and one read of the parts."""
+                         selected: set[str], batch_bytes: int = BATCH_BYTES, read_back: bool = False) -> dict[str, Outcome]:
+    """The selected events checks of one hour, from one listing and the marker; and, for an
+    hour whose marker has no validation record (an earlier release's) or with `read_back`,
+    one read of the parts."""
     listed = {n: v for n, v in list_blobs(client, layout.parts_prefix(hour)).items()
               if layout.part_number(n, hour) is not None}
     outcomes: dict[str, Outcome] = {}
+    body = read_blob(client, layout.marker(hour))
     if "complete" in selected:
-        outcomes["complete"] = complete_outcome(layout, hour, listed, read_blob(client, layout.marker(hour)))
-    if selected & {"schema", "unique"}:
+        outcomes["complete"] = complete_outcome(layout, hour, listed, body)
+    manifest = _manifest(body)
+    if selected & {"schema", "unique"} and not read_back and manifest and isinstance(manifest.get("validated"), dict):
+        outcomes.update(validated_outcomes(layout, hour, listed, manifest))
+    elif selected & {"schema", "unique"}:
         names = sorted(listed, key=lambda n: layout.part_number(n, hour))
         scan = scan_files(client, names, EVENT_RULES, schema="schema" in selected, unique="unique" in selected,
                           batch_bytes=batch_bytes)
@@ -767,6 +841,13 @@ def evaluate_hours(
         )
 
 
+class CheckConfig(dg.Config):
+    """`read_back`: read every part back and check its lines, instead of trusting the
+    validation the export recorded (the deep check; job `deep_check_events`)."""
+
+    read_back: bool = False
+
+
 def hourly_checks(
     name: str,
     description: str,
@@ -774,7 +855,7 @@ def hourly_checks(
     partitions: dg.PartitionsDefinition,
     checks: list[tuple[str, bool, str]],
     container: str,
-    run: Callable[[ContainerClient, datetime, set[str]], dict[str, Outcome]],
+    run: Callable[[ContainerClient, datetime, set[str], bool], dict[str, Outcome]],
 ) -> dg.AssetChecksDefinition:
     """One multi-asset check over `checks` (name, blocking, description), any subset of them selectable:
     `run(client, hour, selected)` evaluates an hour of the asset read from `container`, for every hour of the step."""
@@ -782,9 +863,10 @@ def hourly_checks(
              for check, blocking, text in checks]
 
     @dg.multi_asset_check(specs=specs, name=name, can_subset=True, description=description)
-    def multi_check(context: dg.AssetCheckExecutionContext, storage: AzureStorage):
+    def multi_check(context: dg.AssetCheckExecutionContext, storage: AzureStorage, config: CheckConfig):
         client = storage.container(container)
-        yield from evaluate_hours(context, asset, specs, storage, lambda hour, selected: run(client, hour, selected))
+        yield from evaluate_hours(context, asset, specs, storage,
+                                  lambda hour, selected: run(client, hour, selected, config.read_back))
 
     return multi_check
 
@@ -792,18 +874,32 @@ def hourly_checks(
 def build_events_checks(settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
     layout = EventsLayout(settings.events_prefix, settings.project_id)
     checks = [
-        ("schema", True, "Every line of the hour's parts parses, has the 49 keys in order (then the same extra keys "
-                         "on every line) and the contract's JSON types."),
+        ("schema", True, "Every line of the hour's parts parses, has the 49 fields and the hour's extra keys in "
+                         "code-point order, the same on every line, and the contract's JSON types. Validated "
+                         "when the parts were written; the check makes sure the parts present are those."),
         ("unique", False, "No uuid and no ($insert_id, device_id) repeats across the hour's parts."),
         ("complete", True, "The marker's manifest matches the parts in the container (names, sizes, Content-MD5, "
                            "no stray parts) and its counts reconcile."),
     ]
 
-    def run(client: ContainerClient, hour: datetime, selected: set[str]) -> dict[str, Outcome]:
-        return events_hour_outcomes(client, layout, hour, selected)
+    def run(client: ContainerClient, hour: datetime, selected: set[str], read_back: bool) -> dict[str, Outcome]:
+        return events_hour_outcomes(client, layout, hour, selected, read_back=read_back)
 
     return [hourly_checks("events_checks", "One read of each hour serves the schema, unique and complete checks.",
                           "events", partitions, checks, settings.events_container, run)]
+
+
+def build_deep_check_job(partitions: dg.PartitionsDefinition):
+    """`deep_check_events`: the events checks with `read_back`, for users to schedule or launch
+    over a range of hours: every part is downloaded and every line parsed again."""
+    return dg.define_asset_job(
+        "deep_check_events",
+        selection=dg.AssetSelection.checks_for_assets("events"),
+        partitions_def=partitions,
+        config={"ops": {"events_checks": {"config": {"read_back": True}}}},
+        description="Read every part of the selected hours back and check each line (the events checks' "
+                    "read-back). Not needed after each export: the export validates what it writes.",
+    )
 
 
 def build_merged_ids_checks(settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
@@ -817,7 +913,7 @@ def build_merged_ids_checks(settings, partitions: dg.PartitionsDefinition) -> li
         ("unique", False, "No amplitude_id is merged away twice in the hour."),
     ]
 
-    def run(client: ContainerClient, hour: datetime, selected: set[str]) -> dict[str, Outcome]:
+    def run(client: ContainerClient, hour: datetime, selected: set[str], read_back: bool) -> dict[str, Outcome]:
         name = layout.file(hour)
         names = [name] if name in list_blobs(client, name) else []  # the file exists only when the hour has merges
         scan = scan_files(client, names, rules, schema="schema" in selected, unique="unique" in selected)

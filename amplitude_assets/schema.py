@@ -138,6 +138,14 @@ MERGED_ID_FIELDS: tuple[str, ...] = (
 )
 
 
+def line_keys(extras) -> list[str]:
+    """An exported line's keys: the 49 fields and the hour's extra keys together, in code-point
+    order of their names (`$insert_id`, `$insert_key`, `$schema`, `adid`, ..., `version_name`),
+    as Amplitude's own export files hold them. Python orders strings by code point, which is
+    also the byte order of their UTF-8 (the order DuckDB compares in)."""
+    return sorted({*EVENT_FIELD_NAMES, *extras})
+
+
 def event_schema() -> dict[str, pl.DataType]:
     """The normalized frame's schema for the 49 fields, in order."""
     return {name: POLARS_DTYPES[kind] for name, kind in EVENT_FIELDS}

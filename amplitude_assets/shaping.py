@@ -33,8 +33,11 @@ from amplitude_assets.lines import prefetch
 from amplitude_assets.schema import event_schema
 from amplitude_assets.transform import (
     IDENTITY_COLUMNS,
+    LINE,
+    RESERVED,
     Counts,
     HourResult,
+    canonical_rows,
     no_repairs,
     normalize_with_repairs,
     parse,
@@ -234,6 +237,11 @@ class ShapedHour:
                     if chunk_repairs.height:
                         repair_frames.append(packed(chunk_repairs))
                     tally["in_hour"] += normalized.height
+                    # The hour's extra keys so far: all of the hour's, unless a later chunk
+                    # brings a new one (the writer then puts it into the lines before).
+                    keys = tuple(k for k in known if k in present)
+                    canon = canonical_rows(in_hour, normalized, keys)
+                    normalized = normalized.with_columns(in_hour[LINE], canon)
                     del in_hour
                 with timer("dedup"):
                     unique = dedup(normalized.select(KEY_COLUMNS))
@@ -251,9 +259,6 @@ class ShapedHour:
                         exported = unique & kept
                     tally["unique"] += int(unique.sum())
                     tally["exported"] += int(exported.sum())
-                # The hour's extra keys so far, in order: all of the hour's, unless a later
-                # chunk brings a new one.
-                keys = tuple(k for k in known if k in present)
                 yield ShapedChunk(normalized.filter(exported), keys)
                 del normalized
 
@@ -287,8 +292,11 @@ def process_hour(chunks: Iterable[bytes], hour: datetime, keep: pl.Expr | None =
     frame, rejects, repairs and identities are those the export writes for the hour.
     """
     shaped = ShapedHour(chunks, hour, keep=keep, lines_per_chunk=sys.maxsize, chunk_bytes=sys.maxsize)
-    frames = [chunk.frame for chunk in shaped]  # one chunk, or none for an empty hour
-    frame = frames[0] if frames else pl.DataFrame(schema=event_schema())
+    from amplitude_assets.destination.writer import event_lines
+
+    chunks = list(shaped)  # one chunk, or none for an empty hour
+    frame = chunks[0].frame if chunks else pl.DataFrame(schema=event_schema())
+    lines = event_lines(frame, shaped.extras) if chunks else pl.Series("line", [], dtype=pl.String)
     identities = pl.read_parquet(io.BytesIO(shaped.identities))
-    return HourResult(hour=hour, frame=frame, rejects=shaped.rejects, identities=identities,
-                      counts=shaped.counts, repairs=shaped.repairs)
+    return HourResult(hour=hour, frame=frame.drop(RESERVED, strict=False), rejects=shaped.rejects,
+                      identities=identities, counts=shaped.counts, repairs=shaped.repairs, lines=lines)

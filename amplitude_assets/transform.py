@@ -30,9 +30,12 @@ from amplitude_assets.schema import (
     EVENT_FIELD_NAMES,
     EVENT_FIELDS,
     JSON_TEXT_KINDS,
+    JSON_TYPES,
+    TIMESTAMP_PATTERN,
     NUMBER_PATTERN,
     UUID_PATTERN,
     Kind,
+    line_keys,
 )
 
 _KINDS = dict(EVENT_FIELDS)
@@ -76,6 +79,7 @@ class HourResult:
     identities: pl.DataFrame  # IDENTITY_COLUMNS of deduplicated rows before the filter
     counts: Counts
     repairs: pl.DataFrame = field(default_factory=no_repairs)  # REPAIR_SCHEMA, one row per repair
+    lines: pl.Series | None = None  # the exported lines, as written (`process_hour`)
 
 
 # -- parse ---------------------------------------------------------------------------
@@ -181,6 +185,14 @@ def _sql_text(text: str) -> str:
 # Two searches for literals (fast): the words, then a comma or JSON whitespace before a
 # closing bracket (a superset of trailing commas, rare in compact JSON).
 _LENIENT_WORDS = r"(?i)nan|inf"
+
+# Per line, whether the 49 fields have their JSON types (`schema.JSON_TYPES`; an integer
+# beyond int64 is left to normalize, which repairs it).
+_TYPE_PATHS_SQL = ", ".join(_sql_text(_json_path(name)) for name in EVENT_FIELD_NAMES)
+_TYPED_SQL = " AND ".join(
+    f"t[{i}] IN ({', '.join(_sql_text(t) for t in JSON_TYPES[kind] if not (kind is Kind.INT and t == 'UBIGINT'))})"
+    for i, (_, kind) in enumerate(EVENT_FIELDS, start=1)
+)
 _TRAILING_COMMA = ",}|,]| }| ]|\t}|\t]|\r}|\r]"
 
 
@@ -199,8 +211,9 @@ def _scan(source: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series]:
     con.register("source", _arrow(source))
     scanned = con.sql(
         f"""
-        SELECT len(ks) AS n, list_filter(ks, lambda k: NOT list_contains({_KNOWN_KEYS_SQL}, k)) AS extra
-        FROM (SELECT try(json_keys(line)) AS ks FROM source)
+        SELECT len(ks) AS n, list_filter(ks, lambda k: NOT list_contains({_KNOWN_KEYS_SQL}, k)) AS extra,
+               hash(array_to_string(ks, chr(31))) AS kh, coalesce({_TYPED_SQL}, false) AS typed
+        FROM (SELECT try(json_keys(line)) AS ks, try(json_type(line, [{_TYPE_PATHS_SQL}])) AS t FROM source)
         """
     ).pl()
     n = scanned["n"]
@@ -227,6 +240,7 @@ def _scan(source: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series]:
         .otherwise(pl.lit("not a JSON object"))
         .alias("reason")
     ).select("_pos", "reason", "line")
+    good = good.with_columns(scanned["kh"].filter(is_object).alias(KEYHASH), scanned["typed"].filter(is_object).alias(TYPED))
     return good, _unmark(bad), scanned["extra"].filter(is_object)
 
 
@@ -297,6 +311,10 @@ def json_fields(lines: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
 # that an event's own keys cannot take: a line with a key of either name is rejected.
 POS = "\x00pos"
 LINE = "\x00line"
+KEYHASH = "\x00keys"  # DuckDB's hash of the line's keys, in order, joined by chr(31)
+TYPED = "\x00typed"  # the 49 fields have their JSON types
+CANON = "\x00canon"  # the line is already in the exported form: it is written as it came
+RESERVED = (POS, LINE, KEYHASH, TYPED, CANON)
 
 
 def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
@@ -310,8 +328,8 @@ def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     source = pl.DataFrame({"_pos": pl.int_range(len(lines), eager=True, dtype=pl.Int64), "line": lines})
     good, rejects, extra_keys = _scan(source)
     order = extra_keys.explode().drop_nulls().unique(maintain_order=True).to_list()
-    if POS in order or LINE in order:
-        clash = extra_keys.list.contains(POS) | extra_keys.list.contains(LINE)
+    if any(name in order for name in RESERVED):
+        clash = extra_keys.list.eval(pl.element().is_in(RESERVED)).list.any()
         rejects = pl.concat([
             rejects,
             good.filter(clash).select("_pos", pl.lit("has a key that the exporter reserves").alias("reason"), "line"),
@@ -321,7 +339,7 @@ def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     extras = [k for k in order if k not in _READ_SCHEMA]
     if not good.height:
         known = pl.DataFrame(schema=_READ_SCHEMA).with_columns(pl.lit(None, pl.String).alias(k) for k in extras)
-        return known.with_columns(good["_pos"].alias(POS), good["line"].alias(LINE)), rejects, extras
+        return known.with_columns(good["_pos"].alias(POS), good["line"].alias(LINE), good[KEYHASH], good[TYPED]), rejects, extras
     fields = json_fields(good, extras)
     if extras:
         # JSON null reads as a missing value; a key the line has is `null`, not missing.
@@ -329,7 +347,7 @@ def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
             pl.when(extra_keys.list.contains(key)).then(pl.col(key).fill_null("null")).alias(key)
             for key in extras
         )
-    return fields.with_columns(good["_pos"].alias(POS), good["line"].alias(LINE)), rejects, extras
+    return fields.with_columns(good["_pos"].alias(POS), good["line"].alias(LINE), good[KEYHASH], good[TYPED]), rejects, extras
 
 
 # -- normalize -------------------------------------------------------------------------
@@ -676,6 +694,55 @@ def _objects_in_string_fields(frame: pl.DataFrame) -> dict[str, pl.Series]:
         if bad.any():
             nulled[name] = rows.filter(bad)
     return nulled
+
+
+# -- lines already in the form -------------------------------------------------------------
+
+# JSON whitespace next to a structural character (or at either end): only such a line can
+# have whitespace between its tokens. Inside strings it is common ("San Jose, CA"), so the
+# few lines this finds are looked at again with their strings taken out.
+_MAYBE_SPACED = r"[,:\[{][ \t\r\n]|[ \t\r\n][,:\]}]|^[ \t\r\n]|[ \t\r\n]$"
+_JSON_STRING = r'"(?:[^"\\]|\\.)*"'
+_CHECKED_FORM = {Kind.TIMESTAMP: TIMESTAMP_PATTERN, Kind.UUID: UUID_PATTERN}
+
+
+def keys_hash(keys: list[str]) -> int:
+    """The `KEYHASH` of a line whose keys are `keys`, in this order."""
+    con = duck.connect()
+    try:
+        return con.execute("SELECT hash(array_to_string($keys::VARCHAR[], chr(31)))", {"keys": keys}).fetchone()[0]
+    finally:
+        con.close()
+
+
+def canonical_rows(parsed: pl.DataFrame, normalized: pl.DataFrame, keys) -> pl.Series:
+    """Which parsed lines are already in the exported form for an hour with extra keys `keys`.
+
+    Such a line (SPEC section 4) has exactly the hour's keys in code-point order
+    (`line_keys`), every field of its JSON type, timestamps and the uuid in their
+    canonical forms, nothing to repair (no value that normalizing nulls, no empty
+    `user_id` or `device_id`), and no whitespace between its tokens. It is written as it
+    came. `normalized` is `parsed` normalized, row for row.
+    """
+    if not parsed.height:
+        return pl.Series(CANON, [], dtype=pl.Boolean)
+    conditions = [pl.col(TYPED), pl.col(KEYHASH) == keys_hash(line_keys(keys))]
+    for name, kind in EVENT_FIELDS:
+        raw = pl.col(name)
+        if kind in _CHECKED_FORM:
+            conditions.append(raw.is_null() | raw.str.contains(_CHECKED_FORM[kind]))
+        if name in ("user_id", "device_id"):
+            conditions.append(raw.is_null() | (raw != ""))
+        if kind not in (Kind.STRING, Kind.DICT):
+            conditions.append(raw.is_null() | normalized[name].is_not_null())
+    line = pl.col(LINE)
+    canon = parsed.select(pl.all_horizontal(conditions).fill_null(False).alias(CANON)).to_series()
+    suspect = canon & parsed.select(line.str.contains(_MAYBE_SPACED)).to_series()
+    if suspect.any():
+        rows = suspect.arg_true()
+        spaced = parsed[LINE].gather(rows).str.replace_all(_JSON_STRING, "").str.contains(r"[ \t\r\n]")
+        canon = canon.scatter(rows, ~spaced)
+    return canon
 
 
 # -- reject, dedup, filter ----------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The whole-hour reference the streaming export is compared with.
 
 `whole_hour` shapes an hour at once with the same stage functions the streaming path
-uses chunk by chunk (`transform.parse`, `reject_outside_hour`, `normalize_with_repairs`),
+uses chunk by chunk (`transform.parse`, `reject_outside_hour`, `normalize_with_repairs`,
+`canonical_rows`, `writer.event_lines`),
 and `dedup` keeps the first row in source order over the whole hour. The export itself
 never runs them: `shaping.ShapedHour` decides dedup chunk by chunk (`FirstWins`). The
 tests compare the two, row for row and byte for byte.
@@ -14,10 +15,14 @@ from datetime import datetime
 
 import polars as pl
 
+from amplitude_assets.destination.writer import event_lines
 from amplitude_assets.transform import (
     IDENTITY_COLUMNS,
+    LINE,
+    RESERVED,
     Counts,
     HourResult,
+    canonical_rows,
     normalize_with_repairs,
     parse,
     read_lines,
@@ -47,6 +52,7 @@ def whole_hour(
     # An extra key carried only by rejected rows is not a key of the hour's events.
     extras = [k for k in extras if in_hour[k].is_not_null().any()]
     normalized, repairs = normalize_with_repairs(in_hour, extras)
+    normalized = normalized.with_columns(in_hour[LINE], canonical_rows(in_hour, normalized, extras))
     unique = dedup(normalized)
     identities = unique.select(IDENTITY_COLUMNS)
     exported = unique.filter(keep) if keep is not None else unique
@@ -61,7 +67,8 @@ def whole_hour(
     )
     return HourResult(
         hour=hour,
-        frame=exported,
+        frame=exported.drop(RESERVED, strict=False),
+        lines=event_lines(exported, extras),
         rejects=rejects,
         identities=identities,
         counts=counts,

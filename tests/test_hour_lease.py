@@ -76,7 +76,7 @@ def expected_parts(lines: list[str], max_rows: int) -> list[bytes]:
     """The parts an export of `lines` must leave, from the whole-hour path."""
     whole = whole_hour(chunks_of(lines), HOUR)
     return [
-        gzip_bytes(jsonl_bytes(encode_lines(whole.frame.slice(offset, length))))
+        gzip_bytes(jsonl_bytes(whole.lines.slice(offset, length).to_frame()))
         for offset, length in part_slices(whole.frame.height, max_rows)
     ]
 

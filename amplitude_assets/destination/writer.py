@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import functools
 import hashlib
 import io
 import json
@@ -34,10 +35,11 @@ from amplitude_assets.destination.lease import HourLease, hour_lease
 from amplitude_assets.layout import EventsLayout
 from amplitude_assets.lines import line_chunks
 from amplitude_assets.partitions import manifest_hour, partition_key
-from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, JSON_TEXT_KINDS, TIMESTAMP_FORMAT, Kind, event_schema
+from amplitude_assets.schema import EVENT_FIELD_NAMES, EVENT_FIELDS, EVENT_KINDS, JSON_TEXT_KINDS, TIMESTAMP_FORMAT, Kind, event_schema, line_keys
 from amplitude_assets.settings import Settings
 from amplitude_assets.shaping import CHUNK_LINES, ShapedHour, Timer
 from amplitude_assets.transform import (
+    CANON,
     IDENTITY_COLUMNS,
     LINE,
     NOT_UTF8,
@@ -266,6 +268,7 @@ def finish_hour(
     source: str,
     repairs: pl.DataFrame | None = None,
     lease: HourLease | None = None,
+    validated: dict | None = None,
 ) -> Manifest:
     """Steps 3 and 4, once the parts are committed: stale parts, rejects, repairs, identities, marker.
 
@@ -281,7 +284,8 @@ def finish_hour(
     else:
         delete_if_exists(container, layout.repaired(hour))
     upload(container, layout.identities(hour), identities, PARQUET_CONTENT)  # Parquet, for merged_ids
-    manifest = Manifest(hour=hour, source=source, parts=parts, counts=counts.as_dict())
+    manifest = Manifest(hour=hour, source=source, parts=parts, counts=counts.as_dict(),
+                        extra={"validated": validated} if validated is not None else {})
     if lease is not None:
         lease.confirm()
     upload(container, layout.marker(hour), manifest.to_json(), JSON_CONTENT)
@@ -342,12 +346,14 @@ def existing_markers(container: ContainerClient, prefix: str, names: Sequence[st
 BLOCK_BYTES = 32 << 20  # staged block size
 
 
-def _event_prefix() -> pl.Expr:
-    """`{"server_received_time":...,"client_event_time":...` (the 49 fields, no closing brace).
+@functools.lru_cache(maxsize=64)
+def _event_line(keys: tuple[str, ...], present: frozenset[str]) -> pl.Expr:
+    """`{...}`: the 49 fields and the extra `keys`, in code-point order (`line_keys`).
 
-    The same text `encode_lines` gives them, faster: the scalar fields between two fields
-    held as JSON text are encoded as one struct (one JSON encoder call, not one per
-    field), and only the JSON-text fields (dicts and the as-sent ones) are spliced in.
+    The scalar fields between two fields held as JSON text are encoded as one struct (one
+    JSON encoder call, not one per field), and only the JSON-text fields (dicts, the
+    as-sent ones and the extra fields) are spliced in. An extra key the frame lacks
+    (`present` are those it has) is `null`.
     """
     parts: list[pl.Expr] = []
     run: list[pl.Expr] = []
@@ -357,10 +363,13 @@ def _event_prefix() -> pl.Expr:
             parts.append(pl.struct(run).struct.json_encode().str.slice(1).str.head(-1))
             run.clear()
 
-    for name, kind in EVENT_FIELDS:
-        if kind in JSON_TEXT_KINDS:
+    for name in line_keys(keys):
+        kind = EVENT_KINDS.get(name)
+        if kind is None or kind in JSON_TEXT_KINDS:
             close_run()
-            parts.append(pl.concat_str(pl.lit(json.dumps(name, ensure_ascii=False) + ":"), json_fragment(name, kind)))
+            key = pl.lit(json.dumps(name, ensure_ascii=False) + ":")
+            value = json_fragment(name, kind) if kind is not None or name in present else pl.lit("null")
+            parts.append(pl.concat_str(key, value))
         else:
             value = pl.col(name).dt.strftime(TIMESTAMP_FORMAT) if kind is Kind.TIMESTAMP else pl.col(name)
             run.append(value.alias(name))
@@ -368,24 +377,67 @@ def _event_prefix() -> pl.Expr:
     pieces: list[pl.Expr] = [pl.lit("{")]
     for i, part in enumerate(parts):
         pieces.extend([pl.lit(","), part] if i else [part])
+    pieces.append(pl.lit("}"))
     return pl.concat_str(pieces)
 
 
-_EVENT_PREFIX = _event_prefix()
-
-
-def _extras_text(columns: Sequence[str], keys: Sequence[str]) -> list[pl.Expr]:
-    """`,"key":value` for each key, in order; `null` for a key the frame lacks."""
-    pieces: list[pl.Expr] = []
-    for key in keys:
-        pieces.append(pl.lit("," + json.dumps(key, ensure_ascii=False) + ":"))
-        pieces.append(json_fragment(key, None) if key in columns else pl.lit("null"))
-    return pieces
-
-
 def encode_events(frame: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
-    """Exported lines: the 49 fields, then `keys` as extra fields."""
-    return frame.select(pl.concat_str([_EVENT_PREFIX, *_extras_text(frame.columns, keys), pl.lit("}")]).alias("line"))
+    """Exported lines of normalized rows: the 49 fields and `keys` as extra fields, in code-point order."""
+    present = frozenset(k for k in keys if k in frame.columns)
+    return frame.select(_event_line(tuple(keys), present).alias("line"))
+
+
+def event_lines(frame: pl.DataFrame, keys: Sequence[str]) -> pl.Series:
+    """The exported lines of a shaped chunk: each line already in the form (`CANON`) as it came,
+    byte for byte; the others encoded from their normalized fields (`encode_events`).
+
+    Only the lines that need it are encoded; they are put back in their places.
+    """
+    canon = frame[CANON]
+    raw = frame[LINE].rename("line")
+    if canon.all():
+        return raw
+    todo = (~canon).arg_true()
+    encoded = encode_events(frame.filter(~canon), keys)["line"]
+    return raw.scatter(todo, encoded) if len(todo) < len(raw) else encoded
+
+
+class Validation:
+    """What the writing step establishes about the exact text of the hour's lines (SPEC section 7).
+
+    A line written as it came was validated as it was read: its keys, their order and its
+    fields' JSON types by DuckDB's JSON functions, its timestamps and uuid by pattern
+    (`transform.canonical_rows`). A line the encoder wrote is validated after encoding,
+    by the `schema` check's own rules on DuckDB (`checks.invalid_lines`), which share
+    nothing with the polars encoder. A line that fails means a bug: the export stops
+    before anything in the container changes. The record goes into the marker, beside
+    each part's MD5, which Azure verified block by block as it arrived; the checks compare
+    that MD5 with the container's listing.
+    """
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self.as_sent = 0
+
+    def add(self, canon: pl.Series, lines: pl.DataFrame, keys: Sequence[str]) -> None:
+        self.lines += lines.height
+        as_sent = int(canon.sum())
+        self.as_sent += as_sent
+        if as_sent < lines.height:
+            check(lines["line"].filter(~canon), keys)
+
+    def record(self) -> dict:
+        return {"lines": self.lines, "as_sent": self.as_sent, "encoded": self.lines - self.as_sent,
+                "schema": True, "by": "duckdb"}
+
+
+def check(lines: pl.Series, keys: Sequence[str]) -> None:
+    """Raise if any of these exported lines breaks the schema for an hour with extra keys `keys`."""
+    from amplitude_assets.checks import invalid_lines
+
+    bad = invalid_lines(lines, line_keys(keys))
+    if bad:
+        raise RuntimeError(f"{len(bad)} of {len(lines)} encoded lines fail the schema, such as: {bad[0][:300]}")
 
 
 @dataclass
@@ -430,7 +482,9 @@ def _stage(container: ContainerClient, name: str, path: str, size: int, tag: str
     def stage(block_id: str, offset: int) -> None:
         with open(path, "rb") as copy:
             copy.seek(offset)
-            blob.stage_block(block_id, copy.read(BLOCK_BYTES))
+            # validate_content: the block's MD5 goes with it, and Azure refuses a block that
+            # did not arrive as sent.
+            blob.stage_block(block_id, copy.read(BLOCK_BYTES), validate_content=True)
 
     ids = [base64.b64encode(f"{tag}-{i:06d}".encode()).decode() for i in range(max(1, -(-size // BLOCK_BYTES)))]
     for future in [pool.submit(stage, block_id, i * BLOCK_BYTES) for i, block_id in enumerate(ids)]:
@@ -510,6 +564,7 @@ def _write_events_hour(
     # stages its own blocks, and each commit takes only its own.
     run = secrets.token_hex(6)
     parts: list[_Part] = []
+    validated = Validation()
 
     with tempfile.TemporaryDirectory(prefix="amplitude-hour-") as workdir, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="amplitude-compress") as compressor, \
@@ -541,7 +596,8 @@ def _write_events_hour(
 
         for chunk in shaped:
             with timer("serialize"):
-                lines = encode_events(chunk.frame, chunk.keys)
+                lines = event_lines(chunk.frame, chunk.keys).to_frame("line")
+                validated.add(chunk.frame[CANON], lines, chunk.keys)
             start = 0
             while start < lines.height:
                 if not parts or parts[-1].rows == max_rows_per_file:
@@ -564,7 +620,7 @@ def _write_events_hour(
 
         extras = shaped.extras
         for part in parts:
-            if any(list(keys) != extras for _, keys in part.segments):
+            if any(set(keys) != set(extras) for _, keys in part.segments):
                 _rebuild(part, extras, timer)
                 seal(part, f"{run}-{part.number:06d}-1")
 
@@ -575,7 +631,7 @@ def _write_events_hour(
 
     manifest = finish_hour(
         container, layout, hour, [p.info for p in parts], shaped.rejects, shaped.identities, shaped.counts, source,
-        shaped.repairs, lease=lease,
+        shaped.repairs, lease=lease, validated=validated.record(),
     )
     columns = {**event_schema(), **{k: pl.String for k in extras}}
     result = HourResult(
@@ -608,7 +664,9 @@ def _rebuild(part: _Part, extras: list[str], timer: Timer) -> None:
                 while start < len(lines):
                     rows, keys = segments[0]
                     take = min(rows, len(lines) - start)
-                    part.gz.write(jsonl_bytes(_rewrite(lines.slice(start, take), keys, extras)))
+                    rewritten = _rewrite(lines.slice(start, take), keys, extras)
+                    check(rewritten["line"], extras)
+                    part.gz.write(jsonl_bytes(rewritten))
                     start += take
                     written += take
                     segments[0] = (rows - take, keys)
@@ -620,11 +678,51 @@ def _rebuild(part: _Part, extras: list[str], timer: Timer) -> None:
 
 
 def _rewrite(lines: pl.Series, keys: list[str], extras: list[str]) -> pl.DataFrame:
-    """Lines written with extra keys `keys`, as they are with the hour's `extras`."""
-    if keys == extras[: len(keys)]:
-        tail = "".join("," + json.dumps(k, ensure_ascii=False) + ":null" for k in extras[len(keys):])
-        return pl.DataFrame({"line": lines.str.head(-1) + (tail + "}")})
-    # With the lines beside the fields, the as-sent fields keep their exact text.
-    fields = json_fields(pl.DataFrame({"line": lines}), keys).with_columns(lines.alias(LINE))
-    normalized, _ = normalize(fields, keys)
-    return encode_events(normalized, extras)
+    """Lines written with extra keys `keys`, as they are with the hour's `extras`: each key
+    they lack goes in as `null`, in its code-point place. The rest of each line stays as it is."""
+    have = line_keys(keys)
+    for key in sorted(set(extras) - set(keys)):
+        lines = insert_null_key(lines, have, key)
+        have = line_keys([*have, key])
+    return pl.DataFrame({"line": lines})
+
+
+def insert_null_key(lines: pl.Series, keys: list[str], key: str) -> pl.Series:
+    """Compact JSON lines whose keys are `keys` (in code-point order), with `"key":null` in its place.
+
+    The key goes before the first of `keys` that sorts after it, or at the end. That
+    key's quoted name, after a comma, is found by text where it occurs once in the line
+    (inside a string the quotes would be escaped, so the one occurrence is the top-level
+    key); a line that also has it nested is walked key by key (`top_level_key_at`).
+    """
+    new = json.dumps(key, ensure_ascii=False) + ":null"
+    after = next((k for k in keys if k > key), None)
+    if after is None:
+        return lines.str.head(-1) + ("," + new + "}")
+    if after == keys[0]:
+        return "{" + new + "," + lines.str.slice(1)
+    marker = "," + json.dumps(after, ensure_ascii=False) + ":"
+    once = lines.str.count_matches(marker, literal=True) == 1
+    result = lines.str.replace(marker, "," + new + marker, literal=True, n=1)
+    if once.all():
+        return result
+    rows = (~once).arg_true()
+    fixed = []
+    for text in lines.gather(rows).to_list():
+        at = top_level_key_at(text, after)
+        fixed.append(text[:at] + "," + new + text[at:])
+    return result.scatter(rows, pl.Series(fixed, dtype=pl.String))
+
+
+def top_level_key_at(line: str, key: str) -> int:
+    """The index of the comma before the top-level `key` of a compact JSON object line."""
+    scan = json.JSONDecoder().scan_once
+    i = 1
+    while True:
+        name, end = json.decoder.scanstring(line, i + 1)
+        if name == key:
+            return i - 1
+        _, i = scan(line, end + 1)  # past the colon, then the value
+        if line[i] != ",":
+            raise ValueError(f"no top-level key {key!r} in the line")
+        i += 1
