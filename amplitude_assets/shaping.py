@@ -32,6 +32,7 @@ import polars as pl
 from amplitude_assets.lines import prefetch
 from amplitude_assets.schema import event_schema
 from amplitude_assets.transform import (
+    EXTRA,
     IDENTITY_COLUMNS,
     LINE,
     RESERVED,
@@ -237,11 +238,7 @@ class ShapedHour:
                     if chunk_repairs.height:
                         repair_frames.append(packed(chunk_repairs))
                     tally["in_hour"] += normalized.height
-                    # The hour's extra keys so far: all of the hour's, unless a later chunk
-                    # brings a new one (the writer then puts it into the lines before).
-                    keys = tuple(k for k in known if k in present)
-                    canon = canonical_rows(in_hour, normalized, keys)
-                    normalized = normalized.with_columns(in_hour[LINE], canon)
+                    normalized = normalized.with_columns(in_hour[LINE], in_hour[EXTRA], canonical_rows(in_hour, normalized))
                     del in_hour
                 with timer("dedup"):
                     unique = dedup(normalized.select(KEY_COLUMNS))
@@ -259,6 +256,9 @@ class ShapedHour:
                         exported = unique & kept
                     tally["unique"] += int(unique.sum())
                     tally["exported"] += int(exported.sum())
+                # The hour's extra keys so far, in order: all of the hour's, unless a later
+                # chunk brings a new one (the writer then puts it into the lines before).
+                keys = tuple(k for k in known if k in present)
                 yield ShapedChunk(normalized.filter(exported), keys)
                 del normalized
 

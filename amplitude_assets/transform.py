@@ -186,11 +186,11 @@ def _sql_text(text: str) -> str:
 # closing bracket (a superset of trailing commas, rare in compact JSON).
 _LENIENT_WORDS = r"(?i)nan|inf"
 
-# Per line, whether the 49 fields have their JSON types (`schema.JSON_TYPES`; an integer
-# beyond int64 is left to normalize, which repairs it).
+# Per line, whether the 49 fields have their JSON types (`schema.JSON_TYPES`; DuckDB calls a
+# non-negative integer UBIGINT, and one beyond int64 is repaired by normalize).
 _TYPE_PATHS_SQL = ", ".join(_sql_text(_json_path(name)) for name in EVENT_FIELD_NAMES)
 _TYPED_SQL = " AND ".join(
-    f"t[{i}] IN ({', '.join(_sql_text(t) for t in JSON_TYPES[kind] if not (kind is Kind.INT and t == 'UBIGINT'))})"
+    f"t[{i}] IN ({', '.join(_sql_text(t) for t in JSON_TYPES[kind])})"
     for i, (_, kind) in enumerate(EVENT_FIELDS, start=1)
 )
 _TRAILING_COMMA = ",}|,]| }| ]|\t}|\t]|\r}|\r]"
@@ -313,8 +313,10 @@ POS = "\x00pos"
 LINE = "\x00line"
 KEYHASH = "\x00keys"  # DuckDB's hash of the line's keys, in order, joined by chr(31)
 TYPED = "\x00typed"  # the 49 fields have their JSON types
-CANON = "\x00canon"  # the line is already in the exported form: it is written as it came
-RESERVED = (POS, LINE, KEYHASH, TYPED, CANON)
+EXTRA = "\x00extra"  # the line's keys beyond the 49, in order, joined by chr(31)
+CANON = "\x00canon"  # the line is in the exported form but for null extra keys: written as it came
+RESERVED = (POS, LINE, KEYHASH, TYPED, EXTRA, CANON)
+KEY_SEPARATOR = "\x1f"
 
 
 def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
@@ -339,7 +341,8 @@ def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     extras = [k for k in order if k not in _READ_SCHEMA]
     if not good.height:
         known = pl.DataFrame(schema=_READ_SCHEMA).with_columns(pl.lit(None, pl.String).alias(k) for k in extras)
-        return known.with_columns(good["_pos"].alias(POS), good["line"].alias(LINE), good[KEYHASH], good[TYPED]), rejects, extras
+        return known.with_columns(good["_pos"].alias(POS), good["line"].alias(LINE), good[KEYHASH], good[TYPED],
+        extra_keys.list.join(KEY_SEPARATOR).alias(EXTRA)), rejects, extras
     fields = json_fields(good, extras)
     if extras:
         # JSON null reads as a missing value; a key the line has is `null`, not missing.
@@ -347,7 +350,8 @@ def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
             pl.when(extra_keys.list.contains(key)).then(pl.col(key).fill_null("null")).alias(key)
             for key in extras
         )
-    return fields.with_columns(good["_pos"].alias(POS), good["line"].alias(LINE), good[KEYHASH], good[TYPED]), rejects, extras
+    return fields.with_columns(good["_pos"].alias(POS), good["line"].alias(LINE), good[KEYHASH], good[TYPED],
+        extra_keys.list.join(KEY_SEPARATOR).alias(EXTRA)), rejects, extras
 
 
 # -- normalize -------------------------------------------------------------------------
@@ -706,27 +710,32 @@ _JSON_STRING = r'"(?:[^"\\]|\\.)*"'
 _CHECKED_FORM = {Kind.TIMESTAMP: TIMESTAMP_PATTERN, Kind.UUID: UUID_PATTERN}
 
 
-def keys_hash(keys: list[str]) -> int:
-    """The `KEYHASH` of a line whose keys are `keys`, in this order."""
+def _keys_hashes(extras: pl.Series) -> pl.Series:
+    """For each line's `EXTRA`, the `KEYHASH` its line has when its keys are in code-point order."""
+    distinct = extras.unique()
+    keys = [line_keys(e.split(KEY_SEPARATOR) if e else []) for e in distinct.to_list()]
     con = duck.connect()
     try:
-        return con.execute("SELECT hash(array_to_string($keys::VARCHAR[], chr(31)))", {"keys": keys}).fetchone()[0]
+        con.register("wanted", pl.DataFrame({"i": range(len(keys)), "k": keys}, schema={"i": pl.Int64, "k": pl.List(pl.String)}).to_arrow())
+        hashes = con.sql("SELECT hash(array_to_string(k, chr(31))) AS h FROM wanted ORDER BY i").pl()["h"]
     finally:
         con.close()
+    return extras.replace_strict(distinct, hashes, return_dtype=pl.UInt64)
 
 
-def canonical_rows(parsed: pl.DataFrame, normalized: pl.DataFrame, keys) -> pl.Series:
-    """Which parsed lines are already in the exported form for an hour with extra keys `keys`.
+def canonical_rows(parsed: pl.DataFrame, normalized: pl.DataFrame) -> pl.Series:
+    """Which parsed lines are already in the exported form, but perhaps for extra keys they lack.
 
-    Such a line (SPEC section 4) has exactly the hour's keys in code-point order
-    (`line_keys`), every field of its JSON type, timestamps and the uuid in their
-    canonical forms, nothing to repair (no value that normalizing nulls, no empty
-    `user_id` or `device_id`), and no whitespace between its tokens. It is written as it
-    came. `normalized` is `parsed` normalized, row for row.
+    Such a line (SPEC section 4) has its keys (the 49 and its extra keys) in code-point
+    order (`line_keys`), each once, every field of its JSON type, timestamps and the uuid
+    in their canonical forms, nothing to repair (no value that normalizing nulls, no
+    empty `user_id` or `device_id`), and no whitespace between its tokens. It is written
+    as it came, with `"key":null` put in its place for each of the hour's extra keys it
+    lacks (`writer.event_lines`). `normalized` is `parsed` normalized, row for row.
     """
     if not parsed.height:
         return pl.Series(CANON, [], dtype=pl.Boolean)
-    conditions = [pl.col(TYPED), pl.col(KEYHASH) == keys_hash(line_keys(keys))]
+    conditions = [pl.col(TYPED), pl.col(KEYHASH) == _keys_hashes(parsed[EXTRA])]
     for name, kind in EVENT_FIELDS:
         raw = pl.col(name)
         if kind in _CHECKED_FORM:

@@ -17,6 +17,7 @@ import polars as pl
 
 from amplitude_assets.destination.writer import event_lines
 from amplitude_assets.transform import (
+    EXTRA,
     IDENTITY_COLUMNS,
     LINE,
     RESERVED,
@@ -52,7 +53,7 @@ def whole_hour(
     # An extra key carried only by rejected rows is not a key of the hour's events.
     extras = [k for k in extras if in_hour[k].is_not_null().any()]
     normalized, repairs = normalize_with_repairs(in_hour, extras)
-    normalized = normalized.with_columns(in_hour[LINE], canonical_rows(in_hour, normalized, extras))
+    normalized = normalized.with_columns(in_hour[LINE], in_hour[EXTRA], canonical_rows(in_hour, normalized))
     unique = dedup(normalized)
     identities = unique.select(IDENTITY_COLUMNS)
     exported = unique.filter(keep) if keep is not None else unique

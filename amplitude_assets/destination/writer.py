@@ -40,7 +40,9 @@ from amplitude_assets.settings import Settings
 from amplitude_assets.shaping import CHUNK_LINES, ShapedHour, Timer
 from amplitude_assets.transform import (
     CANON,
+    EXTRA,
     IDENTITY_COLUMNS,
+    KEY_SEPARATOR,
     LINE,
     NOT_UTF8,
     Counts,
@@ -388,18 +390,31 @@ def encode_events(frame: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
 
 
 def event_lines(frame: pl.DataFrame, keys: Sequence[str]) -> pl.Series:
-    """The exported lines of a shaped chunk: each line already in the form (`CANON`) as it came,
-    byte for byte; the others encoded from their normalized fields (`encode_events`).
+    """The exported lines of a shaped chunk whose hour has extra keys `keys` (so far).
 
-    Only the lines that need it are encoded; they are put back in their places.
+    A line already in the form (`CANON`) is written as it came, byte for byte, with
+    `"key":null` put in its place for each of `keys` it lacks; the others are encoded from
+    their normalized fields (`encode_events`). Only the lines that need it are encoded;
+    they are put back in their places.
     """
     canon = frame[CANON]
-    raw = frame[LINE].rename("line")
-    if canon.all():
-        return raw
-    todo = (~canon).arg_true()
-    encoded = encode_events(frame.filter(~canon), keys)["line"]
-    return raw.scatter(todo, encoded) if len(todo) < len(raw) else encoded
+    lines = frame[LINE].rename("line")
+    if not canon.all():
+        todo = (~canon).arg_true()
+        encoded = encode_events(frame.filter(~canon), keys)["line"]
+        lines = lines.scatter(todo, encoded) if len(todo) < len(lines) else encoded
+    hour = sorted(keys)
+    short = canon & (frame[EXTRA] != KEY_SEPARATOR.join(hour))
+    if short.any():
+        rows = short.arg_true()
+        extras = frame[EXTRA].gather(rows)
+        fixed = lines.gather(rows)
+        for have in extras.unique().to_list():
+            group = (extras == have).arg_true()
+            had = have.split(KEY_SEPARATOR) if have else []
+            fixed = fixed.scatter(group, _rewrite(fixed.gather(group), had, hour)["line"])
+        lines = lines.scatter(rows, fixed)
+    return lines
 
 
 class Validation:
