@@ -82,19 +82,7 @@ def backfill(args: argparse.Namespace) -> int:
 
     console = output_console()
     settings = Settings.from_env()
-    start = parse_hour(args.start, "--start")
-    end = parse_hour(args.end, "--end")
-    if end < start:
-        raise SettingsError(f"--end {args.end} is before --start {args.start}")
-    if start < settings.start_hour:
-        raise SettingsError(
-            f"--start {args.start} is before the first partition {settings.start} (AMPLITUDE_START)"
-        )
-    if not os.environ.get("DAGSTER_HOME"):
-        raise SettingsError(
-            "DAGSTER_HOME is not set: the backfill records its runs in the Dagster instance there, "
-            "so that the UI shows them"
-        )
+    hours = _checked_range(args, settings, "the backfill records its runs")
 
     from amplitude_assets.definitions import defs
     from amplitude_assets.partitions import RANGE_END, RANGE_START
@@ -103,7 +91,6 @@ def backfill(args: argparse.Namespace) -> int:
     job = defs.resolve_implicit_global_asset_job_def()
     available = defs.resolve_asset_graph().get_all_asset_keys()
     selection = [k for k in (dg.AssetKey("events"), dg.AssetKey("merged_ids")) if k in available]
-    hours = _hours(start, end)
     chunks = _chunks(hours, settings.hours_per_run)
     started_at = datetime.now(timezone.utc)
     backfill_id = uuid.uuid4().hex[:8]
@@ -188,6 +175,61 @@ def backfill(args: argparse.Namespace) -> int:
     return 0
 
 
+def deep_check(args: argparse.Namespace) -> int:
+    """The events checks with `read_back` over a range of hours, in the DAGSTER_HOME instance.
+
+    Every part is downloaded and every line parsed again, instead of relying on the
+    validation each export recorded. One run per AMPLITUDE_HOURS_PER_RUN hours; each hour
+    gets its own evaluations, as in any range run, and they show in the UI.
+    """
+    import dagster as dg
+
+    from amplitude_assets.checks import READ_BACK_CONFIG
+    from amplitude_assets.definitions import defs
+    from amplitude_assets.partitions import RANGE_END, RANGE_START
+
+    console = output_console()
+    settings = Settings.from_env()
+    hours = _checked_range(args, settings, "the deep check records its runs")
+    instance = dg.DagsterInstance.get()
+    checks = {dg.AssetCheckKey(dg.AssetKey("events"), name) for name in ("schema", "unique", "complete")}
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(), asset_check_selection=checks)
+    config = {**READ_BACK_CONFIG, "loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    failed: list[str] = []
+    for chunk in _chunks(hours, settings.hours_per_run):
+        keys = (partition_key(chunk[0]), partition_key(chunk[-1]))
+        result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False,
+                                        tags={RANGE_START: keys[0], RANGE_END: keys[1]})
+        records = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        for record in records:
+            evaluation = record.dagster_event.event_specific_data
+            if evaluation.partition is None:
+                continue  # the range's summary
+            mark = "[green]passed" if evaluation.passed else "[red]FAILED"
+            console.print(f"events {evaluation.check_name} {evaluation.partition}: {mark}[/] {evaluation.description or ''}")
+            if not evaluation.passed:
+                failed.append(f"{evaluation.partition} {evaluation.check_name}")
+    if failed:
+        console.print(f"[red]{len(failed)} check(s) failed: {', '.join(failed[:20])}")
+        return 1
+    console.print(f"[green]All {len(hours)} hour(s) read back and passed.")
+    return 0
+
+
+def _checked_range(args: argparse.Namespace, settings: Settings, why: str) -> list[datetime]:
+    start = parse_hour(args.start, "--start")
+    end = parse_hour(args.end, "--end")
+    if end < start:
+        raise SettingsError(f"--end {args.end} is before --start {args.start}")
+    if start < settings.start_hour:
+        raise SettingsError(
+            f"--start {args.start} is before the first partition {settings.start} (AMPLITUDE_START)"
+        )
+    if not os.environ.get("DAGSTER_HOME"):
+        raise SettingsError(f"DAGSTER_HOME is not set: {why} in the Dagster instance there, so that the UI shows them")
+    return _hours(start, end)
+
+
 def check_destination(args: argparse.Namespace) -> int:
     from amplitude_assets.destination.credentials import AzureStorage
     from amplitude_assets.jobs import run_check_destination
@@ -261,6 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     fill.add_argument("--start", required=True, help="first hour, e.g. 2024-01-01-00:00")
     fill.add_argument("--end", required=True, help="last hour (included), e.g. 2024-01-01-23:00")
     fill.set_defaults(run=backfill)
+    deep = verbs.add_parser(
+        "deep-check",
+        help="read an inclusive range of exported hours back and run the events checks on every line "
+        "(the export validates what it writes; this re-reads it), in the DAGSTER_HOME instance",
+    )
+    deep.add_argument("--start", required=True, help="first hour, e.g. 2024-01-01-00:00")
+    deep.add_argument("--end", required=True, help="last hour (included), e.g. 2024-01-01-23:00")
+    deep.set_defaults(run=deep_check)
     alert = verbs.add_parser("test-alert", help="send one test message to AMPLITUDE_ALERT_WEBHOOK_URL")
     alert.set_defaults(run=test_alert)
     args = parser.parse_args(argv)

@@ -714,7 +714,8 @@ def complete_outcome(layout: EventsLayout, hour: datetime, listed: dict[str, dic
 EVENT_RULES = LineRules(head=EVENT_FIELD_NAMES, fields=EVENT_FIELDS, allow_extras=True,
                         unique=(("uuid",), ("$insert_id", "device_id")), in_code_point_order=True)
 CHANGED_NOTE = ("is not the part whose lines were validated when it was written: {why}. Re-export the hour, "
-                "or run the read-back check (job deep_check_events) to see what it holds")
+                "or read it back (python -m amplitude_assets deep-check) to see what it holds")
+READ_BACK_CONFIG = {"ops": {"events_checks": {"config": {"read_back": True}}}}
 
 
 def validated_outcomes(layout: EventsLayout, hour: datetime, listed: dict[str, dict],
@@ -842,8 +843,8 @@ def evaluate_hours(
 
 
 class CheckConfig(dg.Config):
-    """`read_back`: read every part back and check its lines, instead of trusting the
-    validation the export recorded (the deep check; job `deep_check_events`)."""
+    """`read_back`: read every part back and check its lines, instead of relying on the
+    validation the export recorded (the deep check: `python -m amplitude_assets deep-check`)."""
 
     read_back: bool = False
 
@@ -887,19 +888,6 @@ def build_events_checks(settings, partitions: dg.PartitionsDefinition) -> list[d
 
     return [hourly_checks("events_checks", "One read of each hour serves the schema, unique and complete checks.",
                           "events", partitions, checks, settings.events_container, run)]
-
-
-def build_deep_check_job(partitions: dg.PartitionsDefinition):
-    """`deep_check_events`: the events checks with `read_back`, for users to schedule or launch
-    over a range of hours: every part is downloaded and every line parsed again."""
-    return dg.define_asset_job(
-        "deep_check_events",
-        selection=dg.AssetSelection.checks_for_assets("events"),
-        partitions_def=partitions,
-        config={"ops": {"events_checks": {"config": {"read_back": True}}}},
-        description="Read every part of the selected hours back and check each line (the events checks' "
-                    "read-back). Not needed after each export: the export validates what it writes.",
-    )
 
 
 def build_merged_ids_checks(settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:

@@ -9,7 +9,7 @@ import dagster as dg
 from amplitude_assets.alerts.sensors import build_alert_sensors
 from amplitude_assets.assets import build_events_asset
 from amplitude_assets.chain import build_chain_check
-from amplitude_assets.checks import build_deep_check_job, build_events_checks, build_merged_ids_checks
+from amplitude_assets.checks import build_events_checks, build_merged_ids_checks
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.io_manager import EventsIOManager, MergedIdsIOManager
 from amplitude_assets.freshness import build_freshness_checks
@@ -45,7 +45,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_merged_ids_automation_sensor(settings),
             *build_alert_sensors(settings, partitions),
         ],
-        jobs=[build_check_destination_job(settings), build_deep_check_job(partitions)],
+        jobs=[build_check_destination_job(settings)],
         resources={
             "amplitude_source": AmplitudeSource.from_settings(settings),
             "storage": storage,

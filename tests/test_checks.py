@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import subprocess
+import sys
 
 import dagster as dg
 import pytest
@@ -38,14 +40,18 @@ def check_key(name: str, asset: str = "events") -> dg.AssetCheckKey:
     return dg.AssetCheckKey(dg.AssetKey(asset), name)
 
 
-def run_checks(defs, names=EVENTS_CHECKS, *, partition=None, start=None, end=None, instance=None, asset="events"):
-    """Run only the checks (no materialization) through Dagster, as the UI's "Execute checks" does."""
+def run_checks(defs, names=EVENTS_CHECKS, *, partition=None, start=None, end=None, instance=None, asset="events",
+               read_back=False):
+    """Run only the checks (no materialization) through Dagster, as the UI's "Execute checks" does;
+    with `read_back`, as the job `deep_check_events` runs them."""
     job = defs.resolve_implicit_global_asset_job_def().get_subset(
         asset_selection=set(), asset_check_selection={check_key(n, asset) for n in names}
     )
     instance = instance or dg.DagsterInstance.ephemeral()
     tags = {RANGE_START: start, RANGE_END: end} if start else None
-    result = job.execute_in_process(instance=instance, partition_key=partition, tags=tags, raise_on_error=False)
+    config = {"ops": {f"{asset}_checks": {"config": {"read_back": True}}}} if read_back else None
+    result = job.execute_in_process(instance=instance, partition_key=partition, tags=tags, raise_on_error=False,
+                                    run_config=config)
     return result, instance
 
 
@@ -94,7 +100,7 @@ def test_repeated_line_fails_unique_with_the_lines(env, client):
     defs = definitions()
     materialize(defs, ["events"], partition=HOUR)
     rewrite_part(client, PART0, lambda lines: lines + [lines[3]])
-    result, instance = run_checks(defs, partition=HOUR)
+    result, instance = run_checks(defs, partition=HOUR, read_back=True)
     evals = by_name(evaluations(instance, result.run_id))
     unique = evals["unique"]
     assert not unique.passed
@@ -123,13 +129,14 @@ def test_wrong_keys_and_types_fail_schema_precisely(env, client):
         return [lines[0], json.dumps(wrong_type), lines[2], lines[3], json.dumps(missing), "not json", *lines[5:]]
 
     rewrite_part(client, PART0, damage)
-    result, instance = run_checks(defs, ["schema"], partition=HOUR)
+    result, instance = run_checks(defs, ["schema"], partition=HOUR, read_back=True)
     assert not result.success  # schema is blocking: a failure fails the step
     schema = by_name(evaluations(instance, result.run_id))["schema"]
     assert not schema.passed and schema.partition == HOUR
     problems = schema.metadata["problems"].value
     assert {"file": PART0, "line": 6, "value": "not json", "problem": "not valid JSON"} in problems
-    assert {"file": PART0, "line": 5, "field": "city", "value": json.dumps(["user_id", "uuid", "event_time"]),
+    assert {"file": PART0, "line": 5, "field": "city",
+            "value": json.dumps(["client_event_time", "client_upload_time", "country"]),
             "problem": "key 'city' is missing"} in problems
     assert {"file": PART0, "line": 2, "field": "amplitude_id", "value": '"12"',
             "problem": "must be an integer or null"} in problems
@@ -149,7 +156,7 @@ def test_extra_keys_must_match_on_every_line(env, client):
         return [json.dumps(first), *lines[1:]]
 
     rewrite_part(client, PART0, add_extra)
-    result, instance = run_checks(defs, ["schema"], partition=HOUR)
+    result, instance = run_checks(defs, ["schema"], partition=HOUR, read_back=True)
     schema = by_name(evaluations(instance, result.run_id))["schema"]
     assert not schema.passed
     problem = schema.metadata["problems"].value[0]
@@ -304,3 +311,92 @@ def test_a_range_run_of_one_hour_records_that_hours_own_results(env):
     assert all(e.passed for e in evals)
     infos = instance.event_log_storage.get_asset_check_partition_info([check_key("schema")], partition_keys=[HOUR])
     assert [i.latest_execution_status for i in infos] == [AssetCheckExecutionRecordStatus.SUCCEEDED]
+
+
+# -- what the export validated, and the read-back ---------------------------------------------
+
+
+def upload_as_is(client, name: str, data: bytes) -> None:
+    """Replace a blob with `data`, its Content-MD5 right for what it now holds."""
+    client.upload_blob(name, data, overwrite=True, content_settings=ContentSettings(
+        content_type="application/gzip", content_md5=bytearray(hashlib.md5(data).digest())))
+
+
+def test_the_export_records_what_it_validated_and_the_checks_rely_on_it(env, client):
+    defs = definitions()
+    materialize(defs, ["events"], partition=HOUR)
+    marker = json.loads(client.download_blob(MARKER).readall())
+    assert marker["validated"]["lines"] == marker["rows"] > 150
+    assert marker["validated"]["as_sent"] + marker["validated"]["encoded"] == marker["rows"]
+    result, instance = run_checks(defs, partition=HOUR)
+    evals = by_name(evaluations(instance, result.run_id))
+    assert all(e.passed for e in evals.values())
+    assert evals["schema"].metadata["validated_when_written"].value is True
+    assert evals["schema"].metadata["lines_checked"].value == marker["rows"]
+
+
+@pytest.mark.parametrize("damage", ["other valid lines", "truncated"])
+def test_a_part_changed_after_the_export_fails_every_check(env, client, damage):
+    defs = definitions()
+    materialize(defs, ["events"], partition=HOUR)
+    original = client.download_blob(PART0).readall()
+    if damage == "other valid lines":  # the same valid, unique lines in another order: a read-back passes them
+        rewrite_part(client, PART0, lambda lines: list(reversed(lines)))
+    else:
+        upload_as_is(client, PART0, original[: len(original) // 2])
+    result, instance = run_checks(defs, partition=HOUR)
+    assert not result.success
+    evals = by_name(evaluations(instance, result.run_id))
+    assert not any(e.passed for e in evals.values()), {n: e.passed for n, e in evals.items()}
+    for name in ("schema", "unique"):
+        (problem,) = evals[name].metadata["problems"].value
+        assert problem["file"] == PART0 and "is not the part whose lines were validated" in problem["problem"]
+    assert {p["field"] for p in evals["complete"].metadata["problems"].value} >= {"md5"}
+
+
+def test_the_deep_check_reads_every_line_again(env, client, tmp_path, clean_env):
+    clean_env.setenv("DAGSTER_HOME", str(tmp_path))
+    defs = definitions()
+    materialize(defs, ["events"], partition=HOUR)
+    rewrite_part(client, PART0, lambda lines: [*lines[:2], "not json", *lines[3:]])
+    done = subprocess.run([sys.executable, "-m", "amplitude_assets", "deep-check", "--start", HOUR, "--end", HOUR],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    out = done.stdout
+    assert f"events schema {HOUR}: FAILED {PART0} line 3: not valid JSON (value not json)" in out
+    assert f"events unique {HOUR}: passed" in out
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    (run,) = instance.get_runs()
+    evals = [e for e in evaluations(instance, run.run_id) if e.partition == HOUR]
+    schema = by_name(evals)["schema"]
+    assert not schema.passed and "validated_when_written" not in schema.metadata
+
+
+def test_an_hour_in_an_earlier_releases_order_is_named_as_one_to_re_export(env, client):
+    from amplitude_assets.schema import EVENT_FIELD_NAMES
+
+    defs = definitions()
+    materialize(defs, ["events"], partition=HOUR)
+    manifest = json.loads(client.download_blob(MARKER).readall())
+
+    def old_order(lines):
+        rows = [json.loads(line) for line in lines]
+        return [json.dumps({**{k: r[k] for k in EVENT_FIELD_NAMES}, **{k: v for k, v in r.items() if k not in EVENT_FIELD_NAMES}},
+                           ensure_ascii=False, separators=(",", ":")) for r in rows]
+
+    for part in manifest["parts"]:
+        name = FOLDER + part["name"]
+        rewrite_part(client, name, old_order)
+        blob = client.get_blob_client(name).get_blob_properties()
+        part.update(bytes=blob.size, md5=bytes(blob.content_settings.content_md5).hex())
+    del manifest["validated"]  # an earlier release's marker
+    client.upload_blob(MARKER, json.dumps(manifest), overwrite=True)
+    result, instance = run_checks(defs, partition=HOUR)
+    evals = by_name(evaluations(instance, result.run_id))
+    assert evals["complete"].passed and evals["unique"].passed
+    schema = evals["schema"]
+    assert not schema.passed
+    problems = schema.metadata["problems"].value
+    assert problems and all("re-export this hour to upgrade it; its values are not damaged" in p["problem"]
+                            for p in problems)
+    assert schema.metadata["problem_count"].value == manifest["rows"]

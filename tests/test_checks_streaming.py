@@ -65,7 +65,7 @@ def test_many_parts_are_checked_in_small_batches(hour):
     assert scan.largest_batch < 100
     assert scan.facts == {"files_checked": len(names), "lines_checked": rows}
     assert all(not f.count for f in scan.schema + scan.unique)
-    outcomes = checks.events_hour_outcomes(hour, LAYOUT, HOUR, ALL, batch_bytes=16 << 10)
+    outcomes = checks.events_hour_outcomes(hour, LAYOUT, HOUR, ALL, batch_bytes=16 << 10, read_back=True)
     assert all(o.passed for o in outcomes.values()), {k: o.description for k, o in outcomes.items()}
 
 
@@ -75,7 +75,7 @@ def test_a_line_repeated_from_another_part_is_found_across_batches(hour):
     repeated = part_lines(hour, first)[7]
     lines = part_lines(hour, last)
     replace(hour, last, lines + [repeated])
-    outcomes = checks.events_hour_outcomes(hour, LAYOUT, HOUR, {"unique", "schema"}, batch_bytes=8 << 10)
+    outcomes = checks.events_hour_outcomes(hour, LAYOUT, HOUR, {"unique", "schema"}, batch_bytes=8 << 10, read_back=True)
     unique = outcomes["unique"]
     uuid = json.loads(repeated)["uuid"]
     assert not unique.passed and unique.problem_count == 2
@@ -98,7 +98,7 @@ def test_uuid_repeats_ignore_case_and_nulls_never_repeat(hour):
     for row in nulls:
         row["uuid"] = None
     replace(hour, names[2], [json.dumps(upper), *(json.dumps(r) for r in nulls), *lines[3:]])
-    unique = checks.events_hour_outcomes(hour, LAYOUT, HOUR, {"unique"}, batch_bytes=4 << 10)["unique"]
+    unique = checks.events_hour_outcomes(hour, LAYOUT, HOUR, {"unique"}, batch_bytes=4 << 10, read_back=True)["unique"]
     assert unique.problem_count == 1
     assert unique.problems[0]["field"] == "uuid" and unique.problems[0]["line"] == 1
     assert unique.problems[0]["problem"] == f"repeats {names[1]} line 4"
@@ -114,7 +114,7 @@ def test_damage_in_the_middle_of_a_part_is_located_exactly(hour):
     lines[61] = json.dumps(wrong)
     lines[80] = "{not json"
     replace(hour, target, lines)
-    schema = checks.events_hour_outcomes(hour, LAYOUT, HOUR, {"schema"}, batch_bytes=4 << 10)["schema"]
+    schema = checks.events_hour_outcomes(hour, LAYOUT, HOUR, {"schema"}, batch_bytes=4 << 10, read_back=True)["schema"]
     assert schema.problem_count == 2
     assert {"file": target, "line": 81, "value": "{not json", "problem": "not valid JSON"} in schema.problems
     assert {"file": target, "line": 62, "field": "session_id", "value": '"12x"',
