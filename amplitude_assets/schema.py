@@ -26,7 +26,7 @@ class Kind(str, Enum):
 
 
 # The 49 fields in the order of Amplitude's documented schema. Two kinds follow Amplitude's
-# real exports where its Azure page's JSON block says otherwise (README, "Field types"):
+# real exports where its Azure page's JSON block says otherwise (docs/format.md, "Field types"):
 # `amplitude_attribution_ids` is an array in real data (the S3/GCS event table says array),
 # and `sample_rate` is a number (Snowflake NUMBER, BigQuery BIGNUMERIC), not always null.
 EVENT_FIELDS: tuple[tuple[str, Kind], ...] = (

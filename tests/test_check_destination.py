@@ -252,7 +252,7 @@ def test_an_unreachable_endpoint_is_reported_within_20_seconds_once(clean_env):
     port = free_port()  # nothing listens there: connections are refused
     endpoint = f"http://127.0.0.1:{port}/{ACCOUNT}"
     done, elapsed = timed_check(endpoint)
-    assert elapsed < 20, f"check-destination took {elapsed:.1f} s against a refused port"  # the README's promise
+    assert elapsed < 20, f"check-destination took {elapsed:.1f} s against a refused port"  # docs/configuration.md's promise
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines == [

@@ -112,7 +112,7 @@ def test_events_and_merged_ids_load_as_typed_frames(env, blobs):
 
 
 def daily_active_users_asset(seen: dict):
-    """The README's downstream example, as written there, recording its frame for the test."""
+    """The downstream example of docs/dagster.md, as written there, recording its frame for the test."""
 
     @dg.asset(
         partitions_def=dg.DailyPartitionsDefinition(start_date="2020-01-25", timezone="UTC"),
