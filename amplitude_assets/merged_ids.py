@@ -163,7 +163,7 @@ def wait_for_the_hour_before(
     deadline = time.monotonic() + wait_seconds
     announced = False
     while existing_md5(client, layout.state(previous)) is None:
-        run = run_exporting(context.instance, partition_key(previous), context.run_id)
+        run = run_exporting(context.instance, partition_key(previous), context.run.run_id)
         if run is None:
             return  # nobody is exporting it: read_carried_state tells a first hour from a gap
         if run.status != dg.DagsterRunStatus.STARTED:
@@ -197,7 +197,7 @@ def pending_earlier_hours(
     key = partition_key(hour)
     pending = set(hours_in_backfills(context.instance, {MERGED_IDS}))
     for run in context.instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED)):
-        if run.run_id == context.run_id or (run.asset_selection is not None and MERGED_IDS not in run.asset_selection):
+        if run.run_id == context.run.run_id or (run.asset_selection is not None and MERGED_IDS not in run.asset_selection):
             continue
         start, end = run.tags.get(RANGE_START), run.tags.get(RANGE_END)
         if start and end:
