@@ -24,6 +24,7 @@ from dagster_azure.blob.compute_log_manager import (
     AzureBlobComputeLogManager as DagsterAzureBlobComputeLogManager,
 )
 
+from amplitude_assets import private_apis
 from amplitude_assets.destination.credentials import AzureStorage
 
 _ENVIRONMENT = {
@@ -85,8 +86,7 @@ class AzureBlobComputeLogManager(DagsterAzureBlobComputeLogManager):
         service = storage_for(account_url, connection_string, **credentials).service
         super().__init__(storage_account=service.account_name, container=container, **credentials, **kwargs)
         # dagster-azure built a client for https://{account}.blob.core.windows.net/: use ours.
-        self._blob_client = service
-        self._container_client = service.get_container_client(container)
+        private_apis.use_service_client(self, service, container)
 
     @classmethod
     def config_type(cls):
@@ -99,4 +99,4 @@ class AzureBlobComputeLogManager(DagsterAzureBlobComputeLogManager):
     def display_path_for_type(self, log_key, io_type) -> str:
         if not self.is_capture_complete(log_key):
             return super().display_path_for_type(log_key, io_type)
-        return f"{self._container_client.url}/{self._blob_key(log_key, io_type)}"
+        return private_apis.compute_log_url(self, log_key, io_type)

@@ -28,7 +28,6 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from amplitude_assets.assets import GROUP, refuse_young_hours
-from amplitude_assets.backfills import hours_in_backfills
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.io_manager import MergedIdsStream
 from amplitude_assets.destination.writer import md5_hex, parquet_bytes
@@ -42,16 +41,9 @@ from amplitude_assets.identity import (
     encode_state,
     stored_kind,
 )
+from amplitude_assets.in_flight import hours_in_flight, runs_in_flight
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout
-from amplitude_assets.partitions import (
-    PARTITION,
-    RANGE_END,
-    RANGE_START,
-    UNFINISHED,
-    hours_of,
-    parse_hour,
-    partition_key,
-)
+from amplitude_assets.partitions import hours_of, partition_key
 from amplitude_assets.settings import Settings
 
 MAX_DELTAS = 23  # a snapshot is stored at least once a day
@@ -130,15 +122,7 @@ def read_carried_state(client: ContainerClient, layout: MergedIdsLayout, hour: d
 
 def run_exporting(instance: dg.DagsterInstance, key: str, own_run_id: str) -> dg.DagsterRun | None:
     """Another unfinished run that derives the merged IDs of hour `key`, if there is one."""
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED)):
-        if run.run_id == own_run_id:
-            continue
-        if run.asset_selection is not None and MERGED_IDS not in run.asset_selection:
-            continue
-        start, end = run.tags.get(RANGE_START), run.tags.get(RANGE_END)
-        if (start and end and start <= key <= end) or run.tags.get(PARTITION) == key:  # keys sort as hours
-            return run
-    return None
+    return next((f.run for f in runs_in_flight(instance, {MERGED_IDS}, own_run_id) if key in f.hours), None)
 
 
 WAIT_POLL_SECONDS = 5.0
@@ -163,7 +147,7 @@ def wait_for_the_hour_before(
     deadline = time.monotonic() + wait_seconds
     announced = False
     while existing_md5(client, layout.state(previous)) is None:
-        run = run_exporting(context.instance, partition_key(previous), context.run_id)
+        run = run_exporting(context.instance, partition_key(previous), context.run.run_id)
         if run is None:
             return  # nobody is exporting it: read_carried_state tells a first hour from a gap
         if run.status != dg.DagsterRunStatus.STARTED:
@@ -195,15 +179,7 @@ def pending_earlier_hours(
     if existing_md5(client, layout.state(hour - timedelta(hours=1))) is not None:
         return []
     key = partition_key(hour)
-    pending = set(hours_in_backfills(context.instance, {MERGED_IDS}))
-    for run in context.instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED)):
-        if run.run_id == context.run_id or (run.asset_selection is not None and MERGED_IDS not in run.asset_selection):
-            continue
-        start, end = run.tags.get(RANGE_START), run.tags.get(RANGE_END)
-        if start and end:
-            pending |= {partition_key(h) for h in hours_between(parse_hour(start), parse_hour(end))}
-        elif run.tags.get(PARTITION):
-            pending.add(run.tags[PARTITION])
+    pending = hours_in_flight(context.instance, {MERGED_IDS}, besides_run_id=context.run.run_id)
     earlier = sorted(k for k in pending if k < key)  # keys sort as hours
     if not earlier:
         return []
@@ -211,10 +187,6 @@ def pending_earlier_hours(
               if h is not None and h < hour]
     latest = partition_key(max(states)) if states else None
     return [k for k in earlier if latest is None or k > latest]
-
-
-def hours_between(first: datetime, last: datetime) -> list[datetime]:
-    return [first + timedelta(hours=n) for n in range(int((last - first).total_seconds() // 3600) + 1)]
 
 
 def is_snapshot_hour(hour: datetime, history_starts: bool) -> bool:

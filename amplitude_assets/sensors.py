@@ -33,11 +33,11 @@ import dagster as dg
 from azure.core.exceptions import ResourceNotFoundError
 
 from amplitude_assets.alerts.sensors import notify_gave_up
-from amplitude_assets.backfills import hours_in_backfills
 from amplitude_assets.destination.links import Link, stale_hours
 from amplitude_assets.destination.credentials import AzureStorage
+from amplitude_assets.in_flight import hours_in_flight
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout
-from amplitude_assets.partitions import PARTITION, RANGE_END, RANGE_START, UNFINISHED, parse_hour, partition_key
+from amplitude_assets.partitions import RANGE_END, RANGE_START, parse_hour, partition_key
 from amplitude_assets.settings import Settings
 
 DESTINATION = "amplitude_assets/destination"  # for per-destination tag concurrency limits
@@ -162,20 +162,6 @@ def build_merged_ids_automation_sensor(settings: Settings) -> dg.AutomationCondi
     )
 
 
-def hours_in_flight(instance: dg.DagsterInstance, partitions: dg.PartitionsDefinition) -> set[str]:
-    """Hours that a queued or running run of events or merged_ids, or an in-progress backfill, covers."""
-    busy: set[str] = hours_in_backfills(instance, set(ASSETS))
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED)):
-        if run.asset_selection is not None and not set(run.asset_selection) & set(ASSETS):
-            continue
-        tags = run.tags
-        if RANGE_START in tags and RANGE_END in tags:
-            busy |= set(partitions.get_partition_keys_in_range(dg.PartitionKeyRange(tags[RANGE_START], tags[RANGE_END])))
-        elif PARTITION in tags:
-            busy.add(tags[PARTITION])
-    return busy
-
-
 def batches(keys: list[str], size: int) -> list[list[str]]:
     """Consecutive hours in runs of at most `size` hours."""
     runs: list[list[str]] = []
@@ -250,7 +236,7 @@ def build_hourly_export_sensor(
         if found.stale:
             first = min(found.stale)
             context.log.info(f"{len(found.stale)} hour(s) of merged_ids are stale, from {first}: {found.stale[first]}")
-        busy = hours_in_flight(context.instance, partitions)
+        busy = hours_in_flight(context.instance, set(ASSETS))
 
         # Attempts are counted per asset: an hour whose events landed starts afresh for its
         # merged IDs. An hour seen exported starts afresh (a marker that vanishes later is

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
+from amplitude_assets import private_apis
 from amplitude_assets.partitions import PARTITION, RANGE_END, RANGE_START
 
 ASSETS = (dg.AssetKey("events"), dg.AssetKey("merged_ids"))
@@ -45,7 +46,7 @@ def failure_cause(instance: dg.DagsterInstance, run_id: str, run_message: str = 
     failures = [r.dagster_event for r in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)]
     if not failures:
         return Cause(step="(run)", first_line=_first_line(run_message) or "the run failed", refused=False)
-    texts = [_failure_text(event) for event in failures]
+    texts = [private_apis.step_failure_text(event) for event in failures]
     refused = all(any(pattern in text for pattern in REFUSALS) for text in texts)
     return Cause(step=failures[0].step_key or "(run)", first_line=_first_line(texts[0]), refused=refused)
 
@@ -77,14 +78,6 @@ def reported_before(instance: dg.DagsterInstance, run: dg.DagsterRun, hours: lis
         if overlap and not failure_cause(instance, other.run_id).refused:
             covered |= overlap
     return set(hours) <= covered
-
-
-def _failure_text(event: dg.DagsterEvent) -> str:
-    data = event.step_failure_data
-    if data.user_failure_data is not None and data.user_failure_data.description:
-        return data.user_failure_data.description
-    error = data.error
-    return f"{error.cls_name}: {error.message}" if error is not None else event.message or ""
 
 
 def _first_line(text: str) -> str:

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
+from amplitude_assets import private_apis
 from amplitude_assets.alerts import messages
 from amplitude_assets.alerts.runs import exported_assets, failure_cause, not_exported, reported_before, run_hours
 from amplitude_assets.alerts.webhook import send
@@ -39,16 +40,7 @@ def utc_now() -> datetime:
 
 def hourly_sensor_on(context: dg.SensorEvaluationContext) -> bool:
     """Whether `hourly_export_sensor` of this code location is running."""
-    location = context.code_location_origin.location_name if context.code_location_origin else None
-    for state in context.instance.all_instigator_state():
-        origin = state.origin
-        if origin.instigator_name != HOURLY_SENSOR:
-            continue
-        if location and origin.repository_origin.code_location_origin.location_name != location:
-            continue
-        if state.is_running:
-            return True
-    return False
+    return private_apis.sensor_running(context, HOURLY_SENSOR)
 
 
 def build_alert_sensors(settings: Settings, partitions: dg.TimeWindowPartitionsDefinition) -> list[dg.SensorDefinition]:

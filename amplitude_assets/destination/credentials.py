@@ -43,6 +43,7 @@ from dagster_azure.blob import (
 )
 from pydantic import Field, PrivateAttr
 
+from amplitude_assets import private_apis
 from amplitude_assets.settings import SECRET_VARIABLES, SettingsError, check_transport, redact
 
 CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
@@ -158,6 +159,7 @@ def connection_string_endpoint(connection_string: str) -> str | None:
         return None
 
 
+@private_apis.not_dagster_maintained
 class AzureStorage(AzureBlobStorageResource):
     """The storage account. Secrets come in only through dagster.EnvVar (see `from_env`)."""
 
@@ -178,10 +180,6 @@ class AzureStorage(AzureBlobStorageResource):
 
     _clients: dict = PrivateAttr(default_factory=dict)
     _token_credential: object = PrivateAttr(default=None)
-
-    @classmethod
-    def _is_dagster_maintained(cls) -> bool:
-        return False
 
     @classmethod
     def from_env(cls, create_containers: bool = False) -> "AzureStorage":
@@ -289,10 +287,7 @@ class AzureStorage(AzureBlobStorageResource):
             return url, self.sas_token.lstrip("?")
         if self._token_credential is not None and self.credential.credential_type == "default_azure_credential":
             return url, self._token_credential
-        return url, super()._raw_credential()
-
-    def _raw_credential(self) -> Any:
-        return self.account()[1]
+        return url, private_apis.dagster_azure_credential(self)
 
     def _client(self, probe: bool) -> BlobServiceClient:
         key = ("probe",) if probe else ()

@@ -32,6 +32,7 @@ import polars as pl
 from azure.core.exceptions import ResourceNotFoundError
 from isal import igzip
 
+from amplitude_assets import private_apis
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.links import NO_STATE, Link, link_problem, read_link
 from amplitude_assets.destination.merged_writer import merged_hour_extra, write_merged_ids_hour
@@ -161,8 +162,8 @@ class EventsIOManager(dg.ConfigurableIOManager):
                 self.layout, self.container, self.storage.endpoint, result, manifest, timings
             )
             # OutputContext.add_output_metadata would copy one value to every hour of a
-            # range; per-partition metadata goes through the step's asset metadata.
-            context.step_context.add_asset_metadata(metadata, partition_key=key)
+            # range; per-partition metadata goes through the step's asset metadata (`private_apis`).
+            private_apis.add_partition_metadata(context, metadata, key)
             landed[key] = metadata
             context.log.info(
                 f"exported hour {key}: {manifest.rows} rows in {len(manifest.parts)} part(s) "
@@ -305,7 +306,7 @@ class MergedIdsIOManager(dg.ConfigurableIOManager):
                 ) from None
             stale_from = self._hour_after_made_stale(context, client, merged) if hour == obj.hours[-1] else None
             metadata = self._hour_metadata(merged, manifest, write_seconds, stale_from)
-            context.step_context.add_asset_metadata(metadata, partition_key=key)
+            private_apis.add_partition_metadata(context, metadata, key)
             landed[key] = metadata
             context.log.info(
                 f"merged_ids {key}: {merged.merges.height} merge(s) from {merged.identity_rows} identity rows"
