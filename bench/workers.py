@@ -2,10 +2,16 @@
 
     python -m bench.workers KIND CONFIG_JSON
 
-KIND is `export` (the project's export path), `baseline` (the same job done the
-straightforward way), `floor` (polars read + write + the fastest gzip, no upload, no
-transforms) or `dagster` (a week of small hours through Dagster). The last line printed
-is a JSON object with the figures.
+KIND is one of:
+- `export`: the project's export path, called as a function (no Dagster);
+- `baseline`: the same job done the straightforward way, spec and all (json.loads and
+  json.dumps per row, normalizing every field, stdlib gzip level 6);
+- `floor`: the least any exporter of the hour must do (download, gunzip, one JSON
+  validation pass per line, igzip level 1, upload the parts), streaming;
+- `naive`: the plain naive exporter (json.loads, dedup by uuid, json.dumps with sorted
+  keys, stdlib gzip level 6, one upload per part);
+- `dagster`: a week of small hours through Dagster.
+The last line printed is a JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -14,15 +20,19 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import queue
 import sys
+import tempfile
+import threading
 import time
 import uuid as uuidlib
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import IO
 
-import polars as pl
 from isal import igzip
 
 
@@ -261,37 +271,242 @@ def baseline(config: dict) -> dict:
     }
 
 
+# -- the download the floor and the plain naive exporter share ------------------------
+
+
+def _download(config: dict, timings: dict) -> IO[bytes]:
+    """The hour's ZIP from the Export API, streamed to a temporary file."""
+    import requests
+
+    started = time.perf_counter()
+    hour = datetime.fromisoformat(config["hour"]).strftime("%Y%m%dT%H")
+    archive = tempfile.TemporaryFile(prefix="bench-export-", suffix=".zip")
+    with requests.get(
+        f"{config['base_url']}/api/2/export", params={"start": hour, "end": hour},
+        auth=(config["api_key"], config["secret_key"]), stream=True, timeout=600,
+    ) as response:
+        response.raise_for_status()
+        for block in response.iter_content(1 << 20):
+            archive.write(block)
+    archive.seek(0)
+    timings["download"] = time.perf_counter() - started
+    return archive
+
+
 # -- the floor -----------------------------------------------------------------------------
+
+FLOOR_READ = 16 << 20  # decompressed bytes read at a time
+FLOOR_BLOCK = 8 << 20  # compressed bytes per staged block
+
+
+class _Uploads(threading.Thread):
+    """Stages blocks and commits parts from a bounded queue, beside the compressing thread."""
+
+    def __init__(self, container):
+        super().__init__(daemon=True, name="floor-upload")
+        self.container, self.queue, self.error = container, queue.Queue(maxsize=4), None
+        self.waited = 0.0
+
+    def put(self, item) -> None:
+        started = time.perf_counter()
+        self.queue.put(item)
+        self.waited += time.perf_counter() - started
+
+    def run(self) -> None:
+        from azure.storage.blob import BlobBlock, ContentSettings
+
+        while (item := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain, so the producer never blocks
+            try:
+                kind, name, payload = item
+                blob = self.container.get_blob_client(name)
+                if kind == "block":
+                    block_id, data = payload
+                    blob.stage_block(block_id, data, length=len(data))
+                else:
+                    blob.commit_block_list([BlobBlock(block_id=i) for i in payload],
+                                           content_settings=ContentSettings(content_type="application/gzip"))
+            except Exception as exc:  # reported by the producer
+                self.error = exc
 
 
 def floor(config: dict) -> dict:
-    """polars read_ndjson + write_ndjson + the fastest igzip level, entry by entry; no upload."""
-    from amplitude_assets.sources.export_api import entry_order
+    """The least an export of the hour must do, in one process, streaming: download the ZIP,
+    gunzip each entry, one DuckDB `json_valid` pass per line, igzip level 1, upload the parts
+    (`max_rows_per_file` lines each) as staged blocks, beside the compression, and a marker."""
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from isal import isal_zlib
 
-    timings = {"read (gunzip)": 0.0, "parse (read_ndjson)": 0.0, "serialize (write_ndjson)": 0.0, "compress": 0.0}
+    from amplitude_assets.layout import EventsLayout
+
+    hour = datetime.fromisoformat(config["hour"])
+    max_rows = config["max_rows_per_file"]
+    container = _container(config)
+    layout = EventsLayout("", config["project_id"])
+    timings = {"gunzip": 0.0, "validate (json_valid)": 0.0, "compress": 0.0}
     started = time.perf_counter()
-    events = rows = bytes_in = bytes_out = 0
-    with zipfile.ZipFile(config["zip"]) as zf:
-        for info in sorted(zf.infolist(), key=lambda i: entry_order(i.filename)):
+    archive = _download(config, timings)
+    con = duckdb.connect(config={"threads": os.cpu_count() or 1, "memory_limit": "512MB"})
+    uploads = _Uploads(container)
+    uploads.start()
+    parts: list[dict] = []
+    events = invalid = bytes_in = 0
+
+    class Part:
+        def __init__(self):
+            self.name = layout.part(hour, len(parts))
+            self.rows = self.bytes = 0
+            self.blocks: list[str] = []
+            self.pending = bytearray()
+            self.gzip = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)
+
+        def write(self, data) -> None:
             t = time.perf_counter()
-            data = igzip.decompress(zf.read(info))
-            bytes_in += len(data)
-            timings["read (gunzip)"] += time.perf_counter() - t
-            t = time.perf_counter()
-            frame = pl.read_ndjson(io.BytesIO(data))
-            del data
-            timings["parse (read_ndjson)"] += time.perf_counter() - t
-            t = time.perf_counter()
-            text = frame.write_ndjson().encode()
-            timings["serialize (write_ndjson)"] += time.perf_counter() - t
-            t = time.perf_counter()
-            bytes_out += len(igzip.compress(text, compresslevel=0))
+            self.pending += self.gzip.compress(data)
             timings["compress"] += time.perf_counter() - t
-            events += frame.height
-            rows += frame.height
+            if len(self.pending) >= FLOOR_BLOCK:
+                self.stage()
+
+        def stage(self) -> None:
+            block_id = f"{len(self.blocks):08d}".encode().hex()
+            self.blocks.append(block_id)
+            self.bytes += len(self.pending)
+            uploads.put(("block", self.name, (block_id, bytes(self.pending))))
+            self.pending = bytearray()
+
+        def close(self) -> None:
+            t = time.perf_counter()
+            self.pending += self.gzip.flush()
+            timings["compress"] += time.perf_counter() - t
+            self.stage()
+            uploads.put(("commit", self.name, self.blocks))
+            parts.append({"name": self.name, "rows": self.rows, "bytes": self.bytes})
+
+    part = Part()
+
+    def feed(block: bytes) -> None:
+        """Whole lines, each ending in a newline: validate them, then cut them into parts."""
+        nonlocal part, events, invalid
+        t = time.perf_counter()
+        offsets = pa.array([0, len(block) - 1], pa.int64()).buffers()[1]
+        text = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(block)])
+        lines = pc.split_pattern(text, "\n").flatten()
+        con.register("block_lines", pa.table({"line": lines}))
+        invalid += con.execute("SELECT count(*) FILTER (WHERE NOT json_valid(line)) FROM block_lines").fetchall()[0][0]
+        con.unregister("block_lines")
+        timings["validate (json_valid)"] += time.perf_counter() - t
+        n, done, at = len(lines), 0, 0
+        events += n
+        view = memoryview(block)
+        starts = memoryview(lines.buffers()[1]).cast("q")[lines.offset:]  # where each line starts, newlines left out
+        while done < n:
+            take = min(n - done, max_rows - part.rows)
+            end = len(block) if done + take == n else starts[done + take] + done + take
+            part.write(view[at:end])
+            part.rows += take
+            done, at = done + take, end
+            if part.rows == max_rows:
+                part.close()
+                part = Part()
+
+    with zipfile.ZipFile(archive) as zf:
+        # `#2` before `#10` (the project's source imports Dagster, which a floor has no need of).
+        for info in sorted(zf.infolist(), key=lambda i: int(i.filename.rsplit("#", 1)[1].split(".", 1)[0])):
+            with zf.open(info) as raw, igzip.IGzipFile(fileobj=raw) as entry:
+                carry = b""
+                while True:
+                    t = time.perf_counter()
+                    data = entry.read(FLOOR_READ)
+                    timings["gunzip"] += time.perf_counter() - t
+                    if not data:
+                        break
+                    bytes_in += len(data)
+                    data = carry + data
+                    cut = data.rfind(b"\n") + 1
+                    carry = data[cut:]
+                    if cut:
+                        feed(data[:cut])
+                if carry.strip():
+                    feed(carry + b"\n")  # the last line of an entry may lack its newline
+    if part.rows:
+        part.close()
+    t = time.perf_counter()
+    uploads.queue.put(None)
+    uploads.join()
+    timings["upload (waiting for it)"] = uploads.waited + time.perf_counter() - t
+    if uploads.error is not None:
+        raise uploads.error
+    rows = sum(p["rows"] for p in parts)
+    container.upload_blob(layout.marker(hour), json.dumps({"parts": parts, "rows": rows}), overwrite=True)
     return {
         "seconds": time.perf_counter() - started, "stages": timings, "events_in": events, "rows_out": rows,
-        "bytes_in": bytes_in, "bytes_out": bytes_out, "peak_rss": _peak_rss(),
+        "invalid_lines": invalid, "parts": len(parts), "bytes_in": bytes_in,
+        "bytes_out": sum(p["bytes"] for p in parts), "peak_rss": _peak_rss(),
+    }
+
+
+# -- the plain naive exporter --------------------------------------------------------------
+
+
+def naive(config: dict) -> dict:
+    """What a first version would do: json.loads per line, dedup by uuid,
+    json.dumps(row, sort_keys=True, separators=(",", ":")), stdlib gzip level 6, one upload per part."""
+    from azure.storage.blob import ContentSettings
+
+    from amplitude_assets.layout import EventsLayout
+
+    hour = datetime.fromisoformat(config["hour"])
+    container = _container(config)
+    layout = EventsLayout("", config["project_id"])
+    timings = {"upload": 0.0}
+    started = time.perf_counter()
+    archive = _download(config, timings)
+    t = time.perf_counter()
+    seen: set = set()
+    parts: list[dict] = []
+    events = rows = rows_in_part = 0
+    part = io.BytesIO()
+    gz = gzip.GzipFile(fileobj=part, mode="wb", compresslevel=6)
+
+    def flush() -> None:
+        nonlocal part, gz, rows_in_part
+        gz.close()
+        data = part.getvalue()
+        name = layout.part(hour, len(parts))
+        u = time.perf_counter()
+        container.upload_blob(name, data, overwrite=True, content_settings=ContentSettings(content_type="application/gzip"))
+        timings["upload"] += time.perf_counter() - u
+        parts.append({"name": name, "rows": rows_in_part, "bytes": len(data)})
+        part, rows_in_part = io.BytesIO(), 0
+        gz = gzip.GzipFile(fileobj=part, mode="wb", compresslevel=6)
+
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            with gzip.open(zf.open(info), "rt", encoding="utf-8") as entry:
+                for text in entry:
+                    if not text.strip():
+                        continue
+                    events += 1
+                    row = json.loads(text)
+                    if row.get("uuid") in seen:
+                        continue
+                    seen.add(row.get("uuid"))
+                    gz.write((json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n").encode())
+                    rows += 1
+                    rows_in_part += 1
+                    if rows_in_part == config["max_rows_per_file"]:
+                        flush()
+    if rows_in_part:
+        flush()
+    container.upload_blob(layout.marker(hour), json.dumps({"parts": parts, "rows": rows}), overwrite=True)
+    timings["parse, dedup, serialize, gzip"] = time.perf_counter() - t - timings["upload"]
+    return {
+        "seconds": time.perf_counter() - started, "stages": timings, "events_in": events, "rows_out": rows,
+        "parts": len(parts), "bytes_in": archive.seek(0, 2), "bytes_out": sum(p["bytes"] for p in parts),
+        "peak_rss": _peak_rss(),
     }
 
 
@@ -344,5 +559,6 @@ def dagster(config: dict) -> dict:
 
 if __name__ == "__main__":
     kind, raw = sys.argv[1], sys.argv[2]
-    figures = {"export": export, "baseline": baseline, "floor": floor, "dagster": dagster}[kind](json.loads(raw))
+    kinds = {"export": export, "baseline": baseline, "floor": floor, "naive": naive, "dagster": dagster}
+    figures = kinds[kind](json.loads(raw))
     print(json.dumps(figures))

@@ -254,7 +254,8 @@ def test_a_key_first_seen_outside_the_hour_then_inside_it_reorders_earlier_parts
     assert len(got) == len(want)
     for i, (a, b) in enumerate(zip(got, want)):
         assert pairs(a) == pairs(b), f"line {i} differs:\n fast: {a}\n ref:  {b}"
-    assert list(json.loads(got[0])) == line_keys(["early_outside", "$insert_key", "data_type", "plan", "line", "_pos", "late_key"])
+    assert list(json.loads(got[0])) == line_keys(["early_outside", "$insert_key", "data_type", "global_user_properties",
+                                                  "partner_id", "source_id", "plan", "line", "_pos", "late_key"])
     whole = whole_hour(source_chunks(lines), HOUR)
     assert parts == [
         gzip_bytes(jsonl_bytes(whole.lines.slice(offset, length).to_frame()))

@@ -4,7 +4,13 @@ An hour is a pure function of (seed, project id, hour). It has the shape of real
 exports: many users and devices, anonymous devices that later log in (so merges
 happen), users on second devices, about 0.5% repeated `uuid` and 0.5% repeated
 `$insert_id`, late events, unicode, nested properties that differ per event type,
-nulls, all 49 fields and a few of the extra fields real exports carry.
+nulls, all 49 fields and the six extra fields real exports carry (55 keys).
+
+`events` gives the hour's events; `iter_lines` sends them as Amplitude's own export
+files hold them (`line`: top-level keys in code-point order, compact), except about 2%
+that come in a form the exporter must normalize (`untidy`): a timestamp with `T` or as
+epoch milliseconds, an uppercase `uuid`, a number as a string, a null field left out.
+Each such line still means the same event, so it normalizes back to its row of `events`.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 
 EPOCH = datetime(2020, 1, 1, tzinfo=timezone.utc)
 CHUNK_ROWS = 5_000
+UNTIDY_SHARE = 0.02  # of the lines: sent in a form that needs normalizing
 
 CITIES = [
     ("San Francisco", "California", "US", "San Francisco-Oakland-San Jose, CA", 37.7749, -122.4194),
@@ -68,6 +75,88 @@ def _fmt(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+def _ms(ts: datetime) -> datetime:
+    """Client clocks count milliseconds: real `event_time` and `client_*_time` end in `000`."""
+    return ts.replace(microsecond=ts.microsecond // 1000 * 1000)
+
+
+def line(row: dict) -> str:
+    """A row as Amplitude's export files hold it: top-level keys in code-point order, compact.
+
+    Only the top level is sorted: nested objects keep the order they were sent in."""
+    return json.dumps(dict(sorted(row.items())), ensure_ascii=False, separators=(",", ":"))
+
+
+TIMESTAMPS = ("client_event_time", "client_upload_time", "event_time", "processed_time",
+              "server_received_time", "server_upload_time", "user_creation_time")
+MILLISECOND_TIMESTAMPS = ("client_event_time", "client_upload_time", "event_time")
+NUMBERS = ("$schema", "amplitude_id", "app", "event_id", "location_lat", "session_id")
+
+
+def _tidy_timestamp(value) -> bool:
+    return isinstance(value, str) and len(value) == 26 and value[10] == " "
+
+
+def _t_separator(row: dict, rng: random.Random, keep) -> bool:
+    names = [n for n in TIMESTAMPS if n not in keep and _tidy_timestamp(row.get(n))]
+    if not names:
+        return False
+    name = rng.choice(names)
+    row[name] = row[name].replace(" ", "T") + rng.choice(["", "Z", "+00:00"])
+    return True
+
+
+def _epoch_ms(row: dict, rng: random.Random, keep) -> bool:
+    names = [n for n in MILLISECOND_TIMESTAMPS if n not in keep and _tidy_timestamp(row.get(n))]
+    if not names:
+        return False
+    name = rng.choice(names)
+    ts = datetime.strptime(row[name], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc)
+    row[name] = round(ts.timestamp() * 1000)
+    return True
+
+
+def _uppercase_uuid(row: dict, rng: random.Random, keep) -> bool:
+    if "uuid" in keep or not isinstance(row.get("uuid"), str):
+        return False
+    row["uuid"] = row["uuid"].upper()
+    return True
+
+
+def _number_as_string(row: dict, rng: random.Random, keep) -> bool:
+    names = [n for n in NUMBERS if n not in keep and isinstance(row.get(n), (int, float))]
+    if not names:
+        return False
+    name = rng.choice(names)
+    row[name] = str(row[name])
+    return True
+
+
+def _null_left_out(row: dict, rng: random.Random, keep) -> bool:
+    names = [n for n, v in row.items() if v is None and n not in keep]
+    if not names:
+        return False
+    for name in rng.sample(names, min(len(names), rng.randint(1, 3))):
+        del row[name]
+    return True
+
+
+UNTIDY = (_t_separator, _epoch_ms, _uppercase_uuid, _number_as_string, _null_left_out)
+
+
+def untidy(row: dict, rng: random.Random, keep: frozenset[str] = frozenset()) -> dict:
+    """The same event in a form the exporter must normalize: one or two of a `T` or zoned
+    timestamp, epoch milliseconds, an uppercase `uuid`, a number as a string, a null left
+    out. Fields in `keep` are left alone."""
+    out = dict(row)
+    wanted = rng.choice((1, 1, 2))
+    for change in rng.sample(UNTIDY, len(UNTIDY)):
+        wanted -= change(out, rng, keep)
+        if not wanted:
+            break
+    return out
+
+
 class SyntheticSource:
     name = "synthetic"
 
@@ -76,8 +165,8 @@ class SyntheticSource:
         self.events_per_hour = events_per_hour
         self.seed = seed
 
-    def _rng(self, hour: datetime) -> random.Random:
-        key = f"{self.seed}:{self.project_id}:{hour:%Y-%m-%dT%H}".encode()
+    def _rng(self, hour: datetime, stream: str = "") -> random.Random:
+        key = f"{self.seed}:{self.project_id}:{hour:%Y-%m-%dT%H}{stream}".encode()
         return random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
 
     def events(self, hour: datetime) -> list[dict]:
@@ -110,7 +199,7 @@ class SyntheticSource:
                 amplitude_id = anonymous_id
             late = rng.random() < 0.02
             lag = timedelta(hours=rng.randint(1, 72)) if late else timedelta(seconds=rng.uniform(0.05, 30))
-            event_time = upload - lag
+            event_time = _ms(upload - lag)
             city, region, country, dma, lat, lng = rng.choice(CITIES)
             platform, os_name, os_version, brand, model, family, device_type, library = rng.choice(PLATFORMS)
             event_type = rng.choice(EVENT_TYPES)
@@ -135,8 +224,10 @@ class SyntheticSource:
                 "dma": dma,
                 "group_properties": {"company": {"plan": "enterprise"}} if rng.random() < 0.1 else {},
                 "user_properties": {"cohort": rng.choice(["a", "b"]), "age": rng.randint(18, 80),
-                                    "initial_utm_source": rng.choice(["google", None])},
-                "client_upload_time": _fmt(upload - timedelta(milliseconds=rng.randint(900, 2000))),
+                                    "initial_utm_source": rng.choice(["google", None]),
+                                    "initial_referrer": "EMPTY", "initial_utm_campaign": "EMPTY",
+                                    "initial_referring_domain": "EMPTY"},
+                "client_upload_time": _fmt(_ms(upload - timedelta(milliseconds=rng.randint(900, 2000)))),
                 "$insert_id": str(uuid.UUID(int=rng.getrandbits(128))),
                 "event_type": event_type,
                 "library": library,
@@ -153,7 +244,8 @@ class SyntheticSource:
                 "device_brand": brand,
                 "groups": {"company": ["acme"]} if rng.random() < 0.1 else {},
                 "event_properties": _props(rng, event_type),
-                "data": {"path": "/2/httpapi"} if rng.random() < 0.5 else {},
+                "data": ({"path": "/2/httpapi", "group_first_event": {}, "group_ids": {}} if rng.random() < 0.5
+                         else {"group_first_event": {}, "group_ids": {}}),
                 "device_id": device_id,
                 "language": rng.choice(LANGUAGES),
                 "device_model": model,
@@ -168,9 +260,11 @@ class SyntheticSource:
                 "client_event_time": _fmt(event_time),
                 "$insert_key": f"{rng.getrandbits(64):016x}",
                 "data_type": "event",
+                "global_user_properties": {},
+                "partner_id": None,
+                "source_id": None,
             }
-            if rng.random() < 0.1:
-                row["plan"] = {"branch": "main", "source": "web", "version": "7"}
+            row["plan"] = {"branch": "main", "source": "web", "version": "7"} if rng.random() < 0.1 else {}
             rows.append(row)
             # ~0.5% of rows are re-sent (same uuid); ~0.5% repeat an $insert_id on its device.
             roll = rng.random()
@@ -181,7 +275,11 @@ class SyntheticSource:
         return rows
 
     def iter_lines(self, hour: datetime) -> Iterator[bytes]:
+        """The hour as Amplitude's export files hold it, with ~2% of lines untidy."""
         rows = self.events(hour)
+        rng = self._rng(hour, "lines")  # its own stream: `events` stays as it was
         for start in range(0, len(rows), CHUNK_ROWS):
             chunk = rows[start : start + CHUNK_ROWS]
-            yield "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chunk).encode()
+            yield "".join(
+                line(untidy(r, rng) if rng.random() < UNTIDY_SHARE else r) + "\n" for r in chunk
+            ).encode()
