@@ -702,10 +702,16 @@ def _objects_in_string_fields(frame: pl.DataFrame) -> dict[str, pl.Series]:
 
 # -- lines already in the form -------------------------------------------------------------
 
-# JSON whitespace next to a structural character (or at either end): only such a line can
-# have whitespace between its tokens. Inside strings it is common ("San Jose, CA"), so the
-# few lines this finds are looked at again with their strings taken out.
-_MAYBE_SPACED = r"[,:\[{][ \t\r\n]|[ \t\r\n][,:\]}]|^[ \t\r\n]|[ \t\r\n]$"
+# JSON whitespace between tokens, or text that looks like it: after a value and before
+# `,` `}` `]`; after a comma and before a key or a value; around a key's colon; after
+# `{` `[`; at either end. Inside a string such text is rare ("Suite 5, 100 Main St"), so
+# the few lines this finds are looked at again with their strings taken out.
+_WS = "[ \\t\\r\\n]"
+_MAYBE_SPACED = "|".join([
+    f'["0-9el}}\\]]{_WS}+[,}}\\]]',
+    f',{_WS}+(?:["\\-0-9{{\\[]|true|false|null)',
+    f'"{_WS}+:', f'":{_WS}', f'[{{\\[]{_WS}', f"^{_WS}", f"{_WS}$",
+])
 _JSON_STRING = r'"(?:[^"\\]|\\.)*"'
 _CHECKED_FORM = {Kind.TIMESTAMP: TIMESTAMP_PATTERN, Kind.UUID: UUID_PATTERN}
 
@@ -744,11 +750,11 @@ def canonical_rows(parsed: pl.DataFrame, normalized: pl.DataFrame) -> pl.Series:
             conditions.append(raw.is_null() | (raw != ""))
         if kind not in (Kind.STRING, Kind.DICT):
             conditions.append(raw.is_null() | normalized[name].is_not_null())
-    line = pl.col(LINE)
     canon = parsed.select(pl.all_horizontal(conditions).fill_null(False).alias(CANON)).to_series()
-    suspect = canon & parsed.select(line.str.contains(_MAYBE_SPACED)).to_series()
-    if suspect.any():
-        rows = suspect.arg_true()
+    candidates = canon.arg_true()
+    looked = parsed[LINE].gather(candidates).str.contains(_MAYBE_SPACED)
+    if looked.any():
+        rows = candidates.filter(looked)
         spaced = parsed[LINE].gather(rows).str.replace_all(_JSON_STRING, "").str.contains(r"[ \t\r\n]")
         canon = canon.scatter(rows, ~spaced)
     return canon

@@ -216,3 +216,22 @@ def test_insert_null_key_finds_the_top_level_key_when_it_is_also_nested():
     assert insert_null_key(lines.head(1), keys, "0").to_list() == ['{"0":null,"a":1,"b":{"x":1,"d":2},"d":3}']
     assert insert_null_key(lines.head(1), keys, "z").to_list() == ['{"a":1,"b":{"x":1,"d":2},"d":3,"z":null}']
     assert top_level_key_at('{"a":1,"b":{"x":1,"d":2},"d":3}', "d") == len('{"a":1,"b":{"x":1,"d":2}')
+
+
+@pytest.mark.parametrize("spaced, inside_a_string", [
+    ('"event_properties":{"duration_ms": 1250,', False),
+    ('"event_properties":{"duration_ms":1250 ,', False),
+    ('"event_properties":{"duration_ms":[ 1250],', False),
+    ('"event_properties":{"duration_ms":[1250, 1],', False),
+    ('"event_properties":{"duration_ms":"Suite 5, 100 Main St: [ x ]",', True),
+    ('"event_properties":{"duration_ms":"a, true, {b}",', True),
+])
+def test_whitespace_between_tokens_is_normalized_and_inside_strings_kept(spaced, inside_a_string):
+    hour, lines = HOURS[CORPUS], corpus_lines(CORPUS)
+    line = lines[2]
+    assert '"event_properties":{"duration_ms":1250,' in line
+    sent = line.replace('"event_properties":{"duration_ms":1250,', spaced)
+    (written,) = process_hour([(sent + "\n").encode()], hour).lines.to_list()
+    assert json.loads(written) == json.loads(sent)
+    assert in_the_form(sent, hour_keys(lines)) is inside_a_string
+    assert (written == sent) is inside_a_string
