@@ -43,15 +43,13 @@ from amplitude_assets.destination.writer import md5_hex
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.lines import prefetch
 from amplitude_assets.partitions import RANGE_START, accounted, manifest_hour, parse_hour, reconciles
+from amplitude_assets.validation import EVENT_RULES, LineRules, json_path, scan_sql
 from amplitude_assets.schema import (
-    EVENT_FIELD_NAMES,
-    EVENT_FIELDS,
     JSON_TYPES,
     MERGED_ID_FIELDS,
     UUID_PATTERN,
     VALUE_PATTERNS,
     Kind,
-    line_keys,
 )
 
 EXTRAS_NOTE = " (extra keys must be the same, in the same order, on every line of the hour as on its first)"
@@ -254,74 +252,6 @@ class Positions:
 # -- what a line must be ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LineRules:
-    """What each line of an hour's files must be."""
-
-    head: tuple[str, ...]  # the keys every line starts with, in order
-    fields: tuple[tuple[str, Kind], ...]  # their JSON types
-    allow_extras: bool  # the first line's further keys, then the same on every line
-    nullable: bool = True
-    fixed: tuple[tuple[str, str], ...] = ()  # fields whose every value must be this JSON text
-    unique: tuple[tuple[str, ...], ...] = ()  # keys that must not repeat (all parts non-null)
-    in_code_point_order: bool = False  # the head and the extras together, sorted (events)
-
-    def expected_keys(self, first: list[str] | None) -> list[str]:
-        """The hour's keys: the head, then the first line's extras when they follow it; or, in
-        code-point order, the head's and the first line's others together."""
-        if self.in_code_point_order:
-            return line_keys(k for k in (first or []) if k not in self.head)
-        if first is None:
-            return list(self.head)
-        head = list(self.head)
-        extras = first[len(head):] if self.allow_extras and first[: len(head)] == head else []
-        return [*head, *extras]
-
-    @property
-    def string_fields(self) -> list[str]:
-        """Fields whose string value is looked at: patterns, fixed values, unique keys."""
-        names = [n for n, k in self.fields if k in _PATTERNS]
-        names += [n for n, _ in self.fixed]
-        names += [n for key in self.unique for n in key]
-        return list(dict.fromkeys(names))
-
-
-def _path(key: str) -> str:
-    quoted = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return "'" + quoted.replace("'", "''") + "'"
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _scan_sql(rules: LineRules, expected: list[str]) -> str:
-    """One yes/no per line (keys, types, patterns, fixed values) and the key fields' strings.
-
-    Three JSON functions read each line: its keys, its fields' types, and a few strings.
-    A line that is not JSON makes them fail; `try` turns that into NULL, and NULL is "no".
-    """
-    strings = rules.string_fields
-    index = {name: i + 1 for i, name in enumerate(strings)}
-    conditions = [f"array_to_string(k, chr(31)) = {_literal(chr(31).join(expected))}"]
-    for i, (name, kind) in enumerate(rules.fields, start=1):
-        allowed = [t for t in _JSON_TYPES[kind] if rules.nullable or t != "NULL"]
-        condition = f"t[{i}] IN ({', '.join(map(_literal, allowed))})"
-        if kind in _PATTERNS:
-            condition = f"({condition} AND (t[{i}] <> 'VARCHAR' OR regexp_full_match(s[{index[name]}], {_literal(_PATTERNS[kind].strip('^$'))})))"
-        conditions.append(condition)
-    conditions += [f"s[{index[name]}] IS NOT DISTINCT FROM {_literal(value)}" for name, value in rules.fixed]
-    keys = [f's[{index[name]}] AS "{name}"' for name in dict.fromkeys(n for key in rules.unique for n in key)]
-    paths = ", ".join(_path(n) for n, _ in rules.fields)
-    string_paths = ", ".join(_path(n) for n in strings)
-    return (
-        f"SELECT coalesce({' AND '.join(conditions)}, false) AS ok{''.join(', ' + k for k in keys)} "
-        f"FROM (SELECT _i, try(json_keys(text)) AS k, try(json_type(text, [{paths}])) AS t"
-        + (f", try(json_extract_string(text, [{string_paths}])) AS s" if strings else "")
-        + " FROM lines) ORDER BY _i"
-    )
-
-
 def json_columns(con, lines: pl.DataFrame, types: list[str], strings: list[str]) -> pl.DataFrame:
     """Per line: its JSON kind, its keys in order, the JSON type of each of `types`, the text of `strings`.
 
@@ -335,10 +265,10 @@ def json_columns(con, lines: pl.DataFrame, types: list[str], strings: list[str])
         "CASE WHEN valid AND json_type(j) = 'OBJECT' THEN json_keys(j) END AS keys",
     ]
     if types:
-        paths = ", ".join(_path(k) for k in types)
+        paths = ", ".join(json_path(k) for k in types)
         columns.append(f"CASE WHEN valid AND json_type(j) = 'OBJECT' THEN json_type(j, [{paths}]) END AS types")
     if strings:
-        paths = ", ".join(_path(k) for k in strings)
+        paths = ", ".join(json_path(k) for k in strings)
         columns.append(f"CASE WHEN valid AND json_type(j) = 'OBJECT' THEN json_extract_string(j, [{paths}]) END AS strings")
     checked = "SELECT _i, valid, CASE WHEN valid THEN text ELSE '{}' END AS j FROM (SELECT _i, text, json_valid(text) AS valid FROM detail)"
     found = con.sql(f"SELECT {', '.join(columns)} FROM ({checked}) ORDER BY _i").pl()
@@ -611,7 +541,7 @@ def scan_files(client: ContainerClient, names: list[str], rules: LineRules, *, s
                 if expected is None and (first := first_keys(batch)) is not None:
                     expected = rules.expected_keys(first)
                     extras = set(expected) - set(rules.head)
-                    sql = _scan_sql(rules, expected)
+                    sql = scan_sql(rules, expected)
                 pending.append((batch, start, pool.submit(scan, batch, sql)))
                 del batch
                 while len(pending) >= workers:
@@ -711,8 +641,6 @@ def complete_outcome(layout: EventsLayout, hour: datetime, listed: dict[str, dic
 
 # -- the checks ------------------------------------------------------------------------------
 
-EVENT_RULES = LineRules(head=EVENT_FIELD_NAMES, fields=EVENT_FIELDS, allow_extras=True,
-                        unique=(("uuid",), ("$insert_id", "device_id")), in_code_point_order=True)
 CHANGED_NOTE = ("is not the part whose lines were validated when it was written: {why}. Re-export the hour, "
                 "or read it back (python -m amplitude_assets deep-check) to see what it holds")
 READ_BACK_CONFIG = {"ops": {"events_checks": {"config": {"read_back": True}}}}
@@ -755,18 +683,6 @@ def _manifest(body: bytes | None) -> dict | None:
     except ValueError:
         return None
     return manifest if isinstance(manifest, dict) else None
-
-
-def invalid_lines(lines: pl.Series, expected: list[str]) -> list[str]:
-    """The lines (of one hour's events) that break the `schema` check's rules, with keys `expected`."""
-    con = duck.connect()
-    try:
-        con.register("lines", pl.DataFrame({"text": lines}).with_row_index("_i")
-                     .to_arrow(compat_level=pl.CompatLevel.newest()))
-        ok = con.sql(_scan_sql(EVENT_RULES, expected)).pl()["ok"]
-    finally:
-        con.close()
-    return lines.filter(~ok).to_list()
 
 
 def events_hour_outcomes(client: ContainerClient, layout: EventsLayout, hour: datetime,

@@ -29,6 +29,7 @@ from datetime import datetime
 
 import polars as pl
 
+from amplitude_assets.line_form import canonical_rows, event_lines
 from amplitude_assets.lines import prefetch
 from amplitude_assets.schema import event_schema
 from amplitude_assets.transform import (
@@ -38,7 +39,6 @@ from amplitude_assets.transform import (
     RESERVED,
     Counts,
     HourResult,
-    canonical_rows,
     no_repairs,
     normalize_with_repairs,
     parse,
@@ -292,8 +292,6 @@ def process_hour(chunks: Iterable[bytes], hour: datetime, keep: pl.Expr | None =
     frame, rejects, repairs and identities are those the export writes for the hour.
     """
     shaped = ShapedHour(chunks, hour, keep=keep, lines_per_chunk=sys.maxsize, chunk_bytes=sys.maxsize)
-    from amplitude_assets.destination.writer import event_lines
-
     chunks = list(shaped)  # one chunk, or none for an empty hour
     frame = chunks[0].frame if chunks else pl.DataFrame(schema=event_schema())
     lines = event_lines(frame, shaped.extras) if chunks else pl.Series("line", [], dtype=pl.String)

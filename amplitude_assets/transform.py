@@ -31,11 +31,9 @@ from amplitude_assets.schema import (
     EVENT_FIELDS,
     JSON_TEXT_KINDS,
     JSON_TYPES,
-    TIMESTAMP_PATTERN,
     NUMBER_PATTERN,
     UUID_PATTERN,
     Kind,
-    line_keys,
 )
 
 _KINDS = dict(EVENT_FIELDS)
@@ -698,66 +696,6 @@ def _objects_in_string_fields(frame: pl.DataFrame) -> dict[str, pl.Series]:
         if bad.any():
             nulled[name] = rows.filter(bad)
     return nulled
-
-
-# -- lines already in the form -------------------------------------------------------------
-
-# JSON whitespace between tokens, or text that looks like it: after a value and before
-# `,` `}` `]`; after a comma and before a key or a value; around a key's colon; after
-# `{` `[`; at either end. Inside a string such text is rare ("Suite 5, 100 Main St"), so
-# the few lines this finds are looked at again with their strings taken out.
-_WS = "[ \\t\\r\\n]"
-_MAYBE_SPACED = "|".join([
-    f'["0-9el}}\\]]{_WS}+[,}}\\]]',
-    f',{_WS}+(?:["\\-0-9{{\\[]|true|false|null)',
-    f'"{_WS}+:', f'":{_WS}', f'[{{\\[]{_WS}', f"^{_WS}", f"{_WS}$",
-])
-_JSON_STRING = r'"(?:[^"\\]|\\.)*"'
-_CHECKED_FORM = {Kind.TIMESTAMP: TIMESTAMP_PATTERN, Kind.UUID: UUID_PATTERN}
-
-
-def _keys_hashes(extras: pl.Series) -> pl.Series:
-    """For each line's `EXTRA`, the `KEYHASH` its line has when its keys are in code-point order."""
-    distinct = extras.unique()
-    keys = [line_keys(e.split(KEY_SEPARATOR) if e else []) for e in distinct.to_list()]
-    con = duck.connect()
-    try:
-        con.register("wanted", pl.DataFrame({"i": range(len(keys)), "k": keys}, schema={"i": pl.Int64, "k": pl.List(pl.String)}).to_arrow())
-        hashes = con.sql("SELECT hash(array_to_string(k, chr(31))) AS h FROM wanted ORDER BY i").pl()["h"]
-    finally:
-        con.close()
-    return extras.replace_strict(distinct, hashes, return_dtype=pl.UInt64)
-
-
-def canonical_rows(parsed: pl.DataFrame, normalized: pl.DataFrame) -> pl.Series:
-    """Which parsed lines are already in the exported form, but perhaps for extra keys they lack.
-
-    Such a line (SPEC section 4) has its keys (the 49 and its extra keys) in code-point
-    order (`line_keys`), each once, every field of its JSON type, timestamps and the uuid
-    in their canonical forms, nothing to repair (no value that normalizing nulls, no
-    empty `user_id` or `device_id`), and no whitespace between its tokens. It is written
-    as it came, with `"key":null` put in its place for each of the hour's extra keys it
-    lacks (`writer.event_lines`). `normalized` is `parsed` normalized, row for row.
-    """
-    if not parsed.height:
-        return pl.Series(CANON, [], dtype=pl.Boolean)
-    conditions = [pl.col(TYPED), pl.col(KEYHASH) == _keys_hashes(parsed[EXTRA])]
-    for name, kind in EVENT_FIELDS:
-        raw = pl.col(name)
-        if kind in _CHECKED_FORM:
-            conditions.append(raw.is_null() | raw.str.contains(_CHECKED_FORM[kind]))
-        if name in ("user_id", "device_id"):
-            conditions.append(raw.is_null() | (raw != ""))
-        if kind not in (Kind.STRING, Kind.DICT):
-            conditions.append(raw.is_null() | normalized[name].is_not_null())
-    canon = parsed.select(pl.all_horizontal(conditions).fill_null(False).alias(CANON)).to_series()
-    candidates = canon.arg_true()
-    looked = parsed[LINE].gather(candidates).str.contains(_MAYBE_SPACED)
-    if looked.any():
-        rows = candidates.filter(looked)
-        spaced = parsed[LINE].gather(rows).str.replace_all(_JSON_STRING, "").str.contains(r"[ \t\r\n]")
-        canon = canon.scatter(rows, ~spaced)
-    return canon
 
 
 # -- reject, dedup, filter ----------------------------------------------------------------

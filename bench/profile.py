@@ -25,7 +25,7 @@ from amplitude_assets import shaping
 from amplitude_assets.destination import writer
 import polars as pl
 
-from amplitude_assets import transform
+from amplitude_assets import line_form, transform, validation
 from amplitude_assets.transform import normalize_with_repairs, parse, read_lines, reject_outside_hour
 from bench import data
 
@@ -67,13 +67,13 @@ def main() -> None:
     parsed, _, extras = stage("parse (the scan, then DuckDB json_transform)", lambda: parse(lines))
     in_hour, _ = stage("reject outside the hour", lambda: reject_outside_hour(parsed, data.HOUR))
     normalized, _ = stage("normalize", lambda: normalize_with_repairs(in_hour, extras))
-    canon = stage("lines already in the form", lambda: transform.canonical_rows(in_hour, normalized))
+    canon = stage("lines already in the form", lambda: line_form.canonical_rows(in_hour, normalized))
     shaped = normalized.with_columns(in_hour[transform.LINE], in_hour[transform.EXTRA], canon)
     keys = normalized.select("uuid", "$insert_id", "device_id")
     stage("dedup (first of a chunk, nothing seen)", lambda: shaping.FirstWins()(keys))
     encoded = stage(f"exported lines ({1 - canon.mean():.1%} encoded)",
-                    lambda: writer.event_lines(shaped, extras).to_frame())
-    stage("validate the encoded lines", lambda: writer.Validation().add(canon, encoded, extras))
+                    lambda: line_form.event_lines(shaped, extras).to_frame())
+    stage("validate the encoded lines", lambda: validation.Validation().add(canon, encoded, extras))
 
     def csv() -> bytes:
         buffer = io.BytesIO()

@@ -15,7 +15,7 @@ from datetime import datetime
 
 import polars as pl
 
-from amplitude_assets.destination.writer import event_lines
+from amplitude_assets.line_form import canonical_rows, event_lines
 from amplitude_assets.transform import (
     EXTRA,
     IDENTITY_COLUMNS,
@@ -23,7 +23,6 @@ from amplitude_assets.transform import (
     RESERVED,
     Counts,
     HourResult,
-    canonical_rows,
     normalize_with_repairs,
     parse,
     read_lines,

@@ -38,11 +38,8 @@ from amplitude_assets.destination.writer import (
 from amplitude_assets.schema import (
     DICT_FIELDS,
     EVENT_FIELD_NAMES,
-    EVENT_FIELDS,
     EVENT_KINDS,
     TIMESTAMP_FIELDS,
-    TIMESTAMP_PATTERN,
-    UUID_PATTERN,
     Kind,
     line_keys,
 )

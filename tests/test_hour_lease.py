@@ -31,7 +31,6 @@ from amplitude_assets.destination import lease as lease_module
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.destination.lease import HourLocked, LeaseLost, hour_lease
 from amplitude_assets.destination.writer import (
-    encode_lines,
     encode_records,
     export_events_hour,
     gzip_bytes,

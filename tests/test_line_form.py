@@ -17,7 +17,7 @@ from datetime import datetime
 import polars as pl
 import pytest
 
-from amplitude_assets.destination.writer import insert_null_key, top_level_key_at
+from amplitude_assets.line_form import insert_null_key, top_level_key_at
 from amplitude_assets.schema import EVENT_FIELD_NAMES, EVENT_FIELDS, TIMESTAMP_PATTERN, UUID_PATTERN, Kind, line_keys
 from amplitude_assets.shaping import process_hour
 from amplitude_assets.sources.files import FilesSource

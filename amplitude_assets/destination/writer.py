@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import functools
 import hashlib
 import io
 import json
@@ -33,22 +32,19 @@ from isal import igzip, isal_zlib
 from amplitude_assets import __version__
 from amplitude_assets.destination.lease import HourLease, hour_lease
 from amplitude_assets.layout import EventsLayout
+from amplitude_assets.line_form import event_lines, json_fragment, with_keys
 from amplitude_assets.lines import line_chunks
 from amplitude_assets.partitions import manifest_hour, partition_key
-from amplitude_assets.schema import EVENT_FIELD_NAMES, EVENT_FIELDS, EVENT_KINDS, JSON_TEXT_KINDS, TIMESTAMP_FORMAT, Kind, event_schema, line_keys
+from amplitude_assets.schema import EVENT_KINDS, Kind, event_schema
 from amplitude_assets.settings import Settings
 from amplitude_assets.shaping import CHUNK_LINES, ShapedHour, Timer
+from amplitude_assets.validation import Validation, check
 from amplitude_assets.transform import (
     CANON,
-    EXTRA,
     IDENTITY_COLUMNS,
-    KEY_SEPARATOR,
-    LINE,
     NOT_UTF8,
     Counts,
     HourResult,
-    json_fields,
-    normalize,
     read_lines,
 )
 
@@ -61,23 +57,6 @@ SOFTWARE = f"amplitude_assets {__version__}"
 
 
 # -- encoding ---------------------------------------------------------------------------
-
-
-def _json_scalar(expr: pl.Expr) -> pl.Expr:
-    """A column's values as JSON literals (`"text"`, `12`, `1.5`, `true`, `null`)."""
-    return pl.struct(expr.alias("v")).struct.json_encode().str.slice(5).str.head(-1)
-
-
-def json_fragment(name: str, kind: Kind | None) -> pl.Expr:
-    """The JSON text of field `name`; `kind` None means an extra field already held as JSON."""
-    col = pl.col(name)
-    if kind is None or kind is Kind.ARRAY_OR_STRING or kind is Kind.NUMBER:
-        return col.fill_null("null")  # JSON text, as sent
-    if kind is Kind.DICT:
-        return col.fill_null("{}")
-    if kind is Kind.TIMESTAMP:
-        return pl.concat_str(pl.lit('"'), col.dt.strftime(TIMESTAMP_FORMAT), pl.lit('"')).fill_null("null")
-    return _json_scalar(col)
 
 
 def encode_lines(frame: pl.DataFrame, kinds: dict[str, Kind | None] | None = None) -> pl.DataFrame:
@@ -348,113 +327,6 @@ def existing_markers(container: ContainerClient, prefix: str, names: Sequence[st
 BLOCK_BYTES = 32 << 20  # staged block size
 
 
-@functools.lru_cache(maxsize=64)
-def _event_line(keys: tuple[str, ...], present: frozenset[str]) -> pl.Expr:
-    """`{...}`: the 49 fields and the extra `keys`, in code-point order (`line_keys`).
-
-    The scalar fields between two fields held as JSON text are encoded as one struct (one
-    JSON encoder call, not one per field), and only the JSON-text fields (dicts, the
-    as-sent ones and the extra fields) are spliced in. An extra key the frame lacks
-    (`present` are those it has) is `null`.
-    """
-    parts: list[pl.Expr] = []
-    run: list[pl.Expr] = []
-
-    def close_run() -> None:
-        if run:
-            parts.append(pl.struct(run).struct.json_encode().str.slice(1).str.head(-1))
-            run.clear()
-
-    for name in line_keys(keys):
-        kind = EVENT_KINDS.get(name)
-        if kind is None or kind in JSON_TEXT_KINDS:
-            close_run()
-            key = pl.lit(json.dumps(name, ensure_ascii=False) + ":")
-            value = json_fragment(name, kind) if kind is not None or name in present else pl.lit("null")
-            parts.append(pl.concat_str(key, value))
-        else:
-            value = pl.col(name).dt.strftime(TIMESTAMP_FORMAT) if kind is Kind.TIMESTAMP else pl.col(name)
-            run.append(value.alias(name))
-    close_run()
-    pieces: list[pl.Expr] = [pl.lit("{")]
-    for i, part in enumerate(parts):
-        pieces.extend([pl.lit(","), part] if i else [part])
-    pieces.append(pl.lit("}"))
-    return pl.concat_str(pieces)
-
-
-def encode_events(frame: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
-    """Exported lines of normalized rows: the 49 fields and `keys` as extra fields, in code-point order."""
-    present = frozenset(k for k in keys if k in frame.columns)
-    return frame.select(_event_line(tuple(keys), present).alias("line"))
-
-
-def event_lines(frame: pl.DataFrame, keys: Sequence[str]) -> pl.Series:
-    """The exported lines of a shaped chunk whose hour has extra keys `keys` (so far).
-
-    A line already in the form (`CANON`) is written as it came, byte for byte, with
-    `"key":null` put in its place for each of `keys` it lacks; the others are encoded from
-    their normalized fields (`encode_events`). Only the lines that need it are encoded;
-    they are put back in their places.
-    """
-    canon = frame[CANON]
-    lines = frame[LINE].rename("line")
-    if not canon.all():
-        todo = (~canon).arg_true()
-        encoded = encode_events(frame.filter(~canon), keys)["line"]
-        lines = lines.scatter(todo, encoded) if len(todo) < len(lines) else encoded
-    hour = sorted(keys)
-    short = canon & (frame[EXTRA] != KEY_SEPARATOR.join(hour))
-    if short.any():
-        rows = short.arg_true()
-        extras = frame[EXTRA].gather(rows)
-        fixed = lines.gather(rows)
-        for have in extras.unique().to_list():
-            group = (extras == have).arg_true()
-            had = have.split(KEY_SEPARATOR) if have else []
-            fixed = fixed.scatter(group, _rewrite(fixed.gather(group), had, hour)["line"])
-        lines = lines.scatter(rows, fixed)
-    return lines
-
-
-class Validation:
-    """What the writing step establishes about the exact text of the hour's lines (SPEC section 7).
-
-    A line written as it came was validated as it was read: its keys, their order and its
-    fields' JSON types by DuckDB's JSON functions, its timestamps and uuid by pattern
-    (`transform.canonical_rows`). A line the encoder wrote is validated after encoding,
-    by the `schema` check's own rules on DuckDB (`checks.invalid_lines`), which share
-    nothing with the polars encoder. A line that fails means a bug: the export stops
-    before anything in the container changes. The record goes into the marker, beside
-    each part's MD5, which Azure verified block by block as it arrived; the checks compare
-    that MD5 with the container's listing.
-    """
-
-    def __init__(self) -> None:
-        self.lines = 0
-        self.as_sent = 0
-
-    def add(self, canon: pl.Series, lines: pl.DataFrame, keys: Sequence[str]) -> None:
-        self.lines += lines.height
-        as_sent = int(canon.sum())
-        self.as_sent += as_sent
-        if as_sent < lines.height:
-            check(lines["line"].filter(~canon), keys)
-
-    def record(self) -> dict:
-        return {"lines": self.lines, "as_sent": self.as_sent, "encoded": self.lines - self.as_sent,
-                "schema": True, "by": "duckdb"}
-
-
-def check(lines: pl.Series, keys: Sequence[str]) -> None:
-    """Raise if any of these exported lines breaks the schema for an hour with extra keys `keys`."""
-    from amplitude_assets.checks import invalid_lines
-
-    bad = invalid_lines(lines, line_keys(keys))
-    if bad:
-        raise RuntimeError(f"{len(bad)} of {len(lines)} encoded lines fail the schema, such as: {bad[0][:300]}")
-
-
 @dataclass
 class _Part:
     """A part being written: its text is compressed as it comes, into a file (the part's copy)."""
@@ -679,7 +551,7 @@ def _rebuild(part: _Part, extras: list[str], timer: Timer) -> None:
                 while start < len(lines):
                     rows, keys = segments[0]
                     take = min(rows, len(lines) - start)
-                    rewritten = _rewrite(lines.slice(start, take), keys, extras)
+                    rewritten = with_keys(lines.slice(start, take), keys, extras)
                     check(rewritten["line"], extras)
                     part.gz.write(jsonl_bytes(rewritten))
                     start += take
@@ -690,54 +562,3 @@ def _rebuild(part: _Part, extras: list[str], timer: Timer) -> None:
         if written != part.rows or segments:
             raise RuntimeError(f"rebuilding part {part.number}: {written} lines where the part has {part.rows}")
         part.segments = [(part.rows, tuple(extras))]
-
-
-def _rewrite(lines: pl.Series, keys: list[str], extras: list[str]) -> pl.DataFrame:
-    """Lines written with extra keys `keys`, as they are with the hour's `extras`: each key
-    they lack goes in as `null`, in its code-point place. The rest of each line stays as it is."""
-    have = line_keys(keys)
-    for key in sorted(set(extras) - set(keys)):
-        lines = insert_null_key(lines, have, key)
-        have = line_keys([*have, key])
-    return pl.DataFrame({"line": lines})
-
-
-def insert_null_key(lines: pl.Series, keys: list[str], key: str) -> pl.Series:
-    """Compact JSON lines whose keys are `keys` (in code-point order), with `"key":null` in its place.
-
-    The key goes before the first of `keys` that sorts after it, or at the end. That
-    key's quoted name, after a comma, is found by text where it occurs once in the line
-    (inside a string the quotes would be escaped, so the one occurrence is the top-level
-    key); a line that also has it nested is walked key by key (`top_level_key_at`).
-    """
-    new = json.dumps(key, ensure_ascii=False) + ":null"
-    after = next((k for k in keys if k > key), None)
-    if after is None:
-        return lines.str.head(-1) + ("," + new + "}")
-    if after == keys[0]:
-        return "{" + new + "," + lines.str.slice(1)
-    marker = "," + json.dumps(after, ensure_ascii=False) + ":"
-    once = lines.str.count_matches(marker, literal=True) == 1
-    result = lines.str.replace(marker, "," + new + marker, literal=True, n=1)
-    if once.all():
-        return result
-    rows = (~once).arg_true()
-    fixed = []
-    for text in lines.gather(rows).to_list():
-        at = top_level_key_at(text, after)
-        fixed.append(text[:at] + "," + new + text[at:])
-    return result.scatter(rows, pl.Series(fixed, dtype=pl.String))
-
-
-def top_level_key_at(line: str, key: str) -> int:
-    """The index of the comma before the top-level `key` of a compact JSON object line."""
-    scan = json.JSONDecoder().scan_once
-    i = 1
-    while True:
-        name, end = json.decoder.scanstring(line, i + 1)
-        if name == key:
-            return i - 1
-        _, i = scan(line, end + 1)  # past the colon, then the value
-        if line[i] != ",":
-            raise ValueError(f"no top-level key {key!r} in the line")
-        i += 1
