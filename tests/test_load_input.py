@@ -84,9 +84,12 @@ def test_events_and_merged_ids_load_as_typed_frames(env, blobs):
     lines = [line for hour in hours for line in exported_lines(stored, hour)]
     events = loaded["events"]
 
-    # The 49 fields in order and typed, then the extra fields the synthetic source carries.
-    columns = list(dict.fromkeys(k for line in lines for k, _ in ordered(line)))
+    # The 49 fields in order and typed, then the extra fields the synthetic source carries,
+    # in the order the lines hold them (code-point order).
+    keys = list(dict.fromkeys(k for line in lines for k, _ in ordered(line)))
+    columns = [*(n for n, _ in EVENT_FIELDS), *(k for k in keys if k not in dict(EVENT_FIELDS))]
     assert events.columns == columns and {"$insert_key", "plan"} <= set(columns[49:])
+    assert keys == sorted(keys)
     assert {n: events.schema[n] for n, _ in EVENT_FIELDS} == {n: TYPES[k] for n, k in EVENT_FIELDS}
     assert events.schema["$insert_key"] == pl.String and events.schema["plan"] == pl.String
     assert events.height == len(lines) > 150
