@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from amplitude_assets import duck
 from amplitude_assets.schema import (
     EVENT_FIELDS,
     EVENT_KINDS,
@@ -26,7 +25,7 @@ from amplitude_assets.schema import (
     Kind,
     line_keys,
 )
-from amplitude_assets.transform import CANON, EXTRA, KEY_SEPARATOR, KEYHASH, LINE, TYPED
+from amplitude_assets.transform import CANON, EXTRA, KEY_SEPARATOR, LINE, SORTED, TYPED
 
 # -- which lines are already in the form ------------------------------------------------
 
@@ -44,19 +43,6 @@ _JSON_STRING = r'"(?:[^"\\]|\\.)*"'
 _CHECKED_FORM = {Kind.TIMESTAMP: TIMESTAMP_PATTERN, Kind.UUID: UUID_PATTERN}
 
 
-def _keys_hashes(extras: pl.Series) -> pl.Series:
-    """For each line's `EXTRA`, the `KEYHASH` its line has when its keys are in code-point order."""
-    distinct = extras.unique()
-    keys = [line_keys(e.split(KEY_SEPARATOR) if e else []) for e in distinct.to_list()]
-    con = duck.connect()
-    try:
-        con.register("wanted", pl.DataFrame({"i": range(len(keys)), "k": keys}, schema={"i": pl.Int64, "k": pl.List(pl.String)}).to_arrow())
-        hashes = con.sql("SELECT hash(array_to_string(k, chr(31))) AS h FROM wanted ORDER BY i").pl()["h"]
-    finally:
-        con.close()
-    return extras.replace_strict(distinct, hashes, return_dtype=pl.UInt64)
-
-
 def canonical_rows(parsed: pl.DataFrame, normalized: pl.DataFrame) -> pl.Series:
     """Which parsed lines are already in the exported form, but perhaps for extra keys they lack.
 
@@ -69,7 +55,7 @@ def canonical_rows(parsed: pl.DataFrame, normalized: pl.DataFrame) -> pl.Series:
     """
     if not parsed.height:
         return pl.Series(CANON, [], dtype=pl.Boolean)
-    conditions = [pl.col(TYPED), pl.col(KEYHASH) == _keys_hashes(parsed[EXTRA])]
+    conditions = [pl.col(TYPED), pl.col(SORTED)]
     for name, kind in EVENT_FIELDS:
         raw = pl.col(name)
         if kind in _CHECKED_FORM:

@@ -31,11 +31,12 @@ import polars as pl
 
 from amplitude_assets.line_form import canonical_rows, event_lines
 from amplitude_assets.lines import prefetch
-from amplitude_assets.schema import event_schema
+from amplitude_assets.schema import DICT_FIELDS, event_schema
 from amplitude_assets.transform import (
     EXTRA,
     IDENTITY_COLUMNS,
     LINE,
+    NO_DICTS,
     RESERVED,
     Counts,
     HourResult,
@@ -44,6 +45,7 @@ from amplitude_assets.transform import (
     parse,
     read_lines,
     reject_outside_hour,
+    restore_dicts,
 )
 
 CHUNK_LINES = 250_000
@@ -190,13 +192,15 @@ class ShapedHour:
 
     def __init__(self, chunks: Iterable[bytes], hour: datetime, *, keep: pl.Expr | None,
                  lines_per_chunk: int = CHUNK_LINES, chunk_bytes: int = CHUNK_BYTES,
-                 timings: dict | None = None) -> None:
+                 timings: dict | None = None, all_dicts: bool = False) -> None:
         self.chunks = chunks
         self.hour = hour
         self.keep = keep
         self.lines_per_chunk = lines_per_chunk
         self.chunk_bytes = chunk_bytes
         self.timer = Timer(timings)
+        # A line written as it came needs no text of its dict fields, unless the filter reads them.
+        self.all_dicts = all_dicts or (keep is not None and bool(set(keep.meta.root_names()) & set(DICT_FIELDS)))
         self.counts: Counts | None = None
         self.rejects: pl.DataFrame | None = None
         self.repairs: pl.DataFrame | None = None
@@ -209,7 +213,7 @@ class ShapedHour:
             with self.timer("parse"):
                 lines = read_lines(chunk)
                 del chunk
-                parsed, unparseable, chunk_extras = parse(lines)
+                parsed, unparseable, chunk_extras = parse(lines, all_dicts=self.all_dicts)
             offset = tally["source_rows"]
             tally["source_rows"] += len(lines)
             del lines
@@ -238,7 +242,9 @@ class ShapedHour:
                     if chunk_repairs.height:
                         repair_frames.append(packed(chunk_repairs))
                     tally["in_hour"] += normalized.height
-                    normalized = normalized.with_columns(in_hour[LINE], in_hour[EXTRA], canonical_rows(in_hour, normalized))
+                    canon = canonical_rows(in_hour, normalized)
+                    normalized = restore_dicts(in_hour, normalized, (in_hour[NO_DICTS] & ~canon).arg_true())
+                    normalized = normalized.with_columns(in_hour[LINE], in_hour[EXTRA], canon)
                     del in_hour
                 with timer("dedup"):
                     unique = dedup(normalized.select(KEY_COLUMNS))
@@ -291,7 +297,7 @@ def process_hour(chunks: Iterable[bytes], hour: datetime, keep: pl.Expr | None =
     For scripts, tests and small hours: the export itself never holds an hour whole. The
     frame, rejects, repairs and identities are those the export writes for the hour.
     """
-    shaped = ShapedHour(chunks, hour, keep=keep, lines_per_chunk=sys.maxsize, chunk_bytes=sys.maxsize)
+    shaped = ShapedHour(chunks, hour, keep=keep, lines_per_chunk=sys.maxsize, chunk_bytes=sys.maxsize, all_dicts=True)
     chunks = list(shaped)  # one chunk, or none for an empty hour
     frame = chunks[0].frame if chunks else pl.DataFrame(schema=event_schema())
     lines = event_lines(frame, shaped.extras) if chunks else pl.Series("line", [], dtype=pl.String)

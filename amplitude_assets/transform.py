@@ -27,6 +27,7 @@ from amplitude_assets import duck
 from amplitude_assets.partitions import reconciles
 from amplitude_assets.schema import (
     AS_SENT_FIELDS,
+    DICT_FIELDS,
     EVENT_FIELD_NAMES,
     EVENT_FIELDS,
     JSON_TEXT_KINDS,
@@ -34,6 +35,7 @@ from amplitude_assets.schema import (
     NUMBER_PATTERN,
     UUID_PATTERN,
     Kind,
+    line_keys,
 )
 
 _KINDS = dict(EVENT_FIELDS)
@@ -187,6 +189,7 @@ _LENIENT_WORDS = r"(?i)nan|inf"
 # Per line, whether the 49 fields have their JSON types (`schema.JSON_TYPES`; DuckDB calls a
 # non-negative integer UBIGINT, and one beyond int64 is repaired by normalize).
 _TYPE_PATHS_SQL = ", ".join(_sql_text(_json_path(name)) for name in EVENT_FIELD_NAMES)
+_DICT_PATHS_SQL = ", ".join(_sql_text(_json_path(name)) for name in DICT_FIELDS)
 _TYPED_SQL = " AND ".join(
     f"t[{i}] IN ({', '.join(_sql_text(t) for t in JSON_TYPES[kind])})"
     for i, (_, kind) in enumerate(EVENT_FIELDS, start=1)
@@ -273,7 +276,7 @@ def extract_json(lines: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     return pl.DataFrame({key: values.list.get(i) for i, key in enumerate(keys)})
 
 
-def json_fields(lines: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
+def json_fields(lines: pl.DataFrame, extras: list[str], skip_dicts: pl.Series | None = None) -> pl.DataFrame:
     """The 49 fields and the extra fields of good lines, in one JSON parse per line.
 
     DuckDB's `json_transform` reads every line once into a struct: the 42 scalar fields
@@ -281,6 +284,10 @@ def json_fields(lines: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
     as-sent fields (`amplitude_attribution_ids`, `sample_rate`) and the extra fields as
     JSON text. A struct's field names cannot be empty or differ
     only in case, so an extra key that would clash is extracted by path instead.
+
+    Where `skip_dicts` is true, the five dict fields are not read (they are null): a line
+    written as it came needs no text of them, and re-encoding an object is most of what
+    reading it costs.
     """
     taken = {name.lower() for name in EVENT_FIELD_NAMES}
     in_struct: list[str] = []
@@ -294,12 +301,22 @@ def json_fields(lines: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
     structure = {name: ("JSON" if kind in JSON_TEXT_KINDS else "VARCHAR") for name, kind in EVENT_FIELDS}
     structure.update((key, "JSON") for key in in_struct)
     con = duck.connect()
-    con.register("good", _arrow(lines.select("line")))
-    fields = pl.from_arrow(
-        con.sql(f"SELECT unnest(json_transform(line, {_sql_text(json.dumps(structure))})) FROM good").arrow()
-    )
+    if skip_dicts is None:
+        con.register("good", _arrow(lines.select("line")))
+        fields = pl.from_arrow(
+            con.sql(f"SELECT unnest(json_transform(line, {_sql_text(json.dumps(structure))})) FROM good").arrow()
+        )
+        fields.columns = list(structure)
+    else:
+        rest = {k: v for k, v in structure.items() if k not in DICT_FIELDS}
+        con.register("good", _arrow(lines.select("line", skip_dicts.alias("skip"))))
+        fields = pl.from_arrow(con.sql(
+            f"SELECT unnest(json_transform(line, {_sql_text(json.dumps(rest))})), "
+            f"CASE WHEN NOT skip THEN json_extract(line, [{_DICT_PATHS_SQL}]) END AS d FROM good"
+        ).arrow())
+        fields.columns = [*rest, "d"]
+        fields = fields.with_columns(pl.col("d").list.get(i).alias(n) for i, n in enumerate(DICT_FIELDS)).select(list(structure))
     con.close()
-    fields.columns = list(structure)
     if by_path:
         fields = fields.with_columns(extract_json(lines, by_path))
     return fields
@@ -312,18 +329,25 @@ LINE = "\x00line"
 KEYHASH = "\x00keys"  # DuckDB's hash of the line's keys, in order, joined by chr(31)
 TYPED = "\x00typed"  # the 49 fields have their JSON types
 EXTRA = "\x00extra"  # the line's keys beyond the 49, in order, joined by chr(31)
+SORTED = "\x00sorted"  # the line's keys are in code-point order, each once, the 49 among them
+NO_DICTS = "\x00nodicts"  # the dict fields were not read (`parse` without `all_dicts`)
 CANON = "\x00canon"  # the line is in the exported form but for null extra keys: written as it came
-RESERVED = (POS, LINE, KEYHASH, TYPED, EXTRA, CANON)
+RESERVED = (POS, LINE, KEYHASH, TYPED, EXTRA, SORTED, NO_DICTS, CANON)
 KEY_SEPARATOR = "\x1f"
 
 
-def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
+def parse(lines: pl.Series, all_dicts: bool = True) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     """Parse JSON lines into text columns (plus `POS` and the raw `LINE`), and rejects.
 
     The 42 scalar fields are read as text; the dict fields, the as-sent fields and the extra
     fields as JSON text, so no event's object is widened with another's keys and no value is
     coerced because of another row. An extra field a line has is JSON text (`null`
     when its value is null); one it lacks is null. Returns the extra field names too.
+
+    Beside them: `SORTED`, whether the line's keys are in code-point order (each once, all
+    49 there), and, without `all_dicts`, `NO_DICTS`: the lines whose dict fields were not
+    read (null), because the line has its keys in order and its fields' JSON types, so it
+    is likely written as it came (`restore_dicts` reads them where it is not).
     """
     source = pl.DataFrame({"_pos": pl.int_range(len(lines), eager=True, dtype=pl.Int64), "line": lines})
     good, rejects, extra_keys = _scan(source)
@@ -337,19 +361,46 @@ def parse(lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
         good, extra_keys = good.filter(~clash), extra_keys.filter(~clash)
         order = extra_keys.explode().drop_nulls().unique(maintain_order=True).to_list()
     extras = [k for k in order if k not in _READ_SCHEMA]
+    joined = extra_keys.list.join(KEY_SEPARATOR)
+    in_order = (good[KEYHASH] == sorted_keys_hashes(joined)).fill_null(False) if good.height else pl.Series([], dtype=pl.Boolean)
+    good = good.with_columns(in_order.alias(SORTED), joined.alias(EXTRA))
+    skip = (good[TYPED] & good[SORTED]).alias(NO_DICTS) if not all_dicts else pl.repeat(False, good.height, eager=True).alias(NO_DICTS)
+    hidden = [good["_pos"].alias(POS), good["line"].alias(LINE), good[KEYHASH], good[TYPED], good[SORTED], good[EXTRA], skip]
     if not good.height:
         known = pl.DataFrame(schema=_READ_SCHEMA).with_columns(pl.lit(None, pl.String).alias(k) for k in extras)
-        return known.with_columns(good["_pos"].alias(POS), good["line"].alias(LINE), good[KEYHASH], good[TYPED],
-        extra_keys.list.join(KEY_SEPARATOR).alias(EXTRA)), rejects, extras
-    fields = json_fields(good, extras)
+        return known.with_columns(hidden), rejects, extras
+    fields = json_fields(good, extras, None if all_dicts else skip)
     if extras:
         # JSON null reads as a missing value; a key the line has is `null`, not missing.
         fields = fields.with_columns(
             pl.when(extra_keys.list.contains(key)).then(pl.col(key).fill_null("null")).alias(key)
             for key in extras
         )
-    return fields.with_columns(good["_pos"].alias(POS), good["line"].alias(LINE), good[KEYHASH], good[TYPED],
-        extra_keys.list.join(KEY_SEPARATOR).alias(EXTRA)), rejects, extras
+    return fields.with_columns(hidden), rejects, extras
+
+
+def sorted_keys_hashes(extras: pl.Series) -> pl.Series:
+    """For each line's `EXTRA`, the `KEYHASH` its line has when its keys are in code-point order."""
+    distinct = extras.unique()
+    keys = [line_keys(e.split(KEY_SEPARATOR) if e else []) for e in distinct.to_list()]
+    con = duck.connect()
+    try:
+        wanted = pl.DataFrame({"i": range(len(keys)), "k": keys}, schema={"i": pl.Int64, "k": pl.List(pl.String)})
+        con.register("wanted", wanted.to_arrow())
+        hashes = con.sql("SELECT hash(array_to_string(k, chr(31))) AS h FROM wanted ORDER BY i").pl()["h"]
+    finally:
+        con.close()
+    return extras.replace_strict(distinct, hashes, return_dtype=pl.UInt64)
+
+
+def restore_dicts(parsed: pl.DataFrame, normalized: pl.DataFrame, rows: pl.Series) -> pl.DataFrame:
+    """`normalized` with the dict fields of `rows` read from their lines (`parse` skipped them)."""
+    if not len(rows):
+        return normalized
+    texts = extract_json(parsed[LINE].gather(rows).to_frame("line"), list(DICT_FIELDS))
+    return normalized.with_columns(
+        normalized[name].scatter(rows, texts.select(_dict(pl.col(name))).to_series()) for name in DICT_FIELDS
+    )
 
 
 # -- normalize -------------------------------------------------------------------------
