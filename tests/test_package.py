@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+from tests.conftest import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -77,8 +78,7 @@ def test_readme_sections_named_by_the_project_files_exist():
 
 
 def test_loading_the_definitions_shows_no_dagster_beta_or_preview_warning():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AMPLITUDE_", "AZURE_"))}
-    env["PYTHONPATH"] = str(ROOT)
+    env = environment(PYTHONPATH=str(ROOT))
     loaded = subprocess.run(
         [sys.executable, "-W", "default", "-c",
          "import warnings, amplitude_assets.definitions; warnings.warn('a warning of another kind')"],
