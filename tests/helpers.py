@@ -120,7 +120,7 @@ def assert_notices(check: Callable[..., list[str]], change: Callable[..., object
 
 # -- Dagster's private names: the only place the tests use them ------------------------------
 #
-# Three things the tests set up have no public Dagster API:
+# Three things the tests need have no public Dagster API:
 #  - a sensor turned on: the UI and the daemon store its state (InstigatorState) with the sensor's
 #    origin, and freshness_sensor reads it to tell whether hourly_export_sensor is on; the public
 #    way, the UI's startSensor mutation, needs a running webserver (the e2e tests use it);
