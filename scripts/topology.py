@@ -36,12 +36,14 @@ PG_PASSWORD = "dagster"  # local only: the cluster trusts loopback connections
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on now (the tests and bench/ use it too, through tests.conftest)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    """Until something listens on 127.0.0.1:port; fails at once if `process` exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:

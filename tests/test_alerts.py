@@ -5,26 +5,21 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import dagster as dg
 import pytest
-from dagster._core.definitions.sensor_definition import SensorType
-from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteInstigatorOrigin, RemoteRepositoryOrigin
-from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatus, InstigatorType, SensorInstigatorData
 
 from amplitude_assets.alerts.messages import probe_message
-from amplitude_assets.alerts.sensors import build_freshness_sensor, build_run_failure_sensor, follow
+from amplitude_assets.alerts.sensors import HOURLY_SENSOR, build_freshness_sensor, build_run_failure_sensor, follow
 from amplitude_assets.alerts.webhook import payload_format, send
 from amplitude_assets.partitions import hourly_partitions
 from amplitude_assets.sensors import build_hourly_export_sensor
 from amplitude_assets.settings import Settings
-from tests.conftest import ACCOUNT_KEY, free_port
-from tests.helpers import definitions, materialize
-from tests.test_check_destination import WRONG_KEY
+from tests.conftest import ACCOUNT_KEY, WRONG_KEY
+from tests.helpers import LoopbackHTTP, Ticker, definitions, materialize, turn_on_sensor
 
 NOW = datetime(2020, 1, 26, 12, 5, tzinfo=timezone.utc)  # 10:00's deadline was 11:30 (10 + 20 minutes after it closed)
 HOUR = "2020-01-26-10:00"
@@ -32,7 +27,7 @@ TOKEN = "T0000/B0000/hook-token-that-is-secret"
 TITLE = "amplitude_assets (project 187520): "
 
 
-class Receiver:
+class Receiver(LoopbackHTTP):
     """An HTTP endpoint on loopback that records every JSON body posted to it, and answers as told."""
 
     def __init__(self):
@@ -54,11 +49,8 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.port = free_port()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.port}/services/{TOKEN}"
+        super().__init__(Handler)
+        self.url = f"{self.url}/services/{TOKEN}"
 
     def texts(self) -> list[str]:
         return [b["text"] for b in self.bodies]
@@ -66,43 +58,19 @@ class Receiver:
 
 @pytest.fixture
 def receiver():
-    server = Receiver()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    with Receiver() as server:
+        yield server
 
 
 @pytest.fixture
-def env(container, clean_env, receiver, azurite):
-    clean_env.setenv("AMPLITUDE_START", HOUR)
-    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "50")
-    clean_env.setenv("AMPLITUDE_CATCH_UP_HOURS", "6")
-    clean_env.setenv("AMPLITUDE_EXPORT_DELAY_MINUTES", "10")
-    clean_env.setenv("AMPLITUDE_LATE_AFTER_MINUTES", "20")
-    clean_env.setenv("AMPLITUDE_ALERT_WEBHOOK_URL", receiver.url)
-    clean_env.setenv("AMPLITUDE_ALERT_UI_URL", "http://127.0.0.1:3000")
-    clean_env.setenv("AMPLITUDE_ALERT_TIMEOUT_SECONDS", "1")
-    return clean_env
-
-
-@pytest.fixture
-def instance(tmp_path):
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        yield instance
-
-
-class Ticks:
-    """Evaluates a sensor tick after tick in process, carrying its cursor as the daemon does."""
-
-    def __init__(self, build, instance, now=NOW):
-        self.build, self.instance, self.now, self.cursor = build, instance, now, None
-
-    def tick(self):
-        settings = Settings.from_env()
-        sensor = self.build(settings, hourly_partitions(settings), now=lambda: self.now)
-        data = sensor.evaluate_tick(dg.build_sensor_context(instance=self.instance, cursor=self.cursor))
-        self.cursor = data.cursor
-        return data
+def env(container, settings_env, receiver):
+    """The alerts on, to the receiver; hours from 10:00, late 20 minutes after their export delay."""
+    settings_env(
+        AMPLITUDE_START=HOUR, AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR=50, AMPLITUDE_CATCH_UP_HOURS=6,
+        AMPLITUDE_EXPORT_DELAY_MINUTES=10, AMPLITUDE_LATE_AFTER_MINUTES=20, AMPLITUDE_ALERT_WEBHOOK_URL=receiver.url,
+        AMPLITUDE_ALERT_UI_URL="http://127.0.0.1:3000", AMPLITUDE_ALERT_TIMEOUT_SECONDS=1,
+    )
+    return settings_env
 
 
 def assert_no_secrets(receiver: Receiver) -> None:
@@ -111,20 +79,10 @@ def assert_no_secrets(receiver: Receiver) -> None:
         assert secret not in sent
 
 
-def turn_on_hourly_sensor(instance) -> None:
-    origin = RemoteInstigatorOrigin(
-        RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("amplitude_assets"), "__repository__"), "hourly_export_sensor"
-    )
-    instance.add_instigator_state(InstigatorState(
-        origin, InstigatorType.SENSOR, InstigatorStatus.RUNNING,
-        SensorInstigatorData(min_interval=300, sensor_type=SensorType.STANDARD),
-    ))
-
-
 def test_a_failed_hour_sends_one_message_then_its_recovery(env, instance, receiver, azurite):
-    failures = Ticks(build_run_failure_sensor, instance)
+    failures = Ticker(build_run_failure_sensor, instance, NOW)
     assert "Initiating" in failures.tick().skip_message  # the run failure sensor starts from now
-    env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.replace(ACCOUNT_KEY, WRONG_KEY))
+    env(AZURE_STORAGE_CONNECTION_STRING=azurite.replace(ACCOUNT_KEY, WRONG_KEY))
     result = materialize(definitions(), ["events", "merged_ids"], partition=HOUR, instance=instance, raise_on_error=False)
     assert not result.success
 
@@ -143,7 +101,7 @@ def test_a_failed_hour_sends_one_message_then_its_recovery(env, instance, receiv
     failures.tick()  # a second tick sends nothing
     assert len(receiver.bodies) == 1
 
-    watch = Ticks(build_freshness_sensor, instance)
+    watch = Ticker(build_freshness_sensor, instance, NOW)
     first = watch.tick()  # the failed hour is followed; its start was the run failure's message
     assert len(receiver.bodies) == 1
     check = {e.asset_key.to_user_string(): e for e in first.asset_events}
@@ -152,7 +110,7 @@ def test_a_failed_hour_sends_one_message_then_its_recovery(env, instance, receiv
     assert check["events"].description == (
         f"late: {HOUR} has no materialization 35 min after its deadline 2020-01-26 11:30 UTC")
 
-    env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
+    env(AZURE_STORAGE_CONNECTION_STRING=azurite)
     assert materialize(definitions(), ["events", "merged_ids"], partition=HOUR, instance=instance).success
     landed = watch.tick()
     assert len(receiver.bodies) == 2
@@ -167,11 +125,11 @@ def test_a_failed_hour_sends_one_message_then_its_recovery(env, instance, receiv
 
 
 def test_a_late_hour_fails_its_check_and_sends_one_message(env, instance, receiver):
-    env.setenv("AMPLITUDE_START", "2020-01-26-09:00")
-    turn_on_hourly_sensor(instance)
+    env(AMPLITUDE_START="2020-01-26-09:00")
+    turn_on_sensor(instance, HOURLY_SENSOR)
     assert materialize(definitions(), ["events", "merged_ids"], partition="2020-01-26-09:00", instance=instance).success
 
-    watch = Ticks(build_freshness_sensor, instance, now=datetime(2020, 1, 26, 11, 5, tzinfo=timezone.utc))
+    watch = Ticker(build_freshness_sensor, instance, datetime(2020, 1, 26, 11, 5, tzinfo=timezone.utc))
     on_time = watch.tick()  # 09:00 landed before its deadline (10:30); 10:00 is not due yet
     assert receiver.bodies == []
     assert [(e.passed, e.description) for e in on_time.asset_events] == [
@@ -222,17 +180,16 @@ def test_a_problem_is_sent_when_it_starts_then_once_a_day():
 
 
 def test_late_hours_are_not_sent_while_the_hourly_sensor_is_off(env, instance, receiver):
-    watch = Ticks(build_freshness_sensor, instance)
+    watch = Ticker(build_freshness_sensor, instance, NOW)
     result = watch.tick()
     assert receiver.bodies == []
     assert [e.passed for e in result.asset_events] == [False, False]  # the UI still shows it late
 
 
 def test_a_run_refused_on_purpose_is_not_reported(env, instance, receiver):
-    env.setenv("AMPLITUDE_EXPORT_DELAY_MINUTES", "120")  # the hour that just closed is too young
-    env.setenv("AMPLITUDE_START", "2020-01-01-00:00")
+    env(AMPLITUDE_EXPORT_DELAY_MINUTES=120, AMPLITUDE_START="2020-01-01-00:00")  # the hour that just closed is too young
     young = hourly_partitions(Settings.from_env()).get_last_partition_key()
-    failures = Ticks(build_run_failure_sensor, instance)
+    failures = Ticker(build_run_failure_sensor, instance, NOW)
     failures.tick()
     result = materialize(definitions(), ["events"], partition=young, instance=instance, raise_on_error=False)
     assert not result.success
@@ -257,23 +214,16 @@ def test_a_webhook_that_fails_or_hangs_is_logged_and_bounded(env, receiver, capl
     assert len(receiver.bodies) == 2
 
 
-def test_a_hanging_webhook_does_not_slow_the_export_sensor_beyond_the_timeout(env, instance, receiver, clean_env):
-    env.setenv("AMPLITUDE_SENSOR_MAX_ATTEMPTS", "1")
+def test_a_hanging_webhook_does_not_slow_the_export_sensor_beyond_the_timeout(env, instance, receiver):
+    env(AMPLITUDE_SENSOR_MAX_ATTEMPTS=1)
     receiver.mode = "hang"
-    settings = Settings.from_env()
-    sensor = build_hourly_export_sensor(settings, hourly_partitions(settings), now=lambda: NOW)
-    defs = definitions()
-
-    def tick(cursor):
-        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"storage": defs.resources["storage"]})
-        return sensor(context)
-
-    first = tick(None)
+    ticker = Ticker(build_hourly_export_sensor, instance, NOW, storage=True)
+    first = ticker.tick()
     assert [r.tags["dagster/asset_partition_range_start"] for r in first.run_requests] == [HOUR]
     started = time.monotonic()
-    given_up = tick(first.cursor)  # no run exported the hour: the sensor gives up, and says so
+    given_up = ticker.tick()  # no run exported the hour: the sensor gives up, and says so
     assert time.monotonic() - started < 10
-    assert "gave up on 1 hour(s)" in given_up.skip_reason.skip_message
+    assert "gave up on 1 hour(s)" in given_up.skip_message
     assert receiver.texts() == [
         f"*{TITLE}hourly_export_sensor gave up on 1 hour(s)*\nHours: {HOUR}\nEach failed 1 runs "
         "(AMPLITUDE_SENSOR_MAX_ATTEMPTS). Fix the cause (the failed runs say it), then re-run the hours by hand; the "
@@ -284,7 +234,7 @@ def test_a_hanging_webhook_does_not_slow_the_export_sensor_beyond_the_timeout(en
 
 def test_a_failing_webhook_does_not_fail_the_export(env, instance, receiver):
     receiver.mode = "error"
-    failures = Ticks(build_run_failure_sensor, instance)
+    failures = Ticker(build_run_failure_sensor, instance, NOW)
     failures.tick()
     assert materialize(definitions(), ["events", "merged_ids"], partition=HOUR, instance=instance).success
     failures.tick()
@@ -292,7 +242,7 @@ def test_a_failing_webhook_does_not_fail_the_export(env, instance, receiver):
 
 
 def test_teams_gets_an_adaptive_card(env, receiver):
-    env.setenv("AMPLITUDE_ALERT_FORMAT", "teams")
+    env(AMPLITUDE_ALERT_FORMAT="teams")
     settings = Settings.from_env()
     assert send(probe_message(settings), settings) is True
     card = receiver.bodies[0]["attachments"][0]
@@ -315,21 +265,21 @@ def test_the_test_alert_verb_sends_one_message(env, receiver, capsys):
         "this channel.\n<http://127.0.0.1:3000|Dagster UI>"
     ]
     assert "sent a test message (slack payload)" in capsys.readouterr().out
-    env.delenv("AMPLITUDE_ALERT_WEBHOOK_URL")
+    env(AMPLITUDE_ALERT_WEBHOOK_URL=None)
     assert main(["test-alert"]) == 2
 
 
-def test_the_webhook_url_must_be_https_except_loopback(clean_env):
+def test_the_webhook_url_must_be_https_except_loopback(settings_env):
     from amplitude_assets.settings import SECRET_VARIABLES, SettingsError, redact
 
-    clean_env.setenv("AMPLITUDE_ALERT_WEBHOOK_URL", f"http://hooks.example.com/services/{TOKEN}")
+    settings_env(AMPLITUDE_ALERT_WEBHOOK_URL=f"http://hooks.example.com/services/{TOKEN}")
     with pytest.raises(SettingsError) as error:
         Settings.from_env()
     assert str(error.value) == (
         "AMPLITUDE_ALERT_WEBHOOK_URL must use https (plain http is allowed only to 127.0.0.1/localhost, for the "
         "emulator); got a http URL for host 'hooks.example.com'")
     assert "AMPLITUDE_ALERT_WEBHOOK_URL" in SECRET_VARIABLES
-    clean_env.setenv("AMPLITUDE_ALERT_WEBHOOK_URL", f"https://hooks.slack.com/services/{TOKEN}")
+    settings_env(AMPLITUDE_ALERT_WEBHOOK_URL=f"https://hooks.slack.com/services/{TOKEN}")
     assert Settings.from_env().alert_webhook_set
     assert redact(f"posting to https://hooks.slack.com/services/{TOKEN}") == "posting to ***"
 
@@ -337,7 +287,7 @@ def test_the_webhook_url_must_be_https_except_loopback(clean_env):
 def test_a_message_holds_no_blob_url_query_or_secret(env, receiver, azurite):
     from amplitude_assets.alerts.messages import run_failed
 
-    env.setenv("AZURE_STORAGE_SAS_TOKEN", "sv=2024-01-01&ss=b&sp=rw&sig=c2lnbmF0dXJl")
+    env(AZURE_STORAGE_SAS_TOKEN="sv=2024-01-01&ss=b&sp=rw&sig=c2lnbmF0dXJl")
     settings = Settings.from_env()
     cause = (f"could not write http://127.0.0.1:1/devstoreaccount1/c/a.json.gz?sv=2024-01-01&sp=rw&sig=c2lnbmF0dXJl "
              f"with {azurite} to {receiver.url}")

@@ -8,15 +8,12 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import pytest
-from azure.storage.blob import BlobServiceClient
 
 from amplitude_assets.chain import chain_outcome
 from amplitude_assets.destination.links import Link, link_problem, stale_hours
 from amplitude_assets.layout import MergedIdsLayout
-from amplitude_assets.partitions import hourly_partitions
 from amplitude_assets.sensors import MERGED_IDS_CHAIN, build_hourly_export_sensor
-from amplitude_assets.settings import Settings
-from tests.helpers import definitions, materialize
+from tests.helpers import Ticker, add_run, definitions, materialize
 
 H = datetime(2020, 1, 26, 6, tzinfo=timezone.utc)
 HOUR = timedelta(hours=1)
@@ -86,11 +83,9 @@ NOW = datetime(2020, 1, 26, 12, 15, tzinfo=timezone.utc)  # 06:00-11:00 are due
 
 
 @pytest.fixture
-def env(container, clean_env):
-    clean_env.setenv("AMPLITUDE_START", "2020-01-26-06:00")
-    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "200")
-    clean_env.setenv("AMPLITUDE_CATCH_UP_HOURS", "6")
-    clean_env.setenv("AMPLITUDE_EXPORT_DELAY_MINUTES", "10")
+def env(container, settings_env):
+    settings_env(AMPLITUDE_START="2020-01-26-06:00", AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR=200,
+                 AMPLITUDE_CATCH_UP_HOURS=6, AMPLITUDE_EXPORT_DELAY_MINUTES=10)
     return container
 
 
@@ -116,16 +111,12 @@ def chain_evaluations(result) -> dict[str, bool]:
     return found
 
 
-def tick(instance, cursor=None):
-    settings = Settings.from_env()
-    sensor = build_hourly_export_sensor(settings, hourly_partitions(settings), now=lambda: NOW)
-    defs = definitions()
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
-                                      resources={"storage": defs.resources["storage"]})
-    return sensor(context)
+def hourly_sensor(instance: dg.DagsterInstance) -> Ticker:
+    """hourly_export_sensor, ticked in process with the code location's storage, at NOW."""
+    return Ticker(build_hourly_export_sensor, instance, NOW, storage=True)
 
 
-def test_hours_exported_out_of_order_are_found_stale_reported_and_repaired(env, azurite):
+def test_hours_exported_out_of_order_are_found_stale_reported_and_repaired(env, blobs):
     instance = dg.DagsterInstance.ephemeral()
     both = ["events", "merged_ids"]
     # 08:00-11:00 first: their identity history starts at 08:00 ...
@@ -146,7 +137,7 @@ def test_hours_exported_out_of_order_are_found_stale_reported_and_repaired(env, 
     # The chain check passed for the run's hours, and failed for the hour after them, which is stale now.
     assert chain_evaluations(result) == {key(0): True, key(1): True, key(2): False}
 
-    client = BlobServiceClient.from_connection_string(azurite).get_container_client(env)
+    client = blobs.service.get_container_client(env)
     marker = f"merged_ids/{PROJECT}/{PROJECT}_2020-01-26_8_complete"
     manifest = json.loads(client.download_blob(marker).readall())
     blob_metadata = client.get_blob_client(marker).get_blob_properties().metadata
@@ -163,7 +154,8 @@ def test_hours_exported_out_of_order_are_found_stale_reported_and_repaired(env, 
 
     # The sensor treats the stale hours like missing ones: 08:00 on, oldest first, merged IDs only
     # (their events are in place), in one run.
-    first = tick(instance)
+    sensor = hourly_sensor(instance)
+    first = sensor.tick()
     assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
             for r in first.run_requests] == [(key(2), key(5))]
     [request] = first.run_requests
@@ -173,7 +165,7 @@ def test_hours_exported_out_of_order_are_found_stale_reported_and_repaired(env, 
     repaired = materialize(definitions(), ["merged_ids"], start=key(2), end=key(5), instance=instance)
     assert repaired.success
     assert chain_evaluations(repaired) == {key(n): True for n in range(2, 6)}
-    again = tick(instance, first.cursor)
+    again = sensor.tick()  # with the first tick's cursor
     assert not again.run_requests
     hours = [json.loads(client.download_blob(f"merged_ids/{PROJECT}/{PROJECT}_2020-01-26_{6 + n}_complete").readall())
              for n in range(6)]
@@ -181,16 +173,16 @@ def test_hours_exported_out_of_order_are_found_stale_reported_and_repaired(env, 
         assert after["previous_state"]["md5"] == before["state"]["md5"]
 
 
-def test_re_exporting_a_middle_hour_makes_the_sensor_re_export_the_rest_of_the_chain(env, clean_env):
+def test_re_exporting_a_middle_hour_makes_the_sensor_re_export_the_rest_of_the_chain(env, settings_env):
     instance = dg.DagsterInstance.ephemeral()
     assert materialize(definitions(), ["events", "merged_ids"], start=key(0), end=key(5), instance=instance).success
-    assert not tick(instance).run_requests
+    assert not hourly_sensor(instance).tick().run_requests
     # The source changed its mind about 07:00: its merged IDs are re-derived, and 08:00 on are stale.
-    clean_env.setenv("AMPLITUDE_SYNTHETIC_SEED", "7")
+    settings_env(AMPLITUDE_SYNTHETIC_SEED=7)
     result = materialize(definitions(), ["events", "merged_ids"], partition=key(1), instance=instance)
     assert merged_materializations(result)[key(1)]["later_hours_stale_from"].value == key(2)
     assert chain_evaluations(result) == {key(1): True, key(2): False}
-    first = tick(instance)
+    first = hourly_sensor(instance).tick()
     assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
             for r in first.run_requests] == [(key(2), key(5))]
     assert set(first.run_requests[0].asset_selection) == {dg.AssetKey("merged_ids")}
@@ -219,8 +211,6 @@ def test_merged_ids_follows_events_through_its_automation_condition(env):
 
 
 def test_an_hour_left_for_want_of_the_hour_before_is_requested_again_once_it_lands(env):
-    import uuid
-
     instance = dg.DagsterInstance.ephemeral()
     defs = definitions()
     merged = dg.AssetKey("merged_ids")
@@ -230,9 +220,7 @@ def test_an_hour_left_for_want_of_the_hour_before_is_requested_again_once_it_lan
     assert requested.get_requested_partitions(merged) == {key(0), key(1)}
     # 07:00 ran first, while another run was queued to export 06:00: it wrote nothing and did not
     # fail (a queued run is not waited for: it may be queued behind this one).
-    busy = dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.NOT_STARTED,
-                         asset_selection=frozenset({merged}), tags={"dagster/partition": key(0)})
-    instance.add_run(busy)
+    busy = add_run(instance, dg.DagsterRunStatus.NOT_STARTED, {"dagster/partition": key(0)}, assets=("merged_ids",))
     left = materialize(defs, ["merged_ids"], partition=key(1), instance=instance)
     assert left.success
     assert not [e for e in left.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
@@ -251,15 +239,11 @@ def test_an_hour_left_for_want_of_the_hour_before_is_requested_again_once_it_lan
 def test_an_hour_waits_while_a_running_run_exports_the_hour_before(env):
     """A sync that meets a running backfill on the chain waits for the hour before, and does not fail."""
     import time
-    import uuid
 
     instance = dg.DagsterInstance.ephemeral()
     defs = definitions()
-    merged = dg.AssetKey("merged_ids")
     assert materialize(defs, ["events"], start=key(0), end=key(1), instance=instance).success
-    busy = dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
-                         asset_selection=frozenset({merged}), tags={"dagster/partition": key(0)})
-    instance.add_run(busy)
+    busy = add_run(instance, dg.DagsterRunStatus.STARTED, {"dagster/partition": key(0)}, assets=("merged_ids",))
     with ThreadPoolExecutor(1) as pool:
         later = pool.submit(materialize, defs, ["merged_ids"], partition=key(1), instance=instance,
                             raise_on_error=False)

@@ -6,7 +6,6 @@ import base64
 import datetime as dt
 import ipaddress
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -22,10 +21,18 @@ from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_ac
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.jobs import ACTIONS, check_destinations, run_check_destination
 from amplitude_assets.settings import Settings
-from tests.conftest import ACCOUNT, ACCOUNT_KEY, ROOT, free_port, start_azurite
+from tests.conftest import (
+    ACCOUNT,
+    ACCOUNT_KEY,
+    ROOT,
+    WRONG_KEY,
+    blob_endpoint,
+    connection_string,
+    free_port,
+    start_azurite,
+    unique_name,
+)
 from tests.helpers import definitions
-
-WRONG_KEY = base64.b64encode(b"this is not the account key, not at all!").decode()
 
 
 def steps(report) -> dict[str, tuple[bool | None, str]]:
@@ -55,15 +62,14 @@ def test_wrong_account_key_is_an_authentication_failure_naming_the_variable(cont
     assert "Some destination checks failed." in out
 
 
-def test_sas_without_delete_fails_only_on_delete(container, azurite, blobs, clean_env, capsys):
+def test_sas_without_delete_fails_only_on_delete(container, azurite, blobs, settings_env, capsys):
     sas = generate_account_sas(
         ACCOUNT, ACCOUNT_KEY, resource_types=ResourceTypes(container=True, object=True),
         permission=AccountSasPermissions(read=True, write=True, create=True, list=True),
         expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1),
     )
-    endpoint = azurite.split("BlobEndpoint=")[1].rstrip(";")
-    clean_env.setenv("AZURE_STORAGE_SAS_TOKEN", sas)
-    storage = AzureStorage(account_url=endpoint, sas_token=sas)
+    settings_env(AZURE_STORAGE_SAS_TOKEN=sas)
+    storage = AzureStorage(account_url=blob_endpoint(azurite), sas_token=sas)
     reports = check_destinations(Settings.from_env(), storage)
     for report in reports:
         result = steps(report)
@@ -79,13 +85,13 @@ def test_sas_without_delete_fails_only_on_delete(container, azurite, blobs, clea
     assert "left behind" in out
 
 
-def test_job_in_the_definitions(container, azurite):
+def test_job_in_the_definitions(container, azurite, settings_env):
     defs = definitions()
     job = defs.resolve_job_def("check_destination")
     result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral())
     assert result.success
 
-    os.environ["AZURE_STORAGE_CONNECTION_STRING"] = azurite.replace(ACCOUNT_KEY, WRONG_KEY)
+    settings_env(AZURE_STORAGE_CONNECTION_STRING=azurite.replace(ACCOUNT_KEY, WRONG_KEY))
     defs = definitions()
     failed = defs.resolve_job_def("check_destination").execute_in_process(
         instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
@@ -105,14 +111,12 @@ def run_cli(env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
-def test_command_line(container, azurite):
-    env = dict(os.environ)
-    done = run_cli(env)
+def test_command_line(container, azurite, settings_env):
+    done = run_cli(settings_env())
     assert done.returncode == 0, done.stdout + done.stderr
     assert "All destination checks passed." in done.stdout
 
-    env["AZURE_STORAGE_CONNECTION_STRING"] = azurite.replace(ACCOUNT_KEY, WRONG_KEY)
-    failed = run_cli(env)
+    failed = run_cli(settings_env(AZURE_STORAGE_CONNECTION_STRING=azurite.replace(ACCOUNT_KEY, WRONG_KEY)))
     assert failed.returncode != 0
     assert "authentication failed" in failed.stdout and "AZURE_STORAGE_CONNECTION_STRING" in failed.stdout
     assert WRONG_KEY not in failed.stdout + failed.stderr
@@ -191,10 +195,9 @@ def service_principal_storage(url: str, credential: TokenCredential, create: boo
     return storage.use_token_credential(credential)
 
 
-def test_token_credential_over_https(https_azurite, clean_env, capsys):
+def test_token_credential_over_https(https_azurite, settings_env, capsys):
     url, cert = https_azurite
-    clean_env.setenv("REQUESTS_CA_BUNDLE", cert)  # trust the test certificate
-    clean_env.setenv("AZURE_EVENTS_CONTAINER", f"t{uuid.uuid4().hex[:20]}")
+    settings_env(REQUESTS_CA_BUNDLE=cert, AZURE_EVENTS_CONTAINER=unique_name())  # trust the test certificate
     credential = StandInEntraId()
     storage = service_principal_storage(url, credential)
     assert run_check_destination(Settings.from_env(), storage) is True
@@ -205,10 +208,9 @@ def test_token_credential_over_https(https_azurite, clean_env, capsys):
     assert "s3cr3t-value" not in out
 
 
-def test_refused_token_is_an_authentication_failure(https_azurite, clean_env, capsys):
+def test_refused_token_is_an_authentication_failure(https_azurite, settings_env, capsys):
     url, cert = https_azurite
-    clean_env.setenv("REQUESTS_CA_BUNDLE", cert)
-    clean_env.setenv("AZURE_EVENTS_CONTAINER", f"t{uuid.uuid4().hex[:20]}")
+    settings_env(REQUESTS_CA_BUNDLE=cert, AZURE_EVENTS_CONTAINER=unique_name())
     storage = service_principal_storage(url, StandInEntraId(audience="https://not-storage.example"), create=False)
     assert run_check_destination(Settings.from_env(), storage) is False
     out = capsys.readouterr().out
@@ -217,11 +219,10 @@ def test_refused_token_is_an_authentication_failure(https_azurite, clean_env, ca
     assert "s3cr3t-value" not in out
 
 
-def test_service_principal_variables_build_a_client_secret_credential(clean_env):
-    clean_env.setenv("AZURE_STORAGE_ACCOUNT_URL", "https://example.blob.core.windows.net")
-    clean_env.setenv("AZURE_TENANT_ID", "00000000-0000-0000-0000-000000000001")
-    clean_env.setenv("AZURE_CLIENT_ID", "00000000-0000-0000-0000-000000000002")
-    clean_env.setenv("AZURE_CLIENT_SECRET", "not-a-real-secret")
+def test_service_principal_variables_build_a_client_secret_credential(settings_env):
+    settings_env(AZURE_STORAGE_ACCOUNT_URL="https://example.blob.core.windows.net",
+                 AZURE_TENANT_ID="00000000-0000-0000-0000-000000000001",
+                 AZURE_CLIENT_ID="00000000-0000-0000-0000-000000000002", AZURE_CLIENT_SECRET="not-a-real-secret")
     storage = definitions().resources["storage"].process_config_and_initialize()
     assert storage.method == "AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET"
     credential = storage.service.credential
@@ -233,25 +234,17 @@ def test_service_principal_variables_build_a_client_secret_credential(clean_env)
 # -- failing fast, each message once ----------------------------------------------------------
 
 
-def settings_free_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "AMPLITUDE_"))}
-
-
-def timed_check(endpoint: str) -> tuple[subprocess.CompletedProcess, float]:
-    """check-destination from the command line against `endpoint` with Azurite's account and key, and its seconds."""
-    env = settings_free_env()
-    env["AZURE_STORAGE_CONNECTION_STRING"] = (
-        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};BlobEndpoint={endpoint};"
-    )
+def timed_check(env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
+    """check-destination from the command line with `env`, and its seconds."""
     started = time.monotonic()
     done = run_cli(env)
     return done, time.monotonic() - started
 
 
-def test_an_unreachable_endpoint_is_reported_within_20_seconds_once(clean_env):
+def test_an_unreachable_endpoint_is_reported_within_20_seconds_once(settings_env):
     port = free_port()  # nothing listens there: connections are refused
-    endpoint = f"http://127.0.0.1:{port}/{ACCOUNT}"
-    done, elapsed = timed_check(endpoint)
+    endpoint = blob_endpoint(connection_string(port))
+    done, elapsed = timed_check(settings_env(AZURE_STORAGE_CONNECTION_STRING=connection_string(port)))
     assert elapsed < 20, f"check-destination took {elapsed:.1f} s against a refused port"  # docs/configuration.md's promise
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stdout.splitlines()
@@ -273,22 +266,21 @@ def test_an_unreachable_endpoint_is_reported_within_20_seconds_once(clean_env):
     assert ACCOUNT_KEY not in done.stdout
 
 
-def test_an_endpoint_that_never_answers_is_reported_within_20_seconds(clean_env):
+def test_an_endpoint_that_never_answers_is_reported_within_20_seconds(settings_env):
     with socket.socket() as silent:  # accepts connections (the backlog does) and never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
-        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}/{ACCOUNT}"
-        done, elapsed = timed_check(endpoint)
+        port = silent.getsockname()[1]
+        endpoint = blob_endpoint(connection_string(port))
+        done, elapsed = timed_check(settings_env(AZURE_STORAGE_CONNECTION_STRING=connection_string(port)))
     assert elapsed < 20, f"check-destination took {elapsed:.1f} s against an endpoint that never answers"
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout.count(f"could not reach {endpoint}: ") == 1, done.stdout
     assert "merged IDs destination (amplitude/merged_ids/_amplitude_assets_probe.txt): skipped" in done.stdout
 
 
-def test_a_malformed_connection_string_is_one_line_naming_the_variable(clean_env):
-    env = settings_free_env()
-    env["AZURE_STORAGE_CONNECTION_STRING"] = "AccountName=acct;c2VjcmV0a2V5"
-    done = run_cli(env)
+def test_a_malformed_connection_string_is_one_line_naming_the_variable(settings_env):
+    done = run_cli(settings_env(AZURE_STORAGE_CONNECTION_STRING="AccountName=acct;c2VjcmV0a2V5"))
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
@@ -297,8 +289,8 @@ def test_a_malformed_connection_string_is_one_line_naming_the_variable(clean_env
     ]
 
 
-def test_no_settings_is_one_line_naming_the_variables(clean_env):
-    done = run_cli(settings_free_env())
+def test_no_settings_is_one_line_naming_the_variables(settings_env):
+    done = run_cli(settings_env())
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
@@ -321,15 +313,14 @@ def test_after_an_authentication_failure_the_rest_is_skipped(container, azurite)
     assert merged.skipped == "skipped: same storage account as the events destination, which failed above"
 
 
-def test_a_permission_failure_skips_the_steps_after_it(container, azurite, clean_env):
+def test_a_permission_failure_skips_the_steps_after_it(container, azurite):
     # A SAS that may write and delete but not read: read fails, list is skipped, the probe is deleted.
     sas = generate_account_sas(
         ACCOUNT, ACCOUNT_KEY, resource_types=ResourceTypes(container=True, object=True),
         permission=AccountSasPermissions(write=True, create=True, delete=True),
         expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1),
     )
-    endpoint = azurite.split("BlobEndpoint=")[1].rstrip(";")
-    storage = AzureStorage(account_url=endpoint, sas_token=sas)
+    storage = AzureStorage(account_url=blob_endpoint(azurite), sas_token=sas)
     events = check_destinations(Settings.from_env(), storage)[0]
     result = steps(events)
     assert result["write"][0] is True
@@ -342,8 +333,8 @@ def test_a_permission_failure_skips_the_steps_after_it(container, azurite, clean
     assert result["delete"] == (True, "deleted the probe")
 
 
-def test_the_job_fails_with_a_setting_as_its_headline(clean_env):
-    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountName=acct;AccountKey=c2VjcmV0a2V5!!")
+def test_the_job_fails_with_a_setting_as_its_headline(settings_env):
+    settings_env(AZURE_STORAGE_CONNECTION_STRING="AccountName=acct;AccountKey=c2VjcmV0a2V5!!")
     result = definitions().resolve_job_def("check_destination").execute_in_process(
         instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
     )

@@ -10,8 +10,7 @@ import sys
 
 import dagster as dg
 import pytest
-from azure.storage.blob import BlobServiceClient, ContentSettings
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from azure.storage.blob import ContentSettings
 
 from tests.helpers import RANGE_END, RANGE_START, definitions, materialize
 
@@ -25,15 +24,13 @@ EVENTS_CHECKS = ["schema", "unique", "complete"]
 
 
 @pytest.fixture
-def env(container, clean_env):
-    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
-    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "200")
-    return container
+def env(synthetic_hours):
+    return synthetic_hours
 
 
 @pytest.fixture
-def client(env, azurite):
-    return BlobServiceClient.from_connection_string(azurite).get_container_client(env)
+def client(env, blobs):
+    return blobs.service.get_container_client(env)
 
 
 def check_key(name: str, asset: str = "events") -> dg.AssetCheckKey:
@@ -176,8 +173,8 @@ def test_missing_marker_fails_complete(env, client):
     assert evals["schema"].passed and evals["unique"].passed
 
 
-def test_stray_and_missing_parts_fail_complete(env, client, clean_env):
-    clean_env.setenv("AMPLITUDE_MAX_ROWS_PER_FILE", "100")
+def test_stray_and_missing_parts_fail_complete(env, client, settings_env):
+    settings_env(AMPLITUDE_MAX_ROWS_PER_FILE=100)
     defs = definitions()
     materialize(defs, ["events"], partition=HOUR)
     stray = f"{FOLDER}{PROJECT}_2020-01-25_17#7.json.gz"
@@ -236,10 +233,10 @@ def test_range_run_records_one_evaluation_per_hour(env, client):
 
     # The instance's per-partition check status shows each hour on its own.
     infos = instance.event_log_storage.get_asset_check_partition_info([check_key("complete")], partition_keys=hours)
-    status = {i.partition_key: i.latest_execution_status for i in infos}
-    assert status["2020-01-25-10:00"] == AssetCheckExecutionRecordStatus.SUCCEEDED
-    assert status["2020-01-25-11:00"] == AssetCheckExecutionRecordStatus.FAILED
-    assert status["2020-01-25-12:00"] == AssetCheckExecutionRecordStatus.SUCCEEDED
+    status = {i.partition_key: i.latest_execution_status.value for i in infos}
+    assert status["2020-01-25-10:00"] == "SUCCEEDED"
+    assert status["2020-01-25-11:00"] == "FAILED"
+    assert status["2020-01-25-12:00"] == "SUCCEEDED"
     history = instance.event_log_storage.get_asset_check_execution_history(check_key("schema"), limit=20)
     assert result.run_id in {r.run_id for r in history}  # the range run recorded its schema evaluations
 
@@ -251,8 +248,8 @@ MERGED = f"merged_ids/-{ORG}/-{ORG}_2020-01-25_0.json.gz"
 
 
 @pytest.fixture
-def merged_env(env, clean_env):
-    clean_env.setenv("AMPLITUDE_ORG_ID", ORG)
+def merged_env(env, settings_env):
+    settings_env(AMPLITUDE_ORG_ID=ORG)
     return env
 
 
@@ -310,7 +307,7 @@ def test_a_range_run_of_one_hour_records_that_hours_own_results(env):
     assert sorted(e.check_name for e in evals) == sorted(EVENTS_CHECKS)
     assert all(e.passed for e in evals)
     infos = instance.event_log_storage.get_asset_check_partition_info([check_key("schema")], partition_keys=[HOUR])
-    assert [i.latest_execution_status for i in infos] == [AssetCheckExecutionRecordStatus.SUCCEEDED]
+    assert [i.latest_execution_status.value for i in infos] == ["SUCCEEDED"]
 
 
 # -- what the export validated, and the read-back ---------------------------------------------
@@ -354,13 +351,13 @@ def test_a_part_changed_after_the_export_fails_every_check(env, client, damage):
     assert {p["field"] for p in evals["complete"].metadata["problems"].value} >= {"md5"}
 
 
-def test_the_deep_check_reads_every_line_again(env, client, tmp_path, clean_env):
-    clean_env.setenv("DAGSTER_HOME", str(tmp_path))
+def test_the_deep_check_reads_every_line_again(env, client, tmp_path, settings_env):
+    environment = settings_env(DAGSTER_HOME=str(tmp_path))
     defs = definitions()
     materialize(defs, ["events"], partition=HOUR)
     rewrite_part(client, PART0, lambda lines: [*lines[:2], "not json", *lines[3:]])
     done = subprocess.run([sys.executable, "-m", "amplitude_assets", "deep-check", "--start", HOUR, "--end", HOUR],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=environment)
     assert done.returncode == 1, done.stderr[-3000:]
     out = done.stdout
     assert f"events schema {HOUR}: FAILED {PART0} line 3: not valid JSON (value not json)" in out

@@ -29,11 +29,10 @@ ALL = {"schema", "unique", "complete"}
 
 
 @pytest.fixture
-def hour(container, clean_env, azurite):
+def hour(container, settings_env, azurite):
     """An exported hour of 1,200 events in parts of 100 rows; the container client."""
-    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
-    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "1200")
-    clean_env.setenv("AMPLITUDE_MAX_ROWS_PER_FILE", "100")
+    settings_env(AMPLITUDE_START="2020-01-25-00:00", AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR=1200,
+                 AMPLITUDE_MAX_ROWS_PER_FILE=100)
     assert materialize(definitions(), ["events"], partition="2020-01-25-17:00").success
     return BlobServiceClient.from_connection_string(azurite).get_container_client(container)
 
@@ -135,15 +134,14 @@ def test_a_part_that_is_not_gzip_or_lacks_its_last_newline_is_reported(hour):
     assert scan.facts["lines_checked"] == sum(len(part_lines(hour, n)) for n in names if n != names[3])
 
 
-def test_duckdb_limits_follow_the_cgroup_and_the_settings(tmp_path, monkeypatch):
+def test_duckdb_limits_follow_the_cgroup_and_the_settings(tmp_path, settings_env):
     (tmp_path / "memory.max").write_text("4294967296\n")
     (tmp_path / "cpu.max").write_text("150000 100000\n")
     assert duck.memory_limit_bytes(tmp_path) == 4 << 30
     assert duck.cpu_limit(tmp_path) == min(2, duck.cpu_limit(tmp_path / "none"))
     (tmp_path / "memory.max").write_text("max\n")
     assert duck.memory_limit_bytes(tmp_path) == duck.memory_limit_bytes(tmp_path / "none")
-    monkeypatch.setenv("AMPLITUDE_DUCKDB_MEMORY_LIMIT", "300MB")
-    monkeypatch.setenv("AMPLITUDE_DUCKDB_THREADS", "1")
+    settings_env(AMPLITUDE_DUCKDB_MEMORY_LIMIT="300MB", AMPLITUDE_DUCKDB_THREADS=1)
     duck.limits.cache_clear()
     try:
         con = duck.connect()
@@ -153,7 +151,7 @@ def test_duckdb_limits_follow_the_cgroup_and_the_settings(tmp_path, monkeypatch)
         memory = duck.connect(threads=1, share=2).sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
         assert memory.endswith("MiB") and 135 <= float(memory.split()[0]) <= 150
         assert duck.size_bytes("1.5GB") == 1_500_000_000 and duck.size_bytes("512MiB") == 512 << 20
-        monkeypatch.setenv("AMPLITUDE_DUCKDB_THREADS", "0")
+        settings_env(AMPLITUDE_DUCKDB_THREADS=0)
         duck.limits.cache_clear()
         with pytest.raises(ValueError, match="AMPLITUDE_DUCKDB_THREADS"):
             duck.connect()
@@ -164,6 +162,5 @@ def test_duckdb_limits_follow_the_cgroup_and_the_settings(tmp_path, monkeypatch)
             Settings.from_env({"AMPLITUDE_DUCKDB_MEMORY_LIMIT": "lots"})
         assert Settings.from_env({"AMPLITUDE_DUCKDB_MEMORY_LIMIT": "1.5GB", "AMPLITUDE_DUCKDB_THREADS": "2"})
     finally:
-        monkeypatch.delenv("AMPLITUDE_DUCKDB_MEMORY_LIMIT")
-        monkeypatch.delenv("AMPLITUDE_DUCKDB_THREADS")
+        settings_env(AMPLITUDE_DUCKDB_MEMORY_LIMIT=None, AMPLITUDE_DUCKDB_THREADS=None)
         duck.limits.cache_clear()

@@ -51,13 +51,12 @@ def tails_of(home: Path) -> list[int]:
 
 
 @pytest.mark.parametrize("ignored", ["SIGTERM", "SIGINT,SIGTERM"])
-def test_backfill_output_ends_when_started_with_sigterm_ignored(synthetic_hours, tmp_path, clean_env, ignored):
+def test_backfill_output_ends_when_started_with_sigterm_ignored(synthetic_hours, tmp_path, settings_env, ignored):
     home = tmp_path / "home"
     home.mkdir()
-    clean_env.setenv("DAGSTER_HOME", str(home))
     process = subprocess.Popen(
         [sys.executable, "-c", IGNORING, ignored, "backfill", "--start", HOUR, "--end", HOUR],
-        cwd=ROOT, env=dict(os.environ), stdin=subprocess.DEVNULL,
+        cwd=ROOT, env=settings_env(DAGSTER_HOME=home), stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,  # one pipe, as `2>&1 | tee log`
     )
     output: list[bytes] = []

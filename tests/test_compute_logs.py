@@ -14,7 +14,7 @@ from dagster_azure.blob.compute_log_manager import (
 
 from amplitude_assets.compute_logs import AzureBlobComputeLogManager
 from amplitude_assets.settings import SettingsError
-from tests.conftest import ACCOUNT, ACCOUNT_KEY, ROOT
+from tests.conftest import ACCOUNT, ACCOUNT_KEY, ROOT, blob_endpoint
 
 EXAMPLE = ROOT / "deploy" / "dagster.yaml"
 
@@ -31,7 +31,7 @@ def hello():
 
 
 @pytest.fixture
-def logs_container(azurite, blobs, clean_env) -> str:
+def logs_container(azurite, blobs, settings_env) -> str:
     """The example's container, created (the manager does not create it) and emptied."""
     name = yaml.safe_load(EXAMPLE.read_text())["compute_logs"]["config"]["container"]
     client = blobs.service.get_container_client(name)
@@ -39,17 +39,15 @@ def logs_container(azurite, blobs, clean_env) -> str:
         client.create_container()
     for blob in client.list_blobs():
         client.delete_blob(blob.name)
-    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
+    settings_env(AZURE_STORAGE_CONNECTION_STRING=azurite)
     return name
 
 
-def test_a_runs_compute_logs_land_in_the_container(logs_container, blobs, tmp_path, clean_env, postgres):
+def test_a_runs_compute_logs_land_in_the_container(logs_container, blobs, tmp_path, settings_env, postgres):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(EXAMPLE, home / "dagster.yaml")
-    clean_env.setenv("DAGSTER_HOME", str(home))
-    for name, value in postgres.items():
-        clean_env.setenv(name, value)
+    settings_env(DAGSTER_HOME=home, **postgres)
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         manager = instance.compute_log_manager
@@ -70,7 +68,7 @@ def test_a_runs_compute_logs_land_in_the_container(logs_container, blobs, tmp_pa
 
 
 def test_an_account_url_with_a_key_reaches_the_emulator(logs_container, azurite):
-    endpoint = azurite.split("BlobEndpoint=")[1].rstrip(";")
+    endpoint = blob_endpoint(azurite)
     manager = AzureBlobComputeLogManager(container=logs_container, account_url=endpoint,
                                          access_key_or_sas_token=ACCOUNT_KEY)
     assert manager._container_client.url == f"{endpoint}/{logs_container}"
@@ -84,7 +82,7 @@ def test_dagster_azures_own_form_is_unchanged():
     assert manager._container_client.url == "https://myaccount.blob.core.windows.net/logs"
 
 
-def test_the_exports_rules_apply(clean_env):
-    clean_env.setenv("AZURE_STORAGE_ACCOUNT_URL", "http://acct.blob.core.windows.net")
+def test_the_exports_rules_apply(settings_env):
+    settings_env(AZURE_STORAGE_ACCOUNT_URL="http://acct.blob.core.windows.net")
     with pytest.raises(SettingsError, match="AZURE_STORAGE_ACCOUNT_URL must use https"):
         AzureBlobComputeLogManager(container="logs")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from dagster_azure.blob import (
     AzureBlobStorageDefaultCredential,
@@ -19,7 +17,7 @@ from amplitude_assets.destination.credentials import (
     redact,
 )
 from amplitude_assets.settings import SettingsError
-from tests.conftest import ACCOUNT, ACCOUNT_KEY
+from tests.conftest import ACCOUNT, ACCOUNT_KEY, blob_endpoint, unique_name
 from tests.helpers import definitions, materialize
 
 
@@ -73,8 +71,8 @@ def test_redact_removes_secrets_and_signatures():
     assert "sig=***" in cleaned
 
 
-def test_a_run_without_credentials_names_the_variables(clean_env):
-    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
+def test_a_run_without_credentials_names_the_variables(settings_env):
+    settings_env(AMPLITUDE_START="2020-01-25-00:00")
     result = materialize(definitions(), ["events"], partition="2020-01-25-01:00", raise_on_error=False)
     assert not result.success
     messages = " ".join(
@@ -91,7 +89,7 @@ def test_the_storage_resource_is_dagster_azures_and_reaches_azurite(container, a
     storage = definitions().resources["storage"]
     assert isinstance(storage, AzureBlobStorageResource)
     storage = storage.process_config_and_initialize()  # resolves the EnvVar of the connection string
-    endpoint = azurite.split("BlobEndpoint=")[1].rstrip(";")
+    endpoint = blob_endpoint(azurite)
     # The connection string is parsed into dagster-azure's two fields' worth: an account URL and a key.
     url, credential = parse_connection_string(azurite)
     assert url == endpoint
@@ -104,8 +102,7 @@ def test_the_storage_resource_is_dagster_azures_and_reaches_azurite(container, a
 
 
 def test_a_dagster_azure_key_credential_reaches_azurite(container, azurite, blobs):
-    endpoint = azurite.split("BlobEndpoint=")[1].rstrip(";")
-    storage = AzureStorage(account_url=endpoint, credential=AzureBlobStorageKeyCredential(key=ACCOUNT_KEY))
+    storage = AzureStorage(account_url=blob_endpoint(azurite), credential=AzureBlobStorageKeyCredential(key=ACCOUNT_KEY))
     assert storage.method == "the resource's account key (AzureBlobStorageKeyCredential)"
     storage.container(container).upload_blob("key.txt", b"k")
     assert blobs(container) == {"key.txt": b"k"}
@@ -129,7 +126,7 @@ def test_one_client_per_account_and_container_reused(azurite):
 
 def test_missing_containers_are_created_only_when_asked(azurite, blobs):
     service = blobs.service
-    absent, created = f"t{uuid.uuid4().hex[:20]}", f"t{uuid.uuid4().hex[:20]}"
+    absent, created = unique_name(), unique_name()
     AzureStorage(connection_string=azurite).container(absent)
     AzureStorage(connection_string=azurite, create_containers=True).container(created)
     names = {c.name for c in service.list_containers()}
@@ -186,7 +183,7 @@ def test_a_missing_container_is_named_from_the_request(azurite):
     from azure.core.exceptions import ResourceNotFoundError
 
     storage = AzureStorage(connection_string=azurite)
-    absent = f"t{uuid.uuid4().hex[:20]}"
+    absent = unique_name()
     with pytest.raises(ResourceNotFoundError) as failure:
         storage.container(absent).upload_blob("x.txt", b"x")
     assert storage.explain(failure.value).startswith(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-import uuid
 from datetime import datetime, timedelta, timezone
 
 from amplitude_assets.__main__ import output_console, summary_table
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.settings import Settings
 from scripts.demo import suggested_hour
+from tests.conftest import unique_name
 
 ROW = ("2026-11-29-10:00", "[red]FAILED (run)", "1234567", "12", "4898123456", "12345", "67890", "54321", "98765")
 HEADERS = ["hour", "status", "rows", "parts", "bytes", "dups", "filtered", "rejected", "merges"]
@@ -25,10 +25,10 @@ def render(file) -> str:
     return file.getvalue() if isinstance(file, io.StringIO) else ""
 
 
-def test_the_summary_table_sent_to_a_log_keeps_whole_values(monkeypatch):
+def test_the_summary_table_sent_to_a_log_keeps_whole_values(settings_env):
     # A terminal-less stream is what `make demo > demo.log` gives the backfill; rich used to
     # fit the table to 80 columns there: `par…`, `fil…`, bytes as `4898…`. COLUMNS=80 must not cut it either.
-    monkeypatch.setenv("COLUMNS", "80")
+    settings_env(COLUMNS=80)
     text = render(io.StringIO())
     lines = text.splitlines()
     assert "…" not in text
@@ -54,18 +54,16 @@ def _settings(azurite: str, start: str, container: str) -> Settings:
     })
 
 
-def test_each_start_suggests_an_hour_not_exported_yet(azurite):
-    container = f"demo-{uuid.uuid4().hex[:8]}"
+def test_each_start_suggests_an_hour_not_exported_yet(azurite, fresh_container):
+    client = fresh_container("demo-")
+    container = client.container_name
     storage = AzureStorage(connection_string=azurite)
     settings = _settings(azurite, "2024-03-05-00:00", container)
     hour = lambda h: datetime(2024, 3, 5, h, tzinfo=timezone.utc)  # noqa: E731
     window = [hour(h) for h in range(10, 14)]
 
     # Nothing exported: the hour just before the window.
-    storage.service.create_container(container)
     assert suggested_hour(settings, storage, window) == (hour(9), False)
-
-    client = storage.service.get_container_client(container)
 
     def export(*hours: int) -> None:
         for h in hours:
@@ -88,7 +86,7 @@ def test_each_start_suggests_an_hour_not_exported_yet(azurite):
 
 
 def test_a_missing_container_means_nothing_is_exported(azurite):
-    settings = _settings(azurite, "2024-03-05-00:00", f"demo-missing-{uuid.uuid4().hex[:8]}")
+    settings = _settings(azurite, "2024-03-05-00:00", unique_name("demo-missing-"))
     window = [datetime(2024, 3, 5, h, tzinfo=timezone.utc) for h in (4, 5)]
     assert suggested_hour(settings, AzureStorage(connection_string=azurite), window) == (
         datetime(2024, 3, 5, 3, tzinfo=timezone.utc), False

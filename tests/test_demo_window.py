@@ -15,16 +15,14 @@ NOW = datetime(2026, 11, 30, 12, 25, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def demo_dir(tmp_path, monkeypatch, clean_env):
+def demo_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "DEMO", tmp_path / ".demo")
     return tmp_path / ".demo"
 
 
-def sensor_window(env: dict[str, str], clean_env, now: datetime) -> tuple[list[str], list[str]]:
+def sensor_window(env: dict[str, str], settings_env, now: datetime) -> tuple[list[str], list[str]]:
     """(the closed, exportable partition keys the UI shows, the hours the sensor looks at)."""
-    for name, value in env.items():
-        if name.startswith("AMPLITUDE_"):
-            clean_env.setenv(name, value)
+    settings_env(**{name: value for name, value in env.items() if name.startswith("AMPLITUDE_")})
     settings = Settings.from_env()
     partitions = hourly_partitions(settings)
     ready = now - timedelta(minutes=settings.export_delay_minutes)
@@ -33,23 +31,23 @@ def sensor_window(env: dict[str, str], clean_env, now: datetime) -> tuple[list[s
     return shown, due_hours(settings, partitions, now)
 
 
-def test_a_new_demo_starts_its_partitions_inside_the_sensor_window(demo_dir, clean_env):
+def test_a_new_demo_starts_its_partitions_inside_the_sensor_window(demo_dir, settings_env):
     env = demo.demo_env(NOW)
     assert env["AMPLITUDE_START"] == "2026-11-28-12:00"
-    shown, due = sensor_window(env, clean_env, NOW)
+    shown, due = sensor_window(env, settings_env, NOW)
     assert shown[0] == "2026-11-28-12:00" and shown[-1] == "2026-11-30-11:00"
     assert due == shown
 
 
-def test_the_window_grows_with_an_old_demo(demo_dir, clean_env):
+def test_the_window_grows_with_an_old_demo(demo_dir, settings_env):
     demo_dir.mkdir()
     (demo_dir / "demo.env").write_text("AMPLITUDE_START=2026-11-27-00:00\n")  # 3 days back at midnight
     env = demo.demo_env(NOW)
     assert env["AMPLITUDE_START"] == "2026-11-27-00:00"
     assert env["AMPLITUDE_CATCH_UP_HOURS"] == "85"
-    shown, due = sensor_window(env, clean_env, NOW)
+    shown, due = sensor_window(env, settings_env, NOW)
     assert len(shown) == 84 and due == shown
     # A week later, still all of them.
     later = NOW + timedelta(days=7)
-    shown, due = sensor_window(demo.demo_env(later), clean_env, later)
+    shown, due = sensor_window(demo.demo_env(later), settings_env, later)
     assert len(shown) == 84 + 7 * 24 and due == shown

@@ -7,13 +7,12 @@ import gzip
 import io
 import json
 import logging
-import threading
 import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -21,7 +20,7 @@ import pytest
 from amplitude_assets.resources import AmplitudeSource
 from amplitude_assets.settings import Settings
 from amplitude_assets.sources.export_api import ExportApiAuthError, ExportApiError, ExportApiSource, Window
-from tests.helpers import definitions, lines_of, materialize
+from tests.helpers import LoopbackHTTP, definitions, lines_of, materialize
 from tests.test_transform import MESSY
 
 KEY = "test-api-key-0f1e2d3c"
@@ -59,8 +58,9 @@ class Request:
     auth: str | None
 
 
-class ExportServer:
-    """A real HTTP server on 127.0.0.1: `respond(start, end)` decides each reply."""
+class ExportServer(LoopbackHTTP):
+    """The Export API on 127.0.0.1 (`with ExportServer() as server:`): the replies `script`ed for
+    a window, else `fallback(start, end)`, decide each reply."""
 
     def __init__(self):
         self.requests: list[Request] = []
@@ -97,10 +97,7 @@ class ExportServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     def reply(self, path: str, start: str, end: str) -> Reply:
         if path != "/api/2/export":
@@ -121,11 +118,8 @@ class ExportServer:
 
 @pytest.fixture
 def server():
-    s = ExportServer()
-    s.thread.start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    with ExportServer() as export_api:
+        yield export_api
 
 
 def source(server: ExportServer, **kwargs) -> ExportApiSource:
@@ -345,12 +339,9 @@ def test_region_hosts_and_the_url_override(clean_env):
 
 
 @pytest.fixture
-def api_env(container, clean_env, server):
-    clean_env.setenv("AMPLITUDE_SOURCE", "export_api")
-    clean_env.setenv("AMPLITUDE_EXPORT_API_URL", server.url)
-    clean_env.setenv("AMPLITUDE_API_KEY", KEY)
-    clean_env.setenv("AMPLITUDE_SECRET_KEY", SECRET)
-    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
+def api_env(container, settings_env, server):
+    settings_env(AMPLITUDE_SOURCE="export_api", AMPLITUDE_EXPORT_API_URL=server.url, AMPLITUDE_API_KEY=KEY,
+                 AMPLITUDE_SECRET_KEY=SECRET, AMPLITUDE_START="2020-01-25-00:00")
     return container
 
 

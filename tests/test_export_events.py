@@ -16,8 +16,8 @@ PROJECT = "187520"
 
 
 @pytest.fixture
-def env(synthetic_hours, clean_env):
-    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "300")  # enough rows for three 100-row parts
+def env(synthetic_hours, settings_env):
+    settings_env(AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR=300)  # enough rows for three 100-row parts
     return synthetic_hours
 
 
@@ -73,9 +73,8 @@ def test_hour_names_are_not_zero_padded(env, blobs, key, name):
     assert f"{PROJECT}/{PROJECT}_{name}_complete" in names
 
 
-def test_prefix_and_part_splitting_and_stale_parts(env, blobs, clean_env):
-    clean_env.setenv("AZURE_EVENTS_PREFIX", "raw/amplitude")
-    clean_env.setenv("AMPLITUDE_MAX_ROWS_PER_FILE", "100")
+def test_prefix_and_part_splitting_and_stale_parts(env, blobs, settings_env):
+    settings_env(AZURE_EVENTS_PREFIX="raw/amplitude", AMPLITUDE_MAX_ROWS_PER_FILE=100)
     materialize(definitions(), ["events"], partition="2020-01-25-17:00")
     folder = f"raw/amplitude/{PROJECT}/{PROJECT}_2020-01-25_17"
     stored = blobs(env, prefix=f"raw/amplitude/{PROJECT}/")
@@ -86,7 +85,7 @@ def test_prefix_and_part_splitting_and_stale_parts(env, blobs, clean_env):
     assert all(s == 100 for s in sizes[:-1]) and 0 < sizes[-1] <= 100
     first_run = {p: stored[p] for p in parts}
 
-    clean_env.setenv("AMPLITUDE_MAX_ROWS_PER_FILE", "1000")
+    settings_env(AMPLITUDE_MAX_ROWS_PER_FILE=1000)
     materialize(definitions(), ["events"], partition="2020-01-25-17:00")
     stored = blobs(env, prefix=f"raw/amplitude/{PROJECT}/")
     assert sorted(n for n in stored if "#" in n) == [f"{folder}#0.json.gz"]

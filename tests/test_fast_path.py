@@ -20,7 +20,6 @@ from datetime import datetime, timezone
 
 import polars as pl
 import pytest
-from azure.storage.blob import BlobServiceClient
 
 from amplitude_assets.layout import EventsLayout
 from amplitude_assets.destination.writer import (
@@ -156,26 +155,23 @@ def pairs(line: str):
 
 
 @pytest.fixture
-def container(azurite):
-    name = f"fast{uuid.uuid4().hex[:16]}"
-    client = BlobServiceClient.from_connection_string(azurite).get_container_client(name)
-    client.create_container()
-    return client
+def client(fresh_container):
+    return fresh_container("fast")
 
 
-def export(container, lines: list[str], **kwargs):
+def export(client, lines: list[str], **kwargs):
     timings: dict = {}
     manifest, result = export_events_hour(
-        container, EventsLayout("", PROJECT), source_chunks(lines), HOUR, keep=kwargs.pop("keep", None), source="synthetic",
+        client, EventsLayout("", PROJECT), source_chunks(lines), HOUR, keep=kwargs.pop("keep", None), source="synthetic",
         max_rows_per_file=MAX_ROWS, lines_per_chunk=kwargs.pop("lines_per_chunk", 97), timings=timings, **kwargs,
     )
-    parts = [container.download_blob(f"{PROJECT}/{p.name}").readall() for p in manifest.parts]
+    parts = [client.download_blob(f"{PROJECT}/{p.name}").readall() for p in manifest.parts]
     return manifest, result, parts, timings
 
 
-def test_fast_path_equals_the_reference_writer_line_for_line(container):
+def test_fast_path_equals_the_reference_writer_line_for_line(client):
     lines = hour_input()
-    manifest, result, parts, timings = export(container, lines)
+    manifest, result, parts, timings = export(client, lines)
     got = [line for part in parts for line in gzip.decompress(part).decode("utf-8").splitlines()]
     want = reference_lines(lines)
     assert len(got) == len(want) == manifest.rows
@@ -191,9 +187,9 @@ def test_fast_path_equals_the_reference_writer_line_for_line(container):
     assert {"parse", "normalize", "serialize", "dedup", "compress", "upload"} <= set(timings)
 
 
-def test_fast_path_is_byte_identical_to_the_whole_hour_path(container):
+def test_fast_path_is_byte_identical_to_the_whole_hour_path(client):
     lines = hour_input()
-    manifest, result, parts, _ = export(container, lines, lines_per_chunk=61)
+    manifest, result, parts, _ = export(client, lines, lines_per_chunk=61)
     whole = whole_hour(source_chunks(lines), HOUR)
     expected = [
         gzip_bytes(jsonl_bytes(whole.lines.slice(offset, length).to_frame()))
@@ -202,44 +198,44 @@ def test_fast_path_is_byte_identical_to_the_whole_hour_path(container):
     assert parts == expected
     assert result.counts == whole.counts
     assert result.frame.columns == whole.frame.columns
-    identities = container.download_blob(f"_state/{PROJECT}/identities/{PROJECT}_2020-01-25_17.parquet").readall()
+    identities = client.download_blob(f"_state/{PROJECT}/identities/{PROJECT}_2020-01-25_17.parquet").readall()
     assert pl.read_parquet(io.BytesIO(identities)).equals(whole.identities)
     assert result.rejects.equals(whole.rejects)
-    rejected = container.download_blob(f"_rejected/{PROJECT}/{PROJECT}_2020-01-25_17.jsonl.gz").readall()
+    rejected = client.download_blob(f"_rejected/{PROJECT}/{PROJECT}_2020-01-25_17.jsonl.gz").readall()
     assert [json.loads(x)["line"] for x in gzip.decompress(rejected).decode().splitlines()] == whole.rejects["line"].to_list()
-    marker = json.loads(container.download_blob(f"{PROJECT}/{PROJECT}_2020-01-25_17_complete").readall())
+    marker = json.loads(client.download_blob(f"{PROJECT}/{PROJECT}_2020-01-25_17_complete").readall())
     assert marker["rows"] == whole.frame.height and marker["counts"] == whole.counts.as_dict()
 
 
-def test_fast_path_with_a_filter_and_an_empty_hour(container):
+def test_fast_path_with_a_filter_and_an_empty_hour(client):
     lines = hour_input()
     keep = pl.col("event_type") == "Search"
-    manifest, result, parts, _ = export(container, lines, keep=keep)
+    manifest, result, parts, _ = export(client, lines, keep=keep)
     whole = whole_hour(source_chunks(lines), HOUR, keep)
     got = b"".join(gzip.decompress(p) for p in parts)
     assert got == jsonl_bytes(whole.lines.to_frame())
     assert result.counts == whole.counts and result.counts.filtered > 0
 
-    empty_manifest, empty, empty_parts, _ = export(container, ["not json"])
+    empty_manifest, empty, empty_parts, _ = export(client, ["not json"])
     assert empty_parts == [] and empty.counts.rejected == 1 and empty.counts.exported == 0
     assert empty_manifest.parts == []
 
 
-def test_a_source_that_fails_midway_fails_the_hour_and_leaves_no_marker(container):
+def test_a_source_that_fails_midway_fails_the_hour_and_leaves_no_marker(client):
     def chunks():
         yield from source_chunks(hour_input()[:400])
         raise ConnectionError("download interrupted")
 
     with pytest.raises(ConnectionError, match="download interrupted"):
         export_events_hour(
-            container, EventsLayout("", PROJECT), chunks(), HOUR, keep=None, source="synthetic",
+            client, EventsLayout("", PROJECT), chunks(), HOUR, keep=None, source="synthetic",
             max_rows_per_file=MAX_ROWS, lines_per_chunk=97,
         )
-    assert not [b.name for b in container.list_blobs()]
+    assert not [b.name for b in client.list_blobs()]
     assert not [t for t in threading.enumerate() if t.name == "amplitude-source"]
 
 
-def test_a_key_first_seen_outside_the_hour_then_inside_it_reorders_earlier_parts(container):
+def test_a_key_first_seen_outside_the_hour_then_inside_it_reorders_earlier_parts(client):
     # The key comes first in the hour's order (its first line is out of the hour), but
     # only a line in a later chunk makes it an exported key: parts written before then
     # lack it in the middle of their extra keys, not at the end, and are rebuilt.
@@ -248,7 +244,7 @@ def test_a_key_first_seen_outside_the_hour_then_inside_it_reorders_earlier_parts
     lines.insert(0, json.dumps({"early_outside": 1, **rows[0], "uuid": str(uuid.UUID(int=7)),
                                 "server_upload_time": "2020-01-25 16:59:59.999999"}))
     lines.insert(700, json.dumps({**rows[1], "uuid": str(uuid.UUID(int=8)), "early_outside": {"a": [1.5, None]}}))
-    manifest, result, parts, _ = export(container, lines, lines_per_chunk=61)
+    manifest, result, parts, _ = export(client, lines, lines_per_chunk=61)
     got = [line for part in parts for line in gzip.decompress(part).decode("utf-8").splitlines()]
     want = reference_lines(lines)
     assert len(got) == len(want)
@@ -264,10 +260,10 @@ def test_a_key_first_seen_outside_the_hour_then_inside_it_reorders_earlier_parts
     assert result.counts == whole.counts
 
 
-def test_an_hour_that_fails_midway_leaves_the_earlier_export_of_it_whole(container):
+def test_an_hour_that_fails_midway_leaves_the_earlier_export_of_it_whole(client):
     lines = hour_input()
-    manifest, _, parts, _ = export(container, lines)
-    before = {b.name: b.content_settings.content_md5 for b in container.list_blobs()}
+    manifest, _, parts, _ = export(client, lines)
+    before = {b.name: b.content_settings.content_md5 for b in client.list_blobs()}
     assert len(manifest.parts) > 1
 
     def chunks():
@@ -277,15 +273,15 @@ def test_an_hour_that_fails_midway_leaves_the_earlier_export_of_it_whole(contain
 
     with pytest.raises(ConnectionError, match="download interrupted"):
         export_events_hour(
-            container, EventsLayout("", PROJECT), chunks(), HOUR, keep=None, source="synthetic",
+            client, EventsLayout("", PROJECT), chunks(), HOUR, keep=None, source="synthetic",
             max_rows_per_file=MAX_ROWS, lines_per_chunk=97,
         )
-    after = {b.name: b.content_settings.content_md5 for b in container.list_blobs()}
+    after = {b.name: b.content_settings.content_md5 for b in client.list_blobs()}
     assert after == before
-    assert [container.download_blob(f"{PROJECT}/{p.name}").readall() for p in manifest.parts] == parts
+    assert [client.download_blob(f"{PROJECT}/{p.name}").readall() for p in manifest.parts] == parts
 
 
-def test_a_rebuilt_part_keeps_lines_whose_text_only_looks_like_lenient_json(container):
+def test_a_rebuilt_part_keeps_lines_whose_text_only_looks_like_lenient_json(client):
     # `Fi\u006eancial` is written out as "Financial" (it has "nan" in it) and 1e400 is
     # JSON that the strict reader refuses: the rebuild must read the exporter's own
     # lines back as they are, not check them again as input.
@@ -299,7 +295,7 @@ def test_a_rebuilt_part_keeps_lines_whose_text_only_looks_like_lenient_json(cont
     assert "1e400" in odd and "u006e" in odd
     lines.insert(5, odd)
     lines.insert(700, json.dumps({**rows[1], "uuid": str(uuid.UUID(int=8)), "early_outside": {"a": [1.5, None]}}))
-    manifest, result, parts, _ = export(container, lines, lines_per_chunk=61)
+    manifest, result, parts, _ = export(client, lines, lines_per_chunk=61)
     whole = whole_hour(source_chunks(lines), HOUR)
     assert parts == [
         gzip_bytes(jsonl_bytes(whole.lines.slice(offset, length).to_frame()))
@@ -310,12 +306,12 @@ def test_a_rebuilt_part_keeps_lines_whose_text_only_looks_like_lenient_json(cont
                for part in parts for line in gzip.decompress(part).decode().splitlines())
 
 
-def test_each_export_stages_blocks_under_ids_of_its_own(container):
+def test_each_export_stages_blocks_under_ids_of_its_own(client):
     # Two exports of the same hour at once must never commit each other's blocks.
     lines = hour_input()
-    export(container, lines)
+    export(client, lines)
     name = f"{PROJECT}/{PROJECT}_2020-01-25_17#0.json.gz"
-    first = [b.id for b in container.get_blob_client(name).get_block_list("committed")[0]]
-    export(container, lines)
-    second = [b.id for b in container.get_blob_client(name).get_block_list("committed")[0]]
+    first = [b.id for b in client.get_blob_client(name).get_block_list("committed")[0]]
+    export(client, lines)
+    second = [b.id for b in client.get_blob_client(name).get_block_list("committed")[0]]
     assert first and second and not set(first) & set(second)

@@ -19,13 +19,11 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
 import pytest
-from azure.storage.blob import BlobServiceClient
 
 from amplitude_assets.filters import filter_expression, parse_filter
 from amplitude_assets.destination.io_manager import column_schema, read_events_hour
@@ -106,11 +104,8 @@ def extras_of(lines: list[str]) -> list[str]:
 
 
 @pytest.fixture
-def client(azurite):
-    name = f"fid{uuid.uuid4().hex[:16]}"
-    container = BlobServiceClient.from_connection_string(azurite).get_container_client(name)
-    container.create_container()
-    return container
+def client(fresh_container):
+    return fresh_container("fid")
 
 
 def export(client, chunks, hour, **kwargs):
@@ -179,14 +174,9 @@ def test_export_api_source_round_trips_every_key_and_value(client, name):
         f"{stem}#1.json.gz": ("\n".join(lines[1:])).encode(),  # the last line has no newline
         f"{stem}#0.json.gz": (lines[0] + "\n").encode(),
     })
-    server = ExportServer()
-    server.thread.start()
-    try:
+    with ExportServer() as server:
         server.script(hour, Reply(200, body, {"Content-Type": "application/zip"}))
         manifest, result, written = export(client, source(server).iter_lines(hour), hour)
-    finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
     assert_round_trip(lines, written)
     assert manifest.counts["repaired"] == 0 and manifest.counts["rejected"] == 0
 

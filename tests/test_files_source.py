@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -15,6 +14,7 @@ from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.settings import SettingsError
 from amplitude_assets.lines import line_chunks
 from amplitude_assets.sources.files import FilesSource
+from tests.conftest import unique_name
 from tests.helpers import definitions, lines_of, materialize
 
 PROJECT = "187520"
@@ -83,9 +83,9 @@ def test_az_url_needs_credentials_and_a_valid_container():
         FilesSource("az://amplitude/a//b", PROJECT, storage=object())
 
 
-def test_blobs_in_azure_are_read_in_order_and_markers_skipped(azurite, blobs):
-    name = f"src{uuid.uuid4().hex[:12]}"
-    client = blobs.service.create_container(name)
+def test_blobs_in_azure_are_read_in_order_and_markers_skipped(azurite, fresh_container):
+    client = fresh_container("src")
+    name = client.container_name
     base = f"copied/amplitude/{PROJECT}/{PROJECT}_2020-01-25_17"
     gz = ContentSettings(content_type="application/gzip")
     client.upload_blob(f"{base}#1.json.gz", gzip.compress(b'{"n": 2}\n'), content_settings=gz)
@@ -97,26 +97,21 @@ def test_blobs_in_azure_are_read_in_order_and_markers_skipped(azurite, blobs):
     storage = AzureStorage(connection_string=azurite)
     source = FilesSource(f"az://{name}/copied/amplitude/", PROJECT, storage=storage)
     assert b"".join(source.iter_lines(HOUR)) == b'{"n": 0}\n{"n": 1}\n{"n": 2}\n'
-    missing = FilesSource(f"az://nope{uuid.uuid4().hex[:8]}/x", PROJECT, storage=storage)
+    missing = FilesSource(f"az://{unique_name('nope')}/x", PROJECT, storage=storage)
     with pytest.raises(SettingsError, match="does not exist"):
         list(missing.iter_lines(HOUR))
 
 
-def test_an_exported_hour_reexports_line_for_line(container, clean_env, blobs):
+def test_an_exported_hour_reexports_line_for_line(container, settings_env, fresh_container, blobs):
     """Synthetic into container A (prefix raw), then files from az://A/raw into container B."""
-    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
-    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "400")
-    clean_env.setenv("AMPLITUDE_MAX_ROWS_PER_FILE", "150")
-    clean_env.setenv("AZURE_EVENTS_PREFIX", "raw")
+    settings_env(AMPLITUDE_START="2020-01-25-00:00", AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR=400,
+                 AMPLITUDE_MAX_ROWS_PER_FILE=150, AZURE_EVENTS_PREFIX="raw")
     assert materialize(definitions(), ["events"], partition="2020-01-25-17:00").success
     first = blobs(container, prefix=f"raw/{PROJECT}/")
 
-    target = f"b{uuid.uuid4().hex[:20]}"
-    blobs.service.create_container(target)
-    clean_env.setenv("AMPLITUDE_SOURCE", "files")
-    clean_env.setenv("AMPLITUDE_FILES_URL", f"az://{container}/raw")
-    clean_env.setenv("AZURE_EVENTS_CONTAINER", target)
-    clean_env.setenv("AZURE_EVENTS_PREFIX", "")
+    target = fresh_container("b").container_name
+    settings_env(AMPLITUDE_SOURCE="files", AMPLITUDE_FILES_URL=f"az://{container}/raw", AZURE_EVENTS_CONTAINER=target,
+                 AZURE_EVENTS_PREFIX="")
     assert materialize(definitions(), ["events"], partition="2020-01-25-17:00").success
     second = blobs(target, prefix=f"{PROJECT}/")
 

@@ -138,8 +138,8 @@ def test_malformed_filter_message(text, message):
     assert message in str(raised.value)
 
 
-def test_malformed_filter_fails_when_definitions_load(clean_env):
-    clean_env.setenv("AMPLITUDE_EVENT_FILTER", '[{"field": "event_type", "op": "equals", "value": "x"}]')
+def test_malformed_filter_fails_when_definitions_load(settings_env):
+    settings_env(AMPLITUDE_EVENT_FILTER='[{"field": "event_type", "op": "equals", "value": "x"}]')
     with pytest.raises(SettingsError, match=r"AMPLITUDE_EVENT_FILTER: condition 1: op 'equals'"):
         Settings.from_env()
 
@@ -154,12 +154,11 @@ def test_non_finite_numbers_are_refused_at_load(text):
         parse_filter(text)
 
 
-def test_a_filter_on_an_extra_field_the_hour_lacks_exports_through_dagster(container, clean_env, blobs):
+def test_a_filter_on_an_extra_field_the_hour_lacks_exports_through_dagster(container, settings_env, blobs):
     from tests.helpers import definitions, lines_of, materialize
 
-    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
-    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "100")
-    clean_env.setenv("AMPLITUDE_EVENT_FILTER", '[{"field": "partner_id", "op": "exists", "value": false}]')
+    settings_env(AMPLITUDE_START="2020-01-25-00:00", AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR=100,
+                 AMPLITUDE_EVENT_FILTER='[{"field": "partner_id", "op": "exists", "value": false}]')
     assert materialize(definitions(), ["events"], partition="2020-01-25-03:00").success
     manifest = json.loads(blobs(container)["187520/187520_2020-01-25_3_complete"])
     assert manifest["counts"]["filtered"] == 0 and manifest["rows"] == manifest["counts"]["exported"] > 0

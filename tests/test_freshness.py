@@ -36,8 +36,8 @@ def test_a_backfilled_old_hour_does_not_hide_a_late_new_one():
     assert fresh.metadata(settings)["dagster/overdue_seconds"].value == 155 * 60.0  # from 08:00's deadline, 09:30
 
 
-def test_the_check_runs_after_an_export_and_reports_each_asset(synthetic_hours, clean_env):
-    clean_env.setenv("AMPLITUDE_EXPORT_DELAY_MINUTES", "10")
+def test_the_check_runs_after_an_export_and_reports_each_asset(synthetic_hours, settings_env):
+    settings_env(AMPLITUDE_EXPORT_DELAY_MINUTES=10)
     before = due_hours(Settings.from_env(), datetime.now(timezone.utc))
     result = materialize(definitions(), ["events", "merged_ids"], partition="2020-01-25-17:00")
     evaluations = {e.asset_key.to_user_string(): e for e in result.get_asset_check_evaluations()

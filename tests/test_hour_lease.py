@@ -19,13 +19,12 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 from datetime import datetime, timezone
 
 import dagster as dg
 import polars as pl
 import pytest
-from azure.storage.blob import BlobLeaseClient, BlobServiceClient, ContainerClient
+from azure.storage.blob import BlobLeaseClient, ContainerClient
 
 from amplitude_assets.destination import lease as lease_module
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout
@@ -41,7 +40,7 @@ from amplitude_assets.schema import MERGED_ID_FIELDS
 from amplitude_assets.settings import Settings, SettingsError
 from amplitude_assets.sources.synthetic import SyntheticSource
 from tests.reference import whole_hour
-from tests.conftest import ROOT
+from tests.conftest import ROOT, environment
 from tests.helpers import definitions, materialize, part_slices
 
 HOUR = datetime(2020, 1, 25, 17, tzinfo=timezone.utc)
@@ -55,9 +54,8 @@ SINCE = r"since \d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z"
 
 
 @pytest.fixture
-def client(azurite) -> ContainerClient:
-    name = f"lease{uuid.uuid4().hex[:16]}"
-    return BlobServiceClient.from_connection_string(azurite).create_container(name)
+def client(fresh_container) -> ContainerClient:
+    return fresh_container("lease")
 
 
 def source_lines(seed: int, events: int = 900) -> list[str]:
@@ -256,9 +254,9 @@ def test_an_export_that_loses_its_lease_writes_no_marker(client):
     assert [b.name for b in client.list_blobs() if not b.name.startswith("_locks/")] == []
 
 
-def test_a_locked_hour_fails_alone_in_a_range_run(synthetic_hours, clean_env, azurite):
-    clean_env.setenv("AMPLITUDE_HOUR_LOCK_WAIT_SECONDS", "1")
-    client = BlobServiceClient.from_connection_string(azurite).get_container_client(synthetic_hours)
+def test_a_locked_hour_fails_alone_in_a_range_run(synthetic_hours, settings_env, blobs):
+    settings_env(AMPLITUDE_HOUR_LOCK_WAIT_SECONDS=1)
+    client = blobs.service.get_container_client(synthetic_hours)
     middle = datetime(2020, 1, 25, 7, tzinfo=timezone.utc)
     instance = dg.DagsterInstance.ephemeral()
     with hour_lease(client, EVENTS.lock(middle), "events 2020-01-25-07:00", 0, holder="run-x"):
@@ -333,12 +331,9 @@ def test_two_exports_of_one_merged_ids_hour_at_once_never_mix(client, azurite):
         assert lock_blobs(client) == []
 
 
-def test_a_locked_merged_ids_hour_fails_the_asset_naming_the_hour(container, clean_env, azurite):
-    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
-    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "200")
-    clean_env.setenv("AMPLITUDE_ORG_ID", "4242")
-    clean_env.setenv("AMPLITUDE_HOUR_LOCK_WAIT_SECONDS", "1")
-    client = BlobServiceClient.from_connection_string(azurite).get_container_client(container)
+def test_a_locked_merged_ids_hour_fails_the_asset_naming_the_hour(synthetic_hours, settings_env, blobs):
+    settings_env(AMPLITUDE_ORG_ID=4242, AMPLITUDE_HOUR_LOCK_WAIT_SECONDS=1)
+    client = blobs.service.get_container_client(synthetic_hours)
     hour = datetime(2020, 1, 25, 9, tzinfo=timezone.utc)
     assert materialize(definitions(), ["events"], partition="2020-01-25-09:00").success
     with hour_lease(client, MERGED.lock(hour), "merged_ids 2020-01-25-09:00", 0, holder="run-x"):
@@ -383,7 +378,7 @@ def test_after_a_holder_is_killed_the_hour_exports_again_once_its_lease_lapses(c
     export(client, first, 300)
     process = subprocess.Popen(
         [sys.executable, "-c", HOLDER, azurite, client.container_name],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, text=True, cwd=ROOT, env=environment(PYTHONPATH=str(ROOT)),
     )
     try:
         assert process.stdout.readline().strip() == "holding"

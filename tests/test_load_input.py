@@ -23,11 +23,9 @@ TYPES = {Kind.TIMESTAMP: pl.Datetime("us", "UTC"), Kind.INT: pl.Int64, Kind.FLOA
 
 
 @pytest.fixture
-def env(container, clean_env):
-    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
-    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "80")
-    clean_env.setenv("AMPLITUDE_ORG_ID", ORG)
-    clean_env.setenv("AMPLITUDE_MAX_ROWS_PER_FILE", "50")  # several parts an hour
+def env(container, settings_env):
+    settings_env(AMPLITUDE_START="2020-01-25-00:00", AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR=80, AMPLITUDE_ORG_ID=ORG,
+                 AMPLITUDE_MAX_ROWS_PER_FILE=50)  # several parts an hour
     return container
 
 
@@ -166,7 +164,7 @@ def test_a_day_with_an_hour_not_exported_fails_naming_it(env):
     assert "hour 2020-01-25-01:00 has not been exported" in message
 
 
-def test_an_hour_without_merges_loads_as_an_empty_typed_frame(env, clean_env, tmp_path, blobs):
+def test_an_hour_without_merges_loads_as_an_empty_typed_frame(env, settings_env, tmp_path, blobs):
     # Two anonymous events: the hour is exported, with a marker and no merged-IDs file.
     folder = tmp_path / PROJECT
     folder.mkdir()
@@ -175,8 +173,7 @@ def test_an_hour_without_merges_loads_as_an_empty_typed_frame(env, clean_env, tm
              for i in range(2)]
     (folder / f"{PROJECT}_2020-01-25_0#0.json.gz").write_bytes(
         gzip.compress("".join(json.dumps(line) + "\n" for line in lines).encode()))
-    clean_env.setenv("AMPLITUDE_SOURCE", "files")
-    clean_env.setenv("AMPLITUDE_FILES_URL", str(tmp_path))
+    settings_env(AMPLITUDE_SOURCE="files", AMPLITUDE_FILES_URL=tmp_path)
     assert materialize(definitions(), ["events", "merged_ids"], partition="2020-01-25-00:00").success
     stored = blobs(env)
     assert f"merged_ids/-{ORG}/-{ORG}_2020-01-25_0_complete" in stored

@@ -6,14 +6,13 @@ import gzip
 import hashlib
 import io
 import json
-import uuid
 
 import dagster as dg
 import polars as pl
 import pytest
 
 from amplitude_assets.schema import MERGED_ID_FIELDS
-from tests.helpers import definitions, keys_in_order, materialize
+from tests.helpers import add_run, definitions, keys_in_order, materialize
 
 PROJECT = "187520"
 ORG = "4242"
@@ -21,10 +20,8 @@ BOTH = ["events", "merged_ids"]
 
 
 @pytest.fixture
-def env(container, clean_env):
-    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
-    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "300")
-    clean_env.setenv("AMPLITUDE_ORG_ID", ORG)
+def env(container, settings_env):
+    settings_env(AMPLITUDE_START="2020-01-25-00:00", AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR=300, AMPLITUDE_ORG_ID=ORG)
     return container
 
 
@@ -102,8 +99,8 @@ def test_org_layout_rows_and_manifest(env, blobs):
     assert manifest["state"]["stored_as"] == "snapshot"
 
 
-def test_legacy_layout_uses_the_project_id(env, blobs, clean_env):
-    clean_env.delenv("AMPLITUDE_ORG_ID")
+def test_legacy_layout_uses_the_project_id(env, blobs, settings_env):
+    settings_env(AMPLITUDE_ORG_ID=None)
     assert run(partition="2020-01-25-05:00").success
     stored = blobs(env)
     name = f"merged_ids/{PROJECT}/{PROJECT}_2020-01-25_5.json.gz"
@@ -113,10 +110,9 @@ def test_legacy_layout_uses_the_project_id(env, blobs, clean_env):
     assert rows and all(r["scope"] == int(PROJECT) for r in rows)
 
 
-def test_separate_containers_for_events_and_merged_ids(env, blobs, clean_env):
-    other = f"m{uuid.uuid4().hex[:20]}"
-    blobs.service.create_container(other)
-    clean_env.setenv("AZURE_MERGED_IDS_CONTAINER", other)
+def test_separate_containers_for_events_and_merged_ids(env, blobs, fresh_container, settings_env):
+    other = fresh_container("m").container_name
+    settings_env(AZURE_MERGED_IDS_CONTAINER=other)
     assert run(partition="2020-01-25-03:00").success
     merged = blobs(other)
     assert f"-{ORG}/-{ORG}_2020-01-25_3_complete" in merged  # no prefix when the container is its own
@@ -173,11 +169,11 @@ def test_merged_ids_needs_the_hours_events(env):
     assert "materialize events for 2020-01-25-02:00 first" in failure_message(result)
 
 
-def test_an_hour_without_merges_has_a_marker_and_no_file(env, blobs, clean_env):
+def test_an_hour_without_merges_has_a_marker_and_no_file(env, blobs, settings_env):
     assert run(partition="2020-01-25-07:00").success
     name = f"merged_ids/-{ORG}/-{ORG}_2020-01-25_7.json.gz"
     assert name in blobs(env)
-    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "0")
+    settings_env(AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR=0)
     assert run(partition="2020-01-25-07:00").success
     stored = blobs(env)
     assert name not in stored  # the stale file of the earlier export is gone
@@ -185,7 +181,7 @@ def test_an_hour_without_merges_has_a_marker_and_no_file(env, blobs, clean_env):
     assert manifest["parts"] == [] and manifest["rows"] == 0
 
 
-def test_a_range_run_equals_single_hour_runs_byte_for_byte(env, blobs, clean_env, azurite):
+def test_a_range_run_equals_single_hour_runs_byte_for_byte(env, blobs, fresh_container, settings_env):
     result = run(start="2020-01-25-00:00", end="2020-01-25-23:00")
     assert result.success
     ranged = merged_blobs(blobs(env), "merged_ids/")
@@ -203,9 +199,8 @@ def test_a_range_run_equals_single_hour_runs_byte_for_byte(env, blobs, clean_env
         assert manifest["rows"] == rows
     assert sum(counts.values()) > 0 and len(set(counts.values())) > 1
 
-    single = f"s{uuid.uuid4().hex[:20]}"
-    blobs.service.create_container(single)
-    clean_env.setenv("AZURE_EVENTS_CONTAINER", single)
+    single = fresh_container("s").container_name
+    settings_env(AZURE_EVENTS_CONTAINER=single)
     defs = definitions()
     for hour in range(24):
         assert materialize(defs, BOTH, partition=f"2020-01-25-{hour:02d}:00").success
@@ -234,9 +229,9 @@ def test_asset_shape(env):
     assert deps[key] == dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
 
 
-def test_re_exporting_an_hour_flags_later_hours_as_stale(env, blobs, clean_env):
+def test_re_exporting_an_hour_flags_later_hours_as_stale(env, blobs, settings_env):
     assert run(start="2020-01-25-00:00", end="2020-01-25-01:00").success
-    clean_env.setenv("AMPLITUDE_SYNTHETIC_SEED", "7")  # the source changed its mind about hour 0
+    settings_env(AMPLITUDE_SYNTHETIC_SEED=7)  # the source changed its mind about hour 0
     result = run(partition="2020-01-25-00:00")
     assert result.success
     [materialization] = [
@@ -262,21 +257,16 @@ def test_a_broken_delta_chain_names_the_hours_to_re_export(env, blobs):
     assert run(start="2020-01-25-01:00", end="2020-01-25-04:00").success
 
 
-def test_an_hour_waits_a_bounded_time_while_another_run_exports_the_hour_before(env, blobs, clean_env):
+def test_an_hour_waits_a_bounded_time_while_another_run_exports_the_hour_before(env, blobs, settings_env):
     """A run that starts while a running run still exports the hour before waits for it, up to
     AMPLITUDE_HOUR_LOCK_WAIT_SECONDS, then fails naming the hour (and writes nothing)."""
     import time
 
-    clean_env.setenv("AMPLITUDE_HOUR_LOCK_WAIT_SECONDS", "6")
+    settings_env(AMPLITUDE_HOUR_LOCK_WAIT_SECONDS=6)
     instance = dg.DagsterInstance.ephemeral()
     assert run(["events"], partition="2020-01-25-09:00", instance=instance).success
-    earlier = dg.DagsterRun(
-        job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
-        asset_selection=frozenset({dg.AssetKey("events"), dg.AssetKey("merged_ids")}),
-        tags={"dagster/asset_partition_range_start": "2020-01-25-00:00",
-              "dagster/asset_partition_range_end": "2020-01-25-08:00"},
-    )
-    instance.add_run(earlier)
+    earlier = add_run(instance, dg.DagsterRunStatus.STARTED, {"dagster/asset_partition_range_start": "2020-01-25-00:00",
+                                                              "dagster/asset_partition_range_end": "2020-01-25-08:00"})
 
     started = time.monotonic()
     result = run(["merged_ids"], partition="2020-01-25-09:00", instance=instance, raise_on_error=False)

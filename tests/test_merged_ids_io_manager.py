@@ -94,10 +94,8 @@ def test_each_hour_is_derived_only_after_the_hour_before_is_written(container, a
     assert rows == {"2020-01-25-00:00": 0, "2020-01-25-01:00": 1, "2020-01-25-02:00": 2}
 
 
-def test_a_range_run_that_fails_at_its_third_hour_records_the_two_it_wrote(container, clean_env, blobs):
-    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
-    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "300")
-    clean_env.setenv("AMPLITUDE_ORG_ID", ORG)
+def test_a_range_run_that_fails_at_its_third_hour_records_the_two_it_wrote(container, settings_env, blobs):
+    settings_env(AMPLITUDE_START="2020-01-25-00:00", AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR=300, AMPLITUDE_ORG_ID=ORG)
     defs = definitions()
     for key in ("2020-01-25-00:00", "2020-01-25-01:00", "2020-01-25-03:00"):  # 02:00's events are missing
         assert materialize(defs, ["events"], partition=key).success

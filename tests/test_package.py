@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+from tests.conftest import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -19,7 +20,25 @@ def _slug(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-HEADINGS = {line.lstrip("#").strip() for line in README.splitlines() if re.match(r"#{1,6} ", line)}
+def _headings(markdown: str) -> set[str]:
+    """The Markdown headings, outside fenced code blocks (a `# comment` in a shell example is not one)."""
+    headings, fenced = set(), False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6} ", line):
+            headings.add(line.lstrip("#").strip())
+    return headings
+
+
+HEADINGS = _headings(README)
+
+# How a project file sends its reader to a README section: `(README, "Configuration")`, or
+# `the README's "Configuration" section`.
+SECTION_REFERENCE = re.compile(r"README(?:'s)?,? \"([^\"]+)\"")
+# The files a user reads beside the README: the package, its scripts, the build and the deployment files.
+PROJECT_FILES = ("pyproject.toml", "Makefile", "Dockerfile", "amplitude_assets/**/*.py", "scripts/*.py", "bench/*.py",
+                 "deploy/**/*.yaml")
 
 
 def test_the_license_is_an_spdx_string_that_the_required_setuptools_reads():
@@ -38,19 +57,28 @@ def test_readme_links_to_its_own_sections_resolve():
     assert [a for a in anchors if a not in slugs] == []
 
 
+def test_references_and_headings_are_read_as_written():
+    assert SECTION_REFERENCE.findall('limits (README, "Sizing a run\'s pod").') == ["Sizing a run's pod"]
+    assert SECTION_REFERENCE.findall('see the README\'s "Configuration" section') == ["Configuration"]
+    markdown = "# Title\n## Two words\n```bash\n# a shell comment\n```\n### After the block\n"
+    assert _headings(markdown) == {"Title", "Two words", "After the block"}
+
+
 def test_readme_sections_named_by_the_project_files_exist():
-    named = []
-    files = [ROOT / "pyproject.toml", ROOT / "Makefile", ROOT / "Dockerfile",
-             *ROOT.glob("amplitude_assets/**/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("bench/*.py")]
-    for path in files:
-        for section in re.findall(r"README(?:'s)? \"([^\"]+)\" section", path.read_text()):
-            named.append((path.name, section))
-    assert [(f, s) for f, s in named if s not in HEADINGS] == []
+    named = sorted(
+        (str(path.relative_to(ROOT)), section)
+        for pattern in PROJECT_FILES
+        for path in ROOT.glob(pattern)
+        for section in SECTION_REFERENCE.findall(path.read_text())
+    )
+    # The deployment files point at README sections: a scan that finds no reference has stopped
+    # reading them, and would pass whatever the README says.
+    assert named, f"no README section reference found in {PROJECT_FILES}"
+    assert [(path, section) for path, section in named if section not in HEADINGS] == []
 
 
 def test_loading_the_definitions_shows_no_dagster_beta_or_preview_warning():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AMPLITUDE_", "AZURE_"))}
-    env["PYTHONPATH"] = str(ROOT)
+    env = environment(PYTHONPATH=str(ROOT))
     loaded = subprocess.run(
         [sys.executable, "-W", "default", "-c",
          "import warnings, amplitude_assets.definitions; warnings.warn('a warning of another kind')"],

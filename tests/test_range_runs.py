@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -58,10 +57,9 @@ def test_hour_in_a_range_equals_the_hour_alone(env, blobs):
     assert in_range == alone
 
 
-def test_young_hour_is_refused_with_the_time_it_becomes_exportable(env, blobs, clean_env):
+def test_young_hour_is_refused_with_the_time_it_becomes_exportable(env, blobs, settings_env):
     now = datetime.now(timezone.utc)
-    clean_env.setenv("AMPLITUDE_START", f"{now - timedelta(days=1):%Y-%m-%d}-00:00")
-    clean_env.setenv("AMPLITUDE_EXPORT_DELAY_MINUTES", "120")
+    settings_env(AMPLITUDE_START=f"{now - timedelta(days=1):%Y-%m-%d}-00:00", AMPLITUDE_EXPORT_DELAY_MINUTES=120)
     young = (now - timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
     result = materialize(definitions(), ["events"], partition=f"{young:%Y-%m-%d-%H:%M}", raise_on_error=False)
     assert not result.success
@@ -88,14 +86,13 @@ def test_downstream_reader_globs_the_parts_with_duckdb(env, blobs, tmp_path):
     assert str(rows[2]).startswith("2020-01-25 10:") and str(rows[3]).startswith("2020-01-25 11:")
 
 
-def test_command_line_backfill_records_runs_in_dagster_home(env, tmp_path, clean_env, blobs):
+def test_command_line_backfill_records_runs_in_dagster_home(env, tmp_path, settings_env, blobs):
     home = tmp_path / "home"
     home.mkdir()
-    clean_env.setenv("DAGSTER_HOME", str(home))
-    clean_env.setenv("AMPLITUDE_HOURS_PER_RUN", "2")
     done = subprocess.run(
         [sys.executable, "-m", "amplitude_assets", "backfill", "--start", "2020-01-25-05:00", "--end", "2020-01-25-09:00"],
-        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=settings_env(DAGSTER_HOME=home, AMPLITUDE_HOURS_PER_RUN=2), capture_output=True, text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "in 3 run(s)" in done.stdout
@@ -109,12 +106,12 @@ def test_command_line_backfill_records_runs_in_dagster_home(env, tmp_path, clean
         assert all(r.tags.get("amplitude_assets/cli_backfill") for r in runs)
 
 
-def test_command_line_backfill_fails_when_an_hour_fails(env, tmp_path, clean_env):
-    clean_env.setenv("DAGSTER_HOME", str(tmp_path))
-    clean_env.setenv("AZURE_EVENTS_CONTAINER", "no-such-container")  # not created: every write fails
+def test_command_line_backfill_fails_when_an_hour_fails(env, tmp_path, settings_env):
+    # The container is not created: every write fails.
+    environment = settings_env(DAGSTER_HOME=tmp_path, AZURE_EVENTS_CONTAINER="no-such-container")
     done = subprocess.run(
         [sys.executable, "-m", "amplitude_assets", "backfill", "--start", "2020-01-25-05:00", "--end", "2020-01-25-06:00"],
-        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 1
     assert "2 of 2 hour(s) did not export cleanly" in done.stdout
@@ -122,7 +119,7 @@ def test_command_line_backfill_fails_when_an_hour_fails(env, tmp_path, clean_env
     assert "AccountKey" not in done.stdout + done.stderr
 
 
-def test_a_failing_hour_does_not_stop_the_range_and_landed_hours_are_recorded(env, blobs, clean_env, tmp_path):
+def test_a_failing_hour_does_not_stop_the_range_and_landed_hours_are_recorded(env, blobs, settings_env, tmp_path):
     import gzip as gz
 
     from amplitude_assets.sources.synthetic import SyntheticSource
@@ -133,8 +130,7 @@ def test_a_failing_hour_does_not_stop_the_range_and_landed_hours_are_recorded(en
     (folder / f"{PROJECT}_2020-01-25_6#0.json.gz").write_bytes(gz.compress(good))
     (folder / f"{PROJECT}_2020-01-25_7#0.json.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
     (folder / f"{PROJECT}_2020-01-25_8#0.json.gz").write_bytes(gz.compress(good.replace(b"2020-01-25 06:", b"2020-01-25 08:")))
-    clean_env.setenv("AMPLITUDE_SOURCE", "files")
-    clean_env.setenv("AMPLITUDE_FILES_URL", str(tmp_path))
+    settings_env(AMPLITUDE_SOURCE="files", AMPLITUDE_FILES_URL=tmp_path)
     instance = dg.DagsterInstance.ephemeral()
     result = materialize(definitions(), ["events"], start="2020-01-25-06:00", end="2020-01-25-08:00",
                          instance=instance, raise_on_error=False)

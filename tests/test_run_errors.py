@@ -11,19 +11,16 @@ import pytest
 from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 
 from amplitude_assets.destination.credentials import NO_CREDENTIALS, RBAC_ACTIONS
-from tests.conftest import ACCOUNT, ACCOUNT_KEY
+from tests.conftest import ACCOUNT, ACCOUNT_KEY, WRONG_KEY, blob_endpoint
 from tests.helpers import definitions
-from tests.test_check_destination import WRONG_KEY
 from tests.test_export_api import HOUR, KEY, SECRET, ExportServer, Reply
 
 PARTITION = "2020-01-25-17:00"
 
 
-def run_events(env: pytest.MonkeyPatch, **settings: str) -> dg.ExecuteInProcessResult:
-    """`events` for one hour through dagster.materialize, as the code location defines it."""
-    for name, value in {"AMPLITUDE_START": "2020-01-25-00:00", "AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR": "50",
-                        **settings}.items():
-        env.setenv(name, value)
+def run_events(settings_env, **settings: str | None) -> dg.ExecuteInProcessResult:
+    """`events` for one hour through dagster.materialize, as the code location defines it with `settings`."""
+    settings_env(**{"AMPLITUDE_START": "2020-01-25-00:00", "AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR": "50", **settings})
     defs = definitions()
     events = next(a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.key == dg.AssetKey("events"))
     return dg.materialize(
@@ -41,20 +38,20 @@ def headline(result: dg.ExecuteInProcessResult) -> tuple[str, object]:
     return data.user_failure_data.description, data.error.cause
 
 
-def test_no_settings_fail_the_run_with_the_variables_as_headline(clean_env):
-    description, cause = headline(run_events(clean_env))
+def test_no_settings_fail_the_run_with_the_variables_as_headline(settings_env):
+    description, cause = headline(run_events(settings_env))
     assert description == NO_CREDENTIALS
     assert cause is None
 
 
-def test_a_malformed_connection_string_is_the_headline(clean_env):
-    description, cause = headline(run_events(clean_env, AZURE_STORAGE_CONNECTION_STRING="AccountName=acct;AccountKey=c2VjcmV0!!"))
+def test_a_malformed_connection_string_is_the_headline(settings_env):
+    description, cause = headline(run_events(settings_env, AZURE_STORAGE_CONNECTION_STRING="AccountName=acct;AccountKey=c2VjcmV0!!"))
     assert description == "AZURE_STORAGE_CONNECTION_STRING is malformed: its AccountKey is not base64"
     assert cause is None
 
 
-def test_a_refused_key_names_the_credential_variable(container, azurite, clean_env):
-    result = run_events(clean_env, AZURE_STORAGE_CONNECTION_STRING=azurite.replace(ACCOUNT_KEY, WRONG_KEY))
+def test_a_refused_key_names_the_credential_variable(container, azurite, settings_env):
+    result = run_events(settings_env, AZURE_STORAGE_CONNECTION_STRING=azurite.replace(ACCOUNT_KEY, WRONG_KEY))
     description, cause = headline(result)
     assert description.startswith(
         "authentication failed: the storage account refused the credential from AZURE_STORAGE_CONNECTION_STRING "
@@ -65,15 +62,14 @@ def test_a_refused_key_names_the_credential_variable(container, azurite, clean_e
     assert WRONG_KEY not in "".join(str(e) for e in result.all_events)
 
 
-def test_a_missing_permission_names_the_rbac_action(container, azurite, clean_env):
+def test_a_missing_permission_names_the_rbac_action(container, azurite, settings_env):
     sas = generate_account_sas(  # may read and list, not write or delete
         ACCOUNT, ACCOUNT_KEY, resource_types=ResourceTypes(container=True, object=True),
         permission=AccountSasPermissions(read=True, list=True),
         expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1),
     )
-    endpoint = azurite.split("BlobEndpoint=")[1].rstrip(";")
-    clean_env.delenv("AZURE_STORAGE_CONNECTION_STRING")
-    result = run_events(clean_env, AZURE_STORAGE_ACCOUNT_URL=endpoint, AZURE_STORAGE_SAS_TOKEN=sas)
+    result = run_events(settings_env, AZURE_STORAGE_CONNECTION_STRING=None,
+                        AZURE_STORAGE_ACCOUNT_URL=blob_endpoint(azurite), AZURE_STORAGE_SAS_TOKEN=sas)
     description, cause = headline(result)
     assert description.startswith("permission denied: grant the Azure RBAC data action "), description
     # The export's first request writes (or deletes an old marker): both are refused here.
@@ -87,17 +83,14 @@ def test_a_missing_permission_names_the_rbac_action(container, azurite, clean_en
 
 @pytest.fixture
 def export_api():
-    server = ExportServer()
-    server.thread.start()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    with ExportServer() as server:
+        yield server
 
 
-def test_a_refused_export_api_key_is_the_headline(container, export_api, clean_env):
+def test_a_refused_export_api_key_is_the_headline(container, export_api, settings_env):
     export_api.script(HOUR, Reply(401, b"Invalid"))
     result = run_events(
-        clean_env, AMPLITUDE_SOURCE="export_api", AMPLITUDE_EXPORT_API_URL=export_api.url,
+        settings_env, AMPLITUDE_SOURCE="export_api", AMPLITUDE_EXPORT_API_URL=export_api.url,
         AMPLITUDE_API_KEY=KEY, AMPLITUDE_SECRET_KEY=SECRET, AMPLITUDE_EXPORT_DELAY_MINUTES="0",
     )
     description, cause = headline(result)
@@ -108,8 +101,8 @@ def test_a_refused_export_api_key_is_the_headline(container, export_api, clean_e
     assert KEY not in text and SECRET not in text
 
 
-def test_merged_ids_without_settings_fails_with_the_variables_as_headline(clean_env):
-    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
+def test_merged_ids_without_settings_fails_with_the_variables_as_headline(settings_env):
+    settings_env(AMPLITUDE_START="2020-01-25-00:00")
     result = definitions().resolve_implicit_global_asset_job_def().execute_in_process(
         instance=dg.DagsterInstance.ephemeral(), partition_key=PARTITION,
         asset_selection=[dg.AssetKey("merged_ids")], raise_on_error=False,

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import datetime, timezone
 
 import dagster as dg
 import pytest
-from azure.storage.blob import BlobServiceClient
-from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 
-from amplitude_assets.partitions import hourly_partitions
 from amplitude_assets.sensors import RANGE_END, RANGE_START, build_hourly_export_sensor
-from amplitude_assets.settings import Settings
-from tests.helpers import definitions, materialize
+from tests.conftest import unique_name
+from tests.helpers import Ticker, add_run, definitions, materialize
 
 PROJECT = "187520"
 NOW = datetime(2020, 1, 26, 12, 5, tzinfo=timezone.utc)
@@ -22,64 +18,25 @@ DUE = ["2020-01-26-06:00", "2020-01-26-07:00", "2020-01-26-08:00", "2020-01-26-0
 
 
 @pytest.fixture
-def env(container, clean_env):
-    clean_env.setenv("AMPLITUDE_START", "2020-01-25-00:00")
-    clean_env.setenv("AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR", "50")
-    clean_env.setenv("AMPLITUDE_CATCH_UP_HOURS", "6")
-    clean_env.setenv("AMPLITUDE_HOURS_PER_RUN", "4")
-    clean_env.setenv("AMPLITUDE_EXPORT_DELAY_MINUTES", "10")
-    clean_env.setenv("AMPLITUDE_SENSOR_MAX_ATTEMPTS", "2")
+def env(container, settings_env):
+    settings_env(
+        AMPLITUDE_START="2020-01-25-00:00", AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR=50, AMPLITUDE_CATCH_UP_HOURS=6,
+        AMPLITUDE_HOURS_PER_RUN=4, AMPLITUDE_EXPORT_DELAY_MINUTES=10, AMPLITUDE_SENSOR_MAX_ATTEMPTS=2,
+    )
     return container
 
 
-@pytest.fixture
-def instance(tmp_path):
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        yield instance
-
-
-class Ticker:
-    """Evaluates the sensor tick after tick, carrying the cursor as the daemon does."""
-
-    def __init__(self, instance: dg.DagsterInstance, now: datetime = NOW):
-        self.instance = instance
-        self.now = now
-        self.cursor: str | None = None
-
-    def tick(self) -> dg.SensorResult | dg.SkipReason:
-        settings = Settings.from_env()
-        sensor = build_hourly_export_sensor(settings, hourly_partitions(settings), now=lambda: self.now)
-        defs = definitions()
-        context = dg.build_sensor_context(
-            instance=self.instance, cursor=self.cursor, definitions=defs, resources={"storage": defs.resources["storage"]}
-        )
-        result = sensor(context)
-        if isinstance(result, dg.SensorResult) and result.cursor is not None:
-            self.cursor = result.cursor
-        return result
+def hourly_sensor(instance: dg.DagsterInstance, now: datetime = NOW) -> Ticker:
+    """hourly_export_sensor, ticked in process with the code location's storage, "now" fixed."""
+    return Ticker(build_hourly_export_sensor, instance, now, storage=True)
 
 
 def ranges(result) -> list[tuple[str, str]]:
-    if not isinstance(result, dg.SensorResult):
-        return []
-    return [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in result.run_requests or []]
+    return [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in result.run_requests]
 
 
 def skip_text(result) -> str:
-    if isinstance(result, dg.SkipReason):
-        return result.skip_message or ""
-    return (result.skip_reason.skip_message or "") if result.skip_reason else ""
-
-
-def add_run(instance, status: dg.DagsterRunStatus, tags: dict[str, str]) -> None:
-    """A run in the instance as the daemon records it (a queued run needs its job's origin)."""
-    origin = RemoteJobOrigin(
-        RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("amplitude_assets"), "__repository__"), "__ASSET_JOB"
-    )
-    instance.add_run(dg.DagsterRun(
-        job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=status, tags=tags,
-        asset_selection=frozenset({dg.AssetKey("events"), dg.AssetKey("merged_ids")}), remote_job_origin=origin,
-    ))
+    return result.skip_message or ""
 
 
 def test_sensor_is_stopped_by_default(env):
@@ -88,7 +45,7 @@ def test_sensor_is_stopped_by_default(env):
 
 
 def test_first_tick_requests_the_closed_unexported_hours_in_range_runs(env, instance):
-    result = Ticker(instance).tick()
+    result = hourly_sensor(instance).tick()
     assert ranges(result) == [(DUE[0], DUE[3]), (DUE[4], DUE[4])]
     for request in result.run_requests:
         # events alone: merged_ids_automation follows once they land, so a long export of
@@ -100,8 +57,8 @@ def test_first_tick_requests_the_closed_unexported_hours_in_range_runs(env, inst
     assert json.loads(result.cursor)["attempts"] == {k: 1 for k in DUE}
 
 
-def test_exported_hours_are_not_requested_and_a_vanished_marker_is(env, instance, azurite):
-    ticker = Ticker(instance)
+def test_exported_hours_are_not_requested_and_a_vanished_marker_is(env, instance, blobs):
+    ticker = hourly_sensor(instance)
     assert ranges(ticker.tick()) == [(DUE[0], DUE[3]), (DUE[4], DUE[4])]
     assert materialize(definitions(), ["events", "merged_ids"], start=DUE[0], end=DUE[4]).success
 
@@ -110,7 +67,7 @@ def test_exported_hours_are_not_requested_and_a_vanished_marker_is(env, instance
     assert "exported" in skip_text(result)
     assert json.loads(ticker.cursor)["attempts"] == {}
 
-    client = BlobServiceClient.from_connection_string(azurite).get_container_client(env)
+    client = blobs.service.get_container_client(env)
     client.delete_blob(f"{PROJECT}/{PROJECT}_2020-01-26_8_complete")
     assert ranges(ticker.tick()) == [(DUE[2], DUE[2])]
 
@@ -125,12 +82,12 @@ def test_hours_with_a_run_queued_or_in_progress_are_not_requested(env, instance)
     add_run(instance, dg.DagsterRunStatus.STARTED, {RANGE_START: DUE[0], RANGE_END: DUE[1]})
     add_run(instance, dg.DagsterRunStatus.QUEUED, {"dagster/partition": DUE[3]})
     add_run(instance, dg.DagsterRunStatus.FAILURE, {RANGE_START: DUE[2], RANGE_END: DUE[4]})  # over: no guard
-    result = Ticker(instance).tick()
+    result = hourly_sensor(instance).tick()
     assert ranges(result) == [(DUE[2], DUE[2]), (DUE[4], DUE[4])]
 
 
 def test_a_failed_hour_is_retried_then_given_up(env, instance):
-    ticker = Ticker(instance)
+    ticker = hourly_sensor(instance)
     first = ticker.tick()
     assert ranges(first) == [(DUE[0], DUE[3]), (DUE[4], DUE[4])]
     # the runs are running: nothing is requested again
@@ -167,7 +124,7 @@ def test_merged_ids_wait_for_the_hour_before_and_are_not_counted(env, instance, 
     assert materialize(definitions(), ["events"], start=DUE[1], end=DUE[4]).success
     assert materialize(definitions(), ["events", "merged_ids"], partition=DUE[3]).success
     add_run(instance, dg.DagsterRunStatus.STARTED, {"dagster/partition": DUE[1]})
-    ticker = Ticker(instance)
+    ticker = hourly_sensor(instance)
     result = ticker.tick()
     # 06:00 has no events: a run of events alone. 07:00 is busy. 08:00 waits for 07:00's merged IDs.
     # 09:00 is done. 10:00 follows 09:00: a run of merged_ids alone, with the chain's tag.
@@ -190,22 +147,21 @@ def test_merged_ids_wait_for_the_hour_before_and_are_not_counted(env, instance, 
     assert json.loads(later.cursor)["merged_attempts"] == {DUE[4]: 1}  # waiting spent no attempt
 
 
-def test_export_delay_and_catch_up_windows(env, instance, clean_env):
+def test_export_delay_and_catch_up_windows(env, instance, settings_env):
     # 11:00-12:00 closes at 12:00 and may be exported 10 minutes later
-    assert ranges(Ticker(instance, datetime(2020, 1, 26, 12, 9, tzinfo=timezone.utc)).tick())[-1] == (DUE[4], DUE[4])
-    assert ranges(Ticker(instance, datetime(2020, 1, 26, 12, 10, tzinfo=timezone.utc)).tick())[-1] == (DUE[4], "2020-01-26-11:00")
+    assert ranges(hourly_sensor(instance, datetime(2020, 1, 26, 12, 9, tzinfo=timezone.utc)).tick())[-1] == (DUE[4], DUE[4])
+    assert ranges(hourly_sensor(instance, datetime(2020, 1, 26, 12, 10, tzinfo=timezone.utc)).tick())[-1] == (DUE[4], "2020-01-26-11:00")
     # the catch-up window: hours older than AMPLITUDE_CATCH_UP_HOURS are not looked at
-    clean_env.setenv("AMPLITUDE_CATCH_UP_HOURS", "3")
-    assert ranges(Ticker(instance).tick()) == [("2020-01-26-09:00", DUE[4])]
+    settings_env(AMPLITUDE_CATCH_UP_HOURS=3)
+    assert ranges(hourly_sensor(instance).tick()) == [("2020-01-26-09:00", DUE[4])]
     # ... nor hours before AMPLITUDE_START
-    clean_env.setenv("AMPLITUDE_CATCH_UP_HOURS", "72")
-    clean_env.setenv("AMPLITUDE_START", "2020-01-26-08:00")
-    assert ranges(Ticker(instance).tick()) == [("2020-01-26-08:00", DUE[4])]
+    settings_env(AMPLITUDE_CATCH_UP_HOURS=72, AMPLITUDE_START="2020-01-26-08:00")
+    assert ranges(hourly_sensor(instance).tick()) == [("2020-01-26-08:00", DUE[4])]
     # before the first hour closes, there is nothing to do
-    result = Ticker(instance, datetime(2020, 1, 26, 9, 5, tzinfo=timezone.utc)).tick()
+    result = hourly_sensor(instance, datetime(2020, 1, 26, 9, 5, tzinfo=timezone.utc)).tick()
     assert ranges(result) == [] and "no closed hour" in skip_text(result)
 
 
-def test_a_container_that_does_not_exist_means_nothing_was_exported(env, instance, clean_env):
-    clean_env.setenv("AZURE_EVENTS_CONTAINER", f"missing{uuid.uuid4().hex[:12]}")
-    assert ranges(Ticker(instance).tick()) == [(DUE[0], DUE[3]), (DUE[4], DUE[4])]
+def test_a_container_that_does_not_exist_means_nothing_was_exported(env, instance, settings_env):
+    settings_env(AZURE_EVENTS_CONTAINER=unique_name("missing"))
+    assert ranges(hourly_sensor(instance).tick()) == [(DUE[0], DUE[3]), (DUE[4], DUE[4])]

@@ -28,6 +28,7 @@ import yaml
 from referencing.jsonschema import DRAFT202012
 
 from amplitude_assets.sensors import MERGED_IDS_CHAIN
+from tests.helpers import assert_notices
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -49,7 +50,8 @@ def load_yaml(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def instance() -> dict:
+def dagster_yaml() -> dict:
+    """deploy/dagster.yaml: the instance's configuration."""
     return load_yaml(DEPLOY / "dagster.yaml")
 
 
@@ -159,12 +161,12 @@ def queue_differences(instance: dict, helm: dict) -> list[str]:
     return found
 
 
-def test_queue_limits_agree(instance, helm):
-    assert queue_differences(instance, helm) == []
+def test_queue_limits_agree(dagster_yaml, helm):
+    assert queue_differences(dagster_yaml, helm) == []
 
 
-def test_the_chain_tag_is_the_sensors(instance, helm):
-    limits = {row["key"]: row for row in instance["run_coordinator"]["config"]["tag_concurrency_limits"]}
+def test_the_chain_tag_is_the_sensors(dagster_yaml, helm):
+    limits = {row["key"]: row for row in dagster_yaml["run_coordinator"]["config"]["tag_concurrency_limits"]}
     assert "amplitude_assets/merged_ids_chain" == MERGED_IDS_CHAIN
     assert MERGED_IDS_CHAIN in limits
     # One run of the chain at a time, for any value of the tag (the destination).
@@ -189,11 +191,8 @@ def test_the_chain_tag_is_the_sensors(instance, helm):
         (lambda i, h: h["concurrency"].update(enabled=True), "concurrency.enabled"),
     ],
 )
-def test_the_queue_check_can_fail(instance, helm, change, expected):
-    instance, helm = copy.deepcopy(instance), copy.deepcopy(helm)
-    change(instance, helm)
-    found = queue_differences(instance, helm)
-    assert any(expected in difference for difference in found), found
+def test_the_queue_check_can_fail(dagster_yaml, helm, change, expected):
+    assert_notices(queue_differences, change, expected, dagster_yaml, helm)
 
 
 # --- run monitoring ------------------------------------------------------------------------------
@@ -217,8 +216,8 @@ def run_monitoring_differences(instance: dict, helm: dict) -> list[str]:
     return found
 
 
-def test_run_monitoring_agrees(instance, helm):
-    assert run_monitoring_differences(instance, helm) == []
+def test_run_monitoring_agrees(dagster_yaml, helm):
+    assert run_monitoring_differences(dagster_yaml, helm) == []
 
 
 @pytest.mark.parametrize(
@@ -231,11 +230,8 @@ def test_run_monitoring_agrees(instance, helm):
         (lambda i, h: h["dagsterDaemon"]["runMonitoring"].update(maxResumeRunAttempts=3), "maxResumeRunAttempts"),
     ],
 )
-def test_the_run_monitoring_check_can_fail(instance, helm, change, expected):
-    instance, helm = copy.deepcopy(instance), copy.deepcopy(helm)
-    change(instance, helm)
-    found = run_monitoring_differences(instance, helm)
-    assert any(expected in difference for difference in found), found
+def test_the_run_monitoring_check_can_fail(dagster_yaml, helm, change, expected):
+    assert_notices(run_monitoring_differences, change, expected, dagster_yaml, helm)
 
 
 def daemon_thread_differences(instance: dict, helm: dict) -> list[str]:
@@ -249,11 +245,11 @@ def daemon_thread_differences(instance: dict, helm: dict) -> list[str]:
     return found
 
 
-def test_daemon_threads_agree(instance, helm):
-    assert daemon_thread_differences(instance, helm) == []
+def test_daemon_threads_agree(dagster_yaml, helm):
+    assert daemon_thread_differences(dagster_yaml, helm) == []
     changed = copy.deepcopy(helm)
     changed["dagsterDaemon"]["backfills"]["numWorkers"] = 4
-    assert daemon_thread_differences(instance, changed) == ["backfills.num_workers: dagster.yaml 2, helm 4"]
+    assert daemon_thread_differences(dagster_yaml, changed) == ["backfills.num_workers: dagster.yaml 2, helm 4"]
 
 
 # --- storage -------------------------------------------------------------------------------------
@@ -317,9 +313,9 @@ def helm_storage_differences(instance: dict, helm: dict) -> list[str]:
     return found
 
 
-def test_storage_agrees(instance, helm, compose):
-    assert compose_storage_differences(instance, compose) == []
-    assert helm_storage_differences(instance, helm) == []
+def test_storage_agrees(dagster_yaml, helm, compose):
+    assert compose_storage_differences(dagster_yaml, compose) == []
+    assert helm_storage_differences(dagster_yaml, helm) == []
 
 
 @pytest.mark.parametrize(
@@ -333,14 +329,14 @@ def test_storage_agrees(instance, helm, compose):
         (lambda i, c: i["storage"]["postgres"]["postgres_db"].update(port=5432), "postgres_db.port"),
     ],
 )
-def test_the_compose_storage_check_can_fail(instance, compose, change, expected):
-    instance, compose = copy.deepcopy(instance), copy.deepcopy(compose)
-    # PyYAML shares one object between the services for the `&dagster-environment` anchor.
-    for name in DAGSTER_SERVICES:
-        compose["services"][name]["environment"] = dict(compose["services"][name]["environment"])
-    change(instance, compose)
-    found = compose_storage_differences(instance, compose)
-    assert any(expected in difference for difference in found), found
+def test_the_compose_storage_check_can_fail(dagster_yaml, compose, change, expected):
+    def unshared_then_changed(instance, compose):
+        # PyYAML shares one object between the services for the `&dagster-environment` anchor.
+        for name in DAGSTER_SERVICES:
+            compose["services"][name]["environment"] = dict(compose["services"][name]["environment"])
+        change(instance, compose)
+
+    assert_notices(compose_storage_differences, unshared_then_changed, expected, dagster_yaml, compose)
 
 
 @pytest.mark.parametrize(
@@ -353,11 +349,8 @@ def test_the_compose_storage_check_can_fail(instance, compose, change, expected)
         (lambda i, h: h["postgresql"].update(postgresqlScheme=""), "scheme"),
     ],
 )
-def test_the_helm_storage_check_can_fail(instance, helm, change, expected):
-    instance, helm = copy.deepcopy(instance), copy.deepcopy(helm)
-    change(instance, helm)
-    found = helm_storage_differences(instance, helm)
-    assert any(expected in difference for difference in found), found
+def test_the_helm_storage_check_can_fail(dagster_yaml, helm, change, expected):
+    assert_notices(helm_storage_differences, change, expected, dagster_yaml, helm)
 
 
 # --- compute logs and telemetry ------------------------------------------------------------------
@@ -380,9 +373,9 @@ def compute_log_differences(instance: dict, helm: dict) -> list[str]:
     return found
 
 
-def test_compute_logs_agree(instance, helm):
-    assert compute_log_differences(instance, helm) == []
-    config = instance["compute_logs"]["config"]
+def test_compute_logs_agree(dagster_yaml, helm):
+    assert compute_log_differences(dagster_yaml, helm) == []
+    config = dagster_yaml["compute_logs"]["config"]
     assert {"container", "prefix", "upload_interval"} <= set(config)
 
 
@@ -400,15 +393,12 @@ def test_compute_logs_agree(instance, helm):
         (lambda i, h: h["computeLogManager"].update(type="AzureBlobComputeLogManager"), "type"),
     ],
 )
-def test_the_compute_log_check_can_fail(instance, helm, change, expected):
-    instance, helm = copy.deepcopy(instance), copy.deepcopy(helm)
-    change(instance, helm)
-    found = compute_log_differences(instance, helm)
-    assert any(expected in difference for difference in found), found
+def test_the_compute_log_check_can_fail(dagster_yaml, helm, change, expected):
+    assert_notices(compute_log_differences, change, expected, dagster_yaml, helm)
 
 
-def test_telemetry_is_off(instance, helm):
-    assert instance["telemetry"]["enabled"] is False
+def test_telemetry_is_off(dagster_yaml, helm):
+    assert dagster_yaml["telemetry"]["enabled"] is False
     assert helm["telemetry"]["enabled"] is False
 
 
@@ -463,10 +453,7 @@ def test_helm_code_location(helm):
     ],
 )
 def test_the_helm_location_check_can_fail(helm, change, expected):
-    helm = copy.deepcopy(helm)
-    change(helm)
-    found = helm_location_differences(helm)
-    assert any(expected in difference for difference in found), found
+    assert_notices(helm_location_differences, change, expected, helm)
 
 
 # --- compose: the code server, the workspace and the instance ------------------------------------
@@ -582,10 +569,7 @@ def _service(compose, name):
     ],
 )
 def test_the_compose_check_can_fail(compose, change, expected):
-    compose = copy.deepcopy(compose)
-    change(compose)
-    found = compose_differences(compose)
-    assert any(expected in difference for difference in found), found
+    assert_notices(compose_differences, change, expected, compose)
 
 
 def test_dockerfile_installs_the_deploy_extra():

@@ -12,7 +12,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta, timezone
@@ -21,8 +20,9 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from conftest import AZURITE, ROOT, connection_string, free_port, wait_for_port
+from scripts.topology import free_port, wait_for_port
 from scripts.topology import stop_group as kill_group
+from tests.conftest import AZURITE, ROOT, SETTING_PREFIXES, connection_string, environment, unique_name
 
 DAGSTER = ROOT / ".venv" / "bin" / "dagster"
 CHROMIUM = Path(os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium"))
@@ -284,8 +284,9 @@ class DagsterDev:
 
 
 def e2e_env(azurite: str, container: str, start: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AMPLITUDE_", "AZURE_", "DAGSTER_"))}
-    env.update({
+    """The environment of a session's `dagster dev`: none of the developer's settings or DAGSTER_*
+    variables, the session's Azurite, and `extra` over these defaults."""
+    return environment(clear=(*SETTING_PREFIXES, "DAGSTER_"), **{
         "AZURE_STORAGE_CONNECTION_STRING": azurite,
         "AZURE_CREATE_CONTAINERS": "true",
         "AZURE_EVENTS_CONTAINER": container,
@@ -293,9 +294,8 @@ def e2e_env(azurite: str, container: str, start: str, **extra: str) -> dict[str,
         "AMPLITUDE_SYNTHETIC_EVENTS_PER_HOUR": "200",
         "AMPLITUDE_HOURS_PER_RUN": "3",
         "PYTHONUNBUFFERED": "1",
+        **extra,
     })
-    env.update(extra)
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -345,10 +345,6 @@ def running_dagster(tmp_path_factory, name: str, env: dict[str, str]) -> Iterato
         dagster.stop()
 
 
-def unique_container(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:12]}"
-
-
 @pytest.fixture(scope="module")
 def recent_dagster(e2e_azurite, tmp_path_factory) -> Iterator[Callable[[str, int], DagsterDev]]:
     """recent_dagster(name, hours_back): a `dagster dev` whose partitions start `hours_back` hours
@@ -358,7 +354,7 @@ def recent_dagster(e2e_azurite, tmp_path_factory) -> Iterator[Callable[[str, int
 
         def start(name: str, hours_back: int) -> DagsterDev:
             first = this_hour() - timedelta(hours=hours_back)
-            container = unique_container(f"e2e{name}")
+            container = unique_name(f"e2e{name}")
             env = e2e_env(e2e_azurite, container, hour_key(first),
                           AMPLITUDE_EXPORT_DELAY_MINUTES=str(EXPORT_DELAY_MINUTES))
             dagster = stack.enter_context(running_dagster(tmp_path_factory, name, env))

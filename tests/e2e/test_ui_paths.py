@@ -10,6 +10,8 @@ from datetime import timedelta
 
 import pytest
 
+from tests.conftest import unique_name
+
 from .conftest import (
     ARTIFACTS,
     RANGE_END,
@@ -19,7 +21,6 @@ from .conftest import (
     hour_blobs,
     hour_key,
     running_dagster,
-    unique_container,
 )
 
 pytestmark = pytest.mark.e2e
@@ -33,7 +34,7 @@ MATERIALIZE = re.compile(r"\bMaterialize…$")
 @pytest.fixture(scope="module")
 def dagster(e2e_azurite, tmp_path_factory):
     start = days_back(3)
-    container = unique_container("e2e")
+    container = unique_name("e2e")
     env = e2e_env(e2e_azurite, container, hour_key(start), AMPLITUDE_HOURS_PER_RUN=str(HOURS_PER_RUN))
     with running_dagster(tmp_path_factory, "ui", env) as dagster:
         dagster.container = container
