@@ -17,7 +17,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
@@ -175,6 +176,36 @@ def _arrow(frame: pl.DataFrame):
     return frame.to_arrow(compat_level=pl.CompatLevel.newest())
 
 
+SIDE_BY_SIDE_ROWS = 16_384  # a part smaller than this is not worth a thread of its own
+
+
+def side_by_side(frame: pl.DataFrame, table: str, query: Callable) -> pl.DataFrame:
+    """`query(con)` over `frame`, registered as `table`, cut into one part per DuckDB thread
+    and run side by side, then put back together in order.
+
+    A chunk of the hour is smaller than the row group DuckDB splits a scan by, so one query
+    over it would keep one core busy, however many DuckDB may use. Each part gets a
+    connection of its own with one thread (and its share of the memory limit); DuckDB
+    releases the GIL while it works.
+    """
+    workers = max(1, min(int(duck.limits()["threads"]), frame.height // SIDE_BY_SIDE_ROWS))
+
+    def run(part: pl.DataFrame) -> pl.DataFrame:
+        con = duck.connect(threads=1, share=workers)
+        try:
+            con.register(table, _arrow(part))
+            return query(con)
+        finally:
+            con.close()
+
+    if workers == 1:
+        return run(frame)
+    size = -(-frame.height // workers)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="amplitude-parse") as pool:
+        parts = list(pool.map(run, [frame.slice(i * size, size) for i in range(workers)]))
+    return pl.concat(parts, how="vertical_relaxed")
+
+
 def _sql_text(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -208,15 +239,14 @@ def _scan(source: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series]:
     and for values that are not objects, which `json_type` then tells apart on those
     few lines. Returns the good lines, the rejects and, per good line, its extra keys.
     """
-    con = duck.connect()
-    con.register("source", _arrow(source))
-    scanned = con.sql(
+    scanned = side_by_side(source.select("line"), "source", lambda con: con.sql(
         f"""
         SELECT len(ks) AS n, list_filter(ks, lambda k: NOT list_contains({_KNOWN_KEYS_SQL}, k)) AS extra,
                hash(array_to_string(ks, chr(31))) AS kh, coalesce({_TYPED_SQL}, false) AS typed
         FROM (SELECT try(json_keys(line)) AS ks, try(json_type(line, [{_TYPE_PATHS_SQL}])) AS t FROM source)
         """
-    ).pl()
+    ).pl())
+    con = duck.connect()
     n = scanned["n"]
     is_object = (n > 0).fill_null(False)
     empty = (n == 0).fill_null(False)
@@ -300,23 +330,19 @@ def json_fields(lines: pl.DataFrame, extras: list[str], skip_dicts: pl.Series | 
             by_path.append(key)
     structure = {name: ("JSON" if kind in JSON_TEXT_KINDS else "VARCHAR") for name, kind in EVENT_FIELDS}
     structure.update((key, "JSON") for key in in_struct)
-    con = duck.connect()
     if skip_dicts is None:
-        con.register("good", _arrow(lines.select("line")))
-        fields = pl.from_arrow(
+        fields = side_by_side(lines.select("line"), "good", lambda con: pl.from_arrow(
             con.sql(f"SELECT unnest(json_transform(line, {_sql_text(json.dumps(structure))})) FROM good").arrow()
-        )
+        ))
         fields.columns = list(structure)
     else:
         rest = {k: v for k, v in structure.items() if k not in DICT_FIELDS}
-        con.register("good", _arrow(lines.select("line", skip_dicts.alias("skip"))))
-        fields = pl.from_arrow(con.sql(
+        fields = side_by_side(lines.select("line", skip_dicts.alias("skip")), "good", lambda con: pl.from_arrow(con.sql(
             f"SELECT unnest(json_transform(line, {_sql_text(json.dumps(rest))})), "
             f"CASE WHEN NOT skip THEN json_extract(line, [{_DICT_PATHS_SQL}]) END AS d FROM good"
-        ).arrow())
+        ).arrow()))
         fields.columns = [*rest, "d"]
         fields = fields.with_columns(pl.col("d").list.get(i).alias(n) for i, n in enumerate(DICT_FIELDS)).select(list(structure))
-    con.close()
     if by_path:
         fields = fields.with_columns(extract_json(lines, by_path))
     return fields

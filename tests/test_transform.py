@@ -305,3 +305,28 @@ def test_a_line_with_a_key_the_parser_reserves_is_rejected_not_lost():
     assert len(exported(result)) == 1
     assert result.rejects.rows() == [("has a key that the exporter reserves", odd)]
     assert result.counts.reconciles()
+
+
+def test_parsing_in_parts_side_by_side_gives_what_one_query_gives(monkeypatch):
+    from amplitude_assets import transform
+    from amplitude_assets.sources.synthetic import SyntheticSource
+
+    rows = SyntheticSource("187520", 300, 5).events(HOUR)
+    lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in rows]
+    lines[7:7] = ["not json", "[1]", "{}", '{"uuid": NaN}', '{"plan":{"a":1},"uuid":"X"}']
+    series = transform.read_lines([("\n".join(lines) + "\n").encode()])
+    whole = [transform.parse(series, all_dicts=flag) for flag in (True, False)]
+    shares = []
+    connect = transform.duck.connect
+
+    def counted(threads=None, share=1):
+        shares.append(share)
+        return connect(threads=threads, share=share)
+
+    monkeypatch.setattr(transform.duck, "limits", lambda: {"memory_limit": "512MB", "threads": 3})
+    monkeypatch.setattr(transform, "SIDE_BY_SIDE_ROWS", 50)
+    monkeypatch.setattr(transform.duck, "connect", counted)
+    parts = [transform.parse(series, all_dicts=flag) for flag in (True, False)]
+    assert shares.count(3) == 12  # the scan and the transform, in three parts each, twice
+    for (a_fields, a_rejects, a_extras), (b_fields, b_rejects, b_extras) in zip(whole, parts):
+        assert a_fields.equals(b_fields) and a_rejects.equals(b_rejects) and a_extras == b_extras
