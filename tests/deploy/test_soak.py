@@ -45,6 +45,7 @@ HOURS_PER_RUN = 8
 FAULT_RATE = 0.03
 SENSOR_HOURS = 6  # closed hours after the backfill's range, left to the sensor
 SOAK_TIMEOUT = 600.0
+IDLE_TIMEOUT = 600.0  # until no run is queued or in progress
 FINISHED_RUN = ("SUCCESS", "FAILURE", "CANCELED")
 UNFINISHED_RUN = ["QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"]
 EVENTS_CHECKS = ("schema", "unique", "complete")
@@ -297,7 +298,9 @@ def test_a_backfill_and_the_sensor_under_faults_land_every_hour_once(soak):
     # The user's second pass: a backfill of the partitions that failed, are missing or unchecked.
     relaunches = 0
     while True:
-        wait(lambda: deployment.quiet(), 300, "an idle deployment", deployment)
+        # A kill early in the range leaves the merged-ID chain to be derived again from there,
+        # one run of AMPLITUDE_HOURS_PER_RUN hours after another: up to seven runs here.
+        wait(lambda: deployment.quiet(), IDLE_TIMEOUT, "an idle deployment", deployment)
         present = {name for name in (b.name for b in client.list_blobs()) if name.endswith("_complete")}
         unchecked = set()  # a step killed after its hours landed leaves them without checks
         for asset, checks in (("events", EVENTS_CHECKS), ("merged_ids", MERGED_CHECKS)):
@@ -326,7 +329,7 @@ def test_a_backfill_and_the_sensor_under_faults_land_every_hour_once(soak):
                    for k in sensor_hours)
 
     wait(sensor_hours_landed, 300, "the sensor's hours", deployment)
-    wait(lambda: deployment.quiet(), 300, "no run queued or in progress", deployment)
+    wait(lambda: deployment.quiet(), IDLE_TIMEOUT, "no run queued or in progress", deployment)
     all_hours = backfill_hours + sensor_hours
 
     # Killed, and reported: the step's run and the worker's run both failed, neither hangs.
