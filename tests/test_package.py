@@ -33,9 +33,15 @@ def _headings(markdown: str) -> set[str]:
 
 HEADINGS = _headings(README)
 
-# How a project file sends its reader to a README section: `(README, "Configuration")`, or
+# How a project file sends its reader to a section of the README or of a docs page:
+# `(README, "Configuration")`, `(docs/deployment.md, "Sizing a run's pod")`, or
 # `the README's "Configuration" section`.
-SECTION_REFERENCE = re.compile(r"README(?:'s)?,? \"([^\"]+)\"")
+SECTION_REFERENCE = re.compile(r"(README|docs/[\w-]+\.md)(?:'s)?,? \"([^\"]+)\"")
+
+
+def _document(name: str) -> str:
+    path = ROOT / ("README.md" if name == "README" else name)
+    return path.read_text() if path.exists() else ""
 # The files a user reads beside the README: the package, its scripts, the build and the deployment files.
 PROJECT_FILES = ("pyproject.toml", "Makefile", "Dockerfile", "amplitude_assets/**/*.py", "scripts/*.py", "bench/*.py",
                  "deploy/**/*.yaml")
@@ -58,23 +64,25 @@ def test_readme_links_to_its_own_sections_resolve():
 
 
 def test_references_and_headings_are_read_as_written():
-    assert SECTION_REFERENCE.findall('limits (README, "Sizing a run\'s pod").') == ["Sizing a run's pod"]
-    assert SECTION_REFERENCE.findall('see the README\'s "Configuration" section') == ["Configuration"]
+    assert SECTION_REFERENCE.findall('limits (README, "Sizing a run\'s pod").') == [("README", "Sizing a run's pod")]
+    assert SECTION_REFERENCE.findall('see the README\'s "Configuration" section') == [("README", "Configuration")]
+    assert SECTION_REFERENCE.findall('(docs/format.md, "Field types")') == [("docs/format.md", "Field types")]
     markdown = "# Title\n## Two words\n```bash\n# a shell comment\n```\n### After the block\n"
     assert _headings(markdown) == {"Title", "Two words", "After the block"}
 
 
-def test_readme_sections_named_by_the_project_files_exist():
+def test_sections_named_by_the_project_files_exist():
     named = sorted(
-        (str(path.relative_to(ROOT)), section)
+        (str(path.relative_to(ROOT)), document, section)
         for pattern in PROJECT_FILES
         for path in ROOT.glob(pattern)
-        for section in SECTION_REFERENCE.findall(path.read_text())
+        for document, section in SECTION_REFERENCE.findall(path.read_text())
     )
-    # The deployment files point at README sections: a scan that finds no reference has stopped
-    # reading them, and would pass whatever the README says.
-    assert named, f"no README section reference found in {PROJECT_FILES}"
-    assert [(path, section) for path, section in named if section not in HEADINGS] == []
+    # The package and the deployment files point at sections of the README and the docs: a scan
+    # that finds no reference has stopped reading them, and would pass whatever the docs say.
+    assert named, f"no section reference found in {PROJECT_FILES}"
+    assert [(path, document, section) for path, document, section in named
+            if section not in _headings(_document(document))] == []
 
 
 def test_loading_the_definitions_shows_no_dagster_beta_or_preview_warning():
