@@ -262,6 +262,9 @@ def soak(tmp_path_factory):
         azurite.wait()
 
 
+# The soak's own waits bound it (SOAK_TIMEOUT, IDLE_TIMEOUT, the command line's 600 s);
+# the suite's 900 s per test would cut it short while it still makes progress.
+@pytest.mark.timeout(2400)
 def test_a_backfill_and_the_sensor_under_faults_land_every_hour_once(soak):
     deployment: Deployment = soak["deployment"]
     proxy: FaultProxy = soak["proxy"]
