@@ -309,6 +309,7 @@ def test_a_line_with_a_key_the_parser_reserves_is_rejected_not_lost():
 
 def test_parsing_in_parts_side_by_side_gives_what_one_query_gives(monkeypatch):
     from amplitude_assets import transform
+    from amplitude_assets.transform import parsing
     from amplitude_assets.sources.synthetic import SyntheticSource
 
     rows = SyntheticSource("187520", 300, 5).events(HOUR)
@@ -324,7 +325,7 @@ def test_parsing_in_parts_side_by_side_gives_what_one_query_gives(monkeypatch):
         return connect(threads=threads, share=share)
 
     monkeypatch.setattr(transform.duck, "limits", lambda: {"memory_limit": "512MB", "threads": 3})
-    monkeypatch.setattr(transform, "SIDE_BY_SIDE_ROWS", 50)
+    monkeypatch.setattr(parsing, "SIDE_BY_SIDE_ROWS", 50)
     monkeypatch.setattr(transform.duck, "connect", counted)
     parts = [transform.parse(series, all_dicts=flag) for flag in (True, False)]
     assert shares.count(3) == 12  # the scan and the transform, in three parts each, twice
