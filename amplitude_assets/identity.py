@@ -213,7 +213,18 @@ def derive_merges(identities: pl.DataFrame, state: IdentityState, scope: int) ->
     server_upload_time, in source order. Rows are ordered by merge_server_time, then by
     the order in which the rule emits them.
     """
-    events = (
+    events = _hour_events(identities)
+    first_seen, known = _with_originals(events.filter(pl.col("user_id").is_not_null()), state)
+    identified_at = _identified_at(known, state)
+    updates = _anonymous_updates(events, identified_at)
+    candidates = pl.concat([_step2(known, updates, identified_at, state), _step3(known)])
+    rows = _merged_rows(candidates, state, scope)
+    return rows, _next_state(state, known, first_seen, updates, rows)
+
+
+def _hour_events(identities: pl.DataFrame) -> pl.DataFrame:
+    """The hour's events with an amplitude_id, typed, in hour order, numbered by `seq`."""
+    return (
         identities.select(
             pl.col("user_id").cast(pl.String),
             pl.col("device_id").cast(pl.String),
@@ -229,9 +240,11 @@ def derive_merges(identities: pl.DataFrame, state: IdentityState, scope: int) ->
         .with_columns(pl.col("seq").cast(ID))
         .drop("source_order")
     )
-    known = events.filter(pl.col("user_id").is_not_null())
 
-    # Step 1: O = original.setdefault(U, A).
+
+def _with_originals(known: pl.DataFrame, state: IdentityState) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Step 1: O = original.setdefault(U, A). Returns each new user's first ID, and the
+    events with a user_id with their `original`."""
     first_seen = known.group_by("user_id", maintain_order=True).agg(pl.col("amplitude_id").first())
     known = (
         known.join(state.original.rename({"amplitude_id": "carried_original"}), on="user_id", how="left")
@@ -240,9 +253,12 @@ def derive_merges(identities: pl.DataFrame, state: IdentityState, scope: int) ->
         .drop("carried_original", "first_original")
         .sort("seq")
     )
+    return first_seen, known
 
-    # When each ID became identified: -1 before the hour, else its first event with a user_id.
-    identified_at = (
+
+def _identified_at(known: pl.DataFrame, state: IdentityState) -> pl.DataFrame:
+    """When each ID became identified: -1 before the hour, else its first event with a user_id."""
+    return (
         pl.concat(
             [
                 state.identified.select("amplitude_id", pl.lit(-1, ID).alias("identified_at")),
@@ -253,8 +269,10 @@ def derive_merges(identities: pl.DataFrame, state: IdentityState, scope: int) ->
         .agg(pl.col("identified_at").min())
     )
 
-    # anonymous[D] = A for events with no user_id whose A is not identified at that moment.
-    updates = (
+
+def _anonymous_updates(events: pl.DataFrame, identified_at: pl.DataFrame) -> pl.DataFrame:
+    """anonymous[D] = A for events with no user_id whose A is not identified at that moment."""
+    return (
         events.filter(pl.col("user_id").is_null() & pl.col("device_id").is_not_null())
         .join(identified_at, on="amplitude_id", how="left")
         .filter(pl.col("identified_at").is_null() | (pl.col("identified_at") > pl.col("seq")))
@@ -262,9 +280,12 @@ def derive_merges(identities: pl.DataFrame, state: IdentityState, scope: int) ->
         .sort("seq")
     )
 
-    # Step 2: X = anonymous.get(D) just before each event with a user_id (an as-of join).
+
+
+def _step2(known: pl.DataFrame, updates: pl.DataFrame, identified_at: pl.DataFrame, state: IdentityState) -> pl.DataFrame:
+    """Step 2: X = anonymous.get(D) just before each event with a user_id (an as-of join)."""
     with_device = known.filter(pl.col("device_id").is_not_null())
-    step2 = (
+    return (
         with_device.join_asof(updates, on="seq", by="device_id", strategy="backward", check_sortedness=False)
         .join(state.anonymous.rename({"amplitude_id": "carried_anonymous"}), on="device_id", how="left")
         .with_columns(pl.coalesce("anonymous", "carried_anonymous").alias("x"))
@@ -278,19 +299,23 @@ def derive_merges(identities: pl.DataFrame, state: IdentityState, scope: int) ->
         .select("seq", pl.lit(2, ID).alias("step"), pl.col("x").alias("amplitude_id"), "original",
                 "event_time", "server_upload_time")
     )
-    # Step 3: the event's own A, when it is not the user's original.
-    step3 = known.filter(pl.col("amplitude_id") != pl.col("original")).select(
+
+
+def _step3(known: pl.DataFrame) -> pl.DataFrame:
+    """Step 3: the event's own A, when it is not the user's original."""
+    return known.filter(pl.col("amplitude_id") != pl.col("original")).select(
         "seq", pl.lit(3, ID).alias("step"), "amplitude_id", "original", "event_time", "server_upload_time"
     )
 
-    # "Not in merged": each ID is merged away at its first candidate, unless it already was.
+
+def _merged_rows(candidates: pl.DataFrame, state: IdentityState, scope: int) -> pl.DataFrame:
+    """"Not in merged": each ID is merged away at its first candidate, unless it already was."""
     emitted = (
-        pl.concat([step2, step3])
-        .join(state.merged, on="amplitude_id", how="anti")
+        candidates.join(state.merged, on="amplitude_id", how="anti")
         .sort("seq", "step")
         .unique("amplitude_id", keep="first", maintain_order=True)
     )
-    rows = (
+    return (
         emitted.with_columns(
             pl.lit(scope, ID).alias("scope"),
             pl.coalesce(_epoch_ms("event_time"), _epoch_ms("server_upload_time")).alias("merge_time"),
@@ -302,6 +327,10 @@ def derive_merges(identities: pl.DataFrame, state: IdentityState, scope: int) ->
         .cast(ROW_SCHEMA)
     )
 
+
+def _next_state(state: IdentityState, known: pl.DataFrame, first_seen: pl.DataFrame,
+                updates: pl.DataFrame, rows: pl.DataFrame) -> IdentityState:
+    """Step 4: the state after the hour."""
     identified = pl.concat([state.identified, known.select("amplitude_id")]).unique().sort("amplitude_id")
     merged = pl.concat([state.merged, rows.select("amplitude_id")]).unique().sort("amplitude_id")
     original = pl.concat(
@@ -314,5 +343,4 @@ def derive_merges(identities: pl.DataFrame, state: IdentityState, scope: int) ->
         .join(dead, on="amplitude_id", how="anti")
         .sort("device_id")
     )
-    new_state = IdentityState(original=original, identified=identified, anonymous=anonymous, merged=merged)
-    return rows, new_state
+    return IdentityState(original=original, identified=identified, anonymous=anonymous, merged=merged)
