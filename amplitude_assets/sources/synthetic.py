@@ -172,99 +172,9 @@ class SyntheticSource:
     def events(self, hour: datetime) -> list[dict]:
         """The hour's events, in upload order, duplicates included."""
         rng = self._rng(hour)
-        n = self.events_per_hour
-        hour_index = int((hour - EPOCH).total_seconds() // 3600)
-        users = max(20, n // 5)
-        devices = users * 2
-        base_id = self.project_id * 10**6
         rows: list[dict] = []
-        for i in range(n):
-            upload = hour + timedelta(microseconds=int((i + rng.random()) * 3.6e9 / n))
-            fresh = rng.random() < 0.05
-            # Fresh devices are new anonymous installs of this hour; known devices belong
-            # to a user (two devices each) and log in at an hour of their own.
-            device = (hour_index * 10_000 + i) if fresh else rng.randrange(devices)
-            owner = (device * 7919) % users
-            logged_in = (not fresh and (hour_index + device) % 6 >= 2) or (fresh and rng.random() < 0.3)
-            # A known device slot is reinstalled once a day: a new device_id with a new anonymous
-            # amplitude_id, so anonymous installs keep logging in (and merging) hour after hour.
-            install = (hour_index + device) // 24
-            anonymous_id = base_id * 10 + device if fresh else base_id * 100 + install * devices + device
-            user_original = base_id + owner
-            if logged_in:
-                user_id = f"user-{owner}@example.com" if owner % 3 else f"ユーザー{owner}"
-                amplitude_id = anonymous_id if rng.random() < 0.1 else user_original
-            else:
-                user_id = None if rng.random() < 0.9 else ""
-                amplitude_id = anonymous_id
-            late = rng.random() < 0.02
-            lag = timedelta(hours=rng.randint(1, 72)) if late else timedelta(seconds=rng.uniform(0.05, 30))
-            event_time = _ms(upload - lag)
-            city, region, country, dma, lat, lng = rng.choice(CITIES)
-            platform, os_name, os_version, brand, model, family, device_type, library = rng.choice(PLATFORMS)
-            event_type = rng.choice(EVENT_TYPES)
-            device_id = f"{uuid.UUID(int=rng.getrandbits(128)) if fresh else f'device-{device:08d}-{install}'}"
-            row = {
-                "server_received_time": _fmt(upload - timedelta(milliseconds=rng.randint(1, 900))),
-                "app": self.project_id,
-                "device_carrier": rng.choice(CARRIERS),
-                "$schema": 12,
-                "city": city,
-                "user_id": user_id,
-                "uuid": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                "event_time": _fmt(event_time),
-                "platform": platform,
-                "os_version": os_version,
-                "amplitude_id": amplitude_id,
-                "processed_time": _fmt(upload + timedelta(seconds=rng.uniform(0.1, 5))),
-                "user_creation_time": _fmt(EPOCH + timedelta(hours=(device * 13) % max(hour_index, 1))),
-                "version_name": rng.choice(["3.2.1", "3.3.0", None]),
-                "ip_address": f"203.0.113.{rng.randint(1, 254)}",
-                "paying": rng.choice([True, False, None]),
-                "dma": dma,
-                "group_properties": {"company": {"plan": "enterprise"}} if rng.random() < 0.1 else {},
-                "user_properties": {"cohort": rng.choice(["a", "b"]), "age": rng.randint(18, 80),
-                                    "initial_utm_source": rng.choice(["google", None]),
-                                    "initial_referrer": "EMPTY", "initial_utm_campaign": "EMPTY",
-                                    "initial_referring_domain": "EMPTY"},
-                "client_upload_time": _fmt(_ms(upload - timedelta(milliseconds=rng.randint(900, 2000)))),
-                "$insert_id": str(uuid.UUID(int=rng.getrandbits(128))),
-                "event_type": event_type,
-                "library": library,
-                "amplitude_attribution_ids": None,
-                "device_type": device_type,
-                "device_manufacturer": brand,
-                "start_version": "3.0.0",
-                "location_lng": lng,
-                "server_upload_time": _fmt(upload),
-                "event_id": rng.randint(1, 10**6),
-                "location_lat": lat,
-                "os_name": os_name,
-                "amplitude_event_type": None,
-                "device_brand": brand,
-                "groups": {"company": ["acme"]} if rng.random() < 0.1 else {},
-                "event_properties": _props(rng, event_type),
-                "data": ({"path": "/2/httpapi", "group_first_event": {}, "group_ids": {}} if rng.random() < 0.5
-                         else {"group_first_event": {}, "group_ids": {}}),
-                "device_id": device_id,
-                "language": rng.choice(LANGUAGES),
-                "device_model": model,
-                "country": country,
-                "region": region,
-                "is_attribution_event": False,
-                "adid": None,
-                "session_id": int(event_time.timestamp() * 1000) - rng.randint(0, 600_000),
-                "device_family": family,
-                "sample_rate": None,
-                "idfa": None,
-                "client_event_time": _fmt(event_time),
-                "$insert_key": f"{rng.getrandbits(64):016x}",
-                "data_type": "event",
-                "global_user_properties": {},
-                "partner_id": None,
-                "source_id": None,
-            }
-            row["plan"] = {"branch": "main", "source": "web", "version": "7"} if rng.random() < 0.1 else {}
+        for i in range(self.events_per_hour):
+            row = self._event(rng, hour, i)
             rows.append(row)
             # ~0.5% of rows are re-sent (same uuid); ~0.5% repeat an $insert_id on its device.
             roll = rng.random()
@@ -273,6 +183,107 @@ class SyntheticSource:
             elif roll < 0.010:
                 rows.append({**row, "uuid": str(uuid.UUID(int=rng.getrandbits(128), version=4))})
         return rows
+
+    def _who(self, rng: random.Random, hour: datetime, i: int) -> tuple:
+        """Who sends the i-th event and when: (upload, fresh, device, install, user_id, amplitude_id)."""
+        n = self.events_per_hour
+        hour_index = int((hour - EPOCH).total_seconds() // 3600)
+        users = max(20, n // 5)
+        devices = users * 2
+        base_id = self.project_id * 10**6
+        upload = hour + timedelta(microseconds=int((i + rng.random()) * 3.6e9 / n))
+        fresh = rng.random() < 0.05
+        # Fresh devices are new anonymous installs of this hour; known devices belong
+        # to a user (two devices each) and log in at an hour of their own.
+        device = (hour_index * 10_000 + i) if fresh else rng.randrange(devices)
+        owner = (device * 7919) % users
+        logged_in = (not fresh and (hour_index + device) % 6 >= 2) or (fresh and rng.random() < 0.3)
+        # A known device slot is reinstalled once a day: a new device_id with a new anonymous
+        # amplitude_id, so anonymous installs keep logging in (and merging) hour after hour.
+        install = (hour_index + device) // 24
+        anonymous_id = base_id * 10 + device if fresh else base_id * 100 + install * devices + device
+        user_original = base_id + owner
+        if logged_in:
+            user_id = f"user-{owner}@example.com" if owner % 3 else f"ユーザー{owner}"
+            amplitude_id = anonymous_id if rng.random() < 0.1 else user_original
+        else:
+            user_id = None if rng.random() < 0.9 else ""
+            amplitude_id = anonymous_id
+        return upload, fresh, device, install, user_id, amplitude_id
+
+    def _event(self, rng: random.Random, hour: datetime, i: int) -> dict:
+        """The hour's i-th event (before duplicates), drawing from `rng` in a fixed order."""
+        upload, fresh, device, install, user_id, amplitude_id = self._who(rng, hour, i)
+        hour_index = int((hour - EPOCH).total_seconds() // 3600)
+        late = rng.random() < 0.02
+        lag = timedelta(hours=rng.randint(1, 72)) if late else timedelta(seconds=rng.uniform(0.05, 30))
+        event_time = _ms(upload - lag)
+        city, region, country, dma, lat, lng = rng.choice(CITIES)
+        platform, os_name, os_version, brand, model, family, device_type, library = rng.choice(PLATFORMS)
+        event_type = rng.choice(EVENT_TYPES)
+        device_id = f"{uuid.UUID(int=rng.getrandbits(128)) if fresh else f'device-{device:08d}-{install}'}"
+        row = {
+            "server_received_time": _fmt(upload - timedelta(milliseconds=rng.randint(1, 900))),
+            "app": self.project_id,
+            "device_carrier": rng.choice(CARRIERS),
+            "$schema": 12,
+            "city": city,
+            "user_id": user_id,
+            "uuid": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "event_time": _fmt(event_time),
+            "platform": platform,
+            "os_version": os_version,
+            "amplitude_id": amplitude_id,
+            "processed_time": _fmt(upload + timedelta(seconds=rng.uniform(0.1, 5))),
+            "user_creation_time": _fmt(EPOCH + timedelta(hours=(device * 13) % max(hour_index, 1))),
+            "version_name": rng.choice(["3.2.1", "3.3.0", None]),
+            "ip_address": f"203.0.113.{rng.randint(1, 254)}",
+            "paying": rng.choice([True, False, None]),
+            "dma": dma,
+            "group_properties": {"company": {"plan": "enterprise"}} if rng.random() < 0.1 else {},
+            "user_properties": {"cohort": rng.choice(["a", "b"]), "age": rng.randint(18, 80),
+                                "initial_utm_source": rng.choice(["google", None]),
+                                "initial_referrer": "EMPTY", "initial_utm_campaign": "EMPTY",
+                                "initial_referring_domain": "EMPTY"},
+            "client_upload_time": _fmt(_ms(upload - timedelta(milliseconds=rng.randint(900, 2000)))),
+            "$insert_id": str(uuid.UUID(int=rng.getrandbits(128))),
+            "event_type": event_type,
+            "library": library,
+            "amplitude_attribution_ids": None,
+            "device_type": device_type,
+            "device_manufacturer": brand,
+            "start_version": "3.0.0",
+            "location_lng": lng,
+            "server_upload_time": _fmt(upload),
+            "event_id": rng.randint(1, 10**6),
+            "location_lat": lat,
+            "os_name": os_name,
+            "amplitude_event_type": None,
+            "device_brand": brand,
+            "groups": {"company": ["acme"]} if rng.random() < 0.1 else {},
+            "event_properties": _props(rng, event_type),
+            "data": ({"path": "/2/httpapi", "group_first_event": {}, "group_ids": {}} if rng.random() < 0.5
+                     else {"group_first_event": {}, "group_ids": {}}),
+            "device_id": device_id,
+            "language": rng.choice(LANGUAGES),
+            "device_model": model,
+            "country": country,
+            "region": region,
+            "is_attribution_event": False,
+            "adid": None,
+            "session_id": int(event_time.timestamp() * 1000) - rng.randint(0, 600_000),
+            "device_family": family,
+            "sample_rate": None,
+            "idfa": None,
+            "client_event_time": _fmt(event_time),
+            "$insert_key": f"{rng.getrandbits(64):016x}",
+            "data_type": "event",
+            "global_user_properties": {},
+            "partner_id": None,
+            "source_id": None,
+        }
+        row["plan"] = {"branch": "main", "source": "web", "version": "7"} if rng.random() < 0.1 else {}
+        return row
 
     def iter_lines(self, hour: datetime) -> Iterator[bytes]:
         """The hour as Amplitude's export files hold it, with ~2% of lines untidy."""
