@@ -39,7 +39,7 @@ from isal import igzip
 
 from amplitude_assets import duck
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.destination.writer import md5_hex
+from amplitude_assets.destination.blobs import md5_hex
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.lines import prefetch
 from amplitude_assets.partitions import RANGE_START, accounted, manifest_hour, parse_hour, reconciles

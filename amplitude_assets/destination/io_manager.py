@@ -36,7 +36,8 @@ from amplitude_assets import private_apis
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.links import NO_STATE, Link, link_problem, read_link
 from amplitude_assets.destination.merged_writer import merged_hour_extra, write_merged_ids_hour
-from amplitude_assets.destination.writer import Manifest, read_marker, write_events_hour
+from amplitude_assets.destination.manifest import Manifest, read_marker
+from amplitude_assets.destination.writer import write_events_hour
 from amplitude_assets.identity import MergedHour
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.partitions import hours_in, partition_key, reconciles
