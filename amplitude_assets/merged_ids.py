@@ -28,9 +28,10 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from amplitude_assets.assets import GROUP, refuse_young_hours
+from amplitude_assets.destination.blobs import md5_hex
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.destination.io_manager import MergedIdsStream
-from amplitude_assets.destination.writer import md5_hex, parquet_bytes
+from amplitude_assets.destination.encoding import parquet_bytes
+from amplitude_assets.hour_outputs import MergedIdsStream
 from amplitude_assets.identity import (
     DELTA,
     IdentityState,
