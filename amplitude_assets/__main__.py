@@ -56,7 +56,7 @@ def _chunks(hours: list[datetime], size: int) -> list[list[datetime]]:
 def _hour_report(storage, settings: Settings, hour: datetime, since: datetime) -> dict:
     """What landed for an hour, read from its markers (the container is the truth)."""
     from amplitude_assets.layout import EventsLayout, MergedIdsLayout
-    from amplitude_assets.destination.writer import read_marker
+    from amplitude_assets.destination.manifest import read_marker
 
     events = read_marker(
         storage.container(settings.events_container),

@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.destination.io_manager import HourStream
 from amplitude_assets.filters import filter_expression, parse_filter
+from amplitude_assets.hour_outputs import HourStream
 from amplitude_assets.partitions import hours_of, partition_key
 from amplitude_assets.resources import AmplitudeSource
 from amplitude_assets.shaping import ShapedHour

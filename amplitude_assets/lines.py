@@ -2,16 +2,18 @@
 `prefetch`, which reads the next chunk in a thread while the caller works on this one.
 
 Both ends of the export use them: the sources read Amplitude-layout files and Export API
-entries with them, and the writer reads back its own compressed parts.
+entries with them, and the writer reads back its own compressed parts (`written_lines`).
 """
 
 from __future__ import annotations
 
+import io
 import queue
 import threading
 from collections.abc import Iterator
 from typing import IO
 
+import polars as pl
 from isal import igzip
 
 CHUNK_BYTES = 8 << 20
@@ -37,6 +39,17 @@ def line_chunks(stream: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[b
         rest = block[cut:]
     if rest:
         yield rest + b"\n"
+
+
+def written_lines(chunk: bytes) -> pl.Series:
+    """The lines of a chunk of JSON lines the exporter wrote itself, as one string column.
+
+    Its own text needs none of what reading a source does (`transform.read_lines`): it is
+    UTF-8, each line a JSON object that ends in `}` and a newline, with no byte-order
+    mark, no blank line and no carriage return before the newline, so splitting it at the
+    newlines gives the lines exactly.
+    """
+    return pl.read_lines(io.BytesIO(chunk), name="line").to_series()
 
 
 def gzip_line_chunks(raw: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:

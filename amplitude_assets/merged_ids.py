@@ -28,9 +28,10 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from amplitude_assets.assets import GROUP, refuse_young_hours
+from amplitude_assets.destination.blobs import md5_hex
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.destination.io_manager import MergedIdsStream
-from amplitude_assets.destination.writer import md5_hex, parquet_bytes
+from amplitude_assets.destination.encoding import parquet_bytes
+from amplitude_assets.hour_outputs import MergedIdsStream
 from amplitude_assets.identity import (
     DELTA,
     IdentityState,
@@ -229,9 +230,7 @@ def follows_events() -> dg.AutomationCondition:
 
 
 def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    scope = settings.merged_ids_scope
-    events_layout = EventsLayout(settings.events_prefix, settings.project_id)
-    layout = MergedIdsLayout(settings.merged_ids_prefix, scope)
+    layout = MergedIdsLayout(settings.merged_ids_prefix, settings.merged_ids_scope)
 
     @dg.asset(
         name="merged_ids",
@@ -270,42 +269,61 @@ def build_merged_ids_asset(settings: Settings, partitions: dg.PartitionsDefiniti
                 "exported by other runs or backfills. Nothing was written."
             )
             return
-        yield dg.Output(MergedIdsStream(hours=hours, derived=derive_hours(context, storage, hours), source=settings.source))
-
-    def derive_hours(
-        context: dg.AssetExecutionContext, storage: AzureStorage, hours: list[datetime]
-    ) -> Iterator[MergedHour]:
-        """Each hour's merges and the state it leaves, oldest first; the state is carried in memory."""
-        events_client = storage.container(settings.events_container)
-        client = storage.container(settings.merged_ids_container)
-        carried: Carried | None = None
-        for hour in hours:
-            started = time.perf_counter()
-            identities = read_identities(events_client, events_layout, hour)
-            if carried is None:  # the first hour of the step; later ones carry it in memory
-                carried = read_carried_state(client, layout, hour)
-                before_hour = hour - timedelta(hours=1)
-                if carried.history_starts and existing_md5(events_client, events_layout.identities(before_hour)) is not None:
-                    context.log.warning(
-                        f"merged_ids {partition_key(hour)}: no identity state exists before this hour, so the "
-                        f"identity history starts here, although events of {partition_key(before_hour)} were "
-                        f"exported. If merged_ids of earlier hours is meant to run (or is running), run it first "
-                        f"and then re-run merged_ids from {partition_key(hour)}."
-                    )
-            read_seconds = time.perf_counter() - started
-            started = time.perf_counter()
-            rows, state = derive_merges(identities, carried.state, int(scope))
-            snapshot = is_snapshot_hour(hour, carried.history_starts)
-            state_bytes = parquet_bytes(encode_state(state, None if snapshot else carried.state))
-            state_md5 = hashlib.md5(state_bytes).hexdigest()
-            derived = MergedHour(
-                hour=hour, merges=rows, identity_rows=identities.height, state=state_bytes, state_md5=state_md5,
-                state_stored_as="snapshot" if snapshot else "delta", state_sizes=state.sizes(),
-                started_from=carried.stored,
-                timings={"read_seconds": read_seconds, "derive_seconds": time.perf_counter() - started},
-            )
-            del identities, rows
-            yield derived  # the IO manager asks for the next hour only once this one is written
-            carried = Carried(state, StoredState(layout.state(hour), state_md5))
+        derived = derive_hours(context, settings, storage, hours)
+        yield dg.Output(MergedIdsStream(hours=hours, derived=derived, source=settings.source))
 
     return merged_ids
+
+
+def derive_hours(
+    context: dg.AssetExecutionContext, settings: Settings, storage: AzureStorage, hours: list[datetime]
+) -> Iterator[MergedHour]:
+    """Each hour's merges and the state it leaves, oldest first; the state is carried in memory."""
+    events_layout = EventsLayout(settings.events_prefix, settings.project_id)
+    layout = MergedIdsLayout(settings.merged_ids_prefix, settings.merged_ids_scope)
+    events_client = storage.container(settings.events_container)
+    client = storage.container(settings.merged_ids_container)
+    carried: Carried | None = None
+    for hour in hours:
+        started = time.perf_counter()
+        identities = read_identities(events_client, events_layout, hour)
+        if carried is None:  # the first hour of the step; later ones carry it in memory
+            carried = read_carried_state(client, layout, hour)
+            warn_if_history_starts_late(context, events_client, events_layout, hour, carried)
+        read_seconds = time.perf_counter() - started
+        derived, state = derive_hour(hour, identities, carried, int(settings.merged_ids_scope), read_seconds)
+        del identities
+        yield derived  # the IO manager asks for the next hour only once this one is written
+        carried = Carried(state, StoredState(layout.state(hour), derived.state_md5))
+
+
+def warn_if_history_starts_late(
+    context: dg.AssetExecutionContext, events_client: ContainerClient, events_layout: EventsLayout, hour: datetime,
+    carried: Carried,
+) -> None:
+    """Warn when the identity history starts at `hour` although the events of the hour before were exported."""
+    before_hour = hour - timedelta(hours=1)
+    if carried.history_starts and existing_md5(events_client, events_layout.identities(before_hour)) is not None:
+        context.log.warning(
+            f"merged_ids {partition_key(hour)}: no identity state exists before this hour, so the "
+            f"identity history starts here, although events of {partition_key(before_hour)} were "
+            f"exported. If merged_ids of earlier hours is meant to run (or is running), run it first "
+            f"and then re-run merged_ids from {partition_key(hour)}."
+        )
+
+
+def derive_hour(
+    hour: datetime, identities: pl.DataFrame, carried: Carried, scope: int, read_seconds: float
+) -> tuple[MergedHour, IdentityState]:
+    """One hour's merges from its identities and the state before it, and the state it leaves."""
+    started = time.perf_counter()
+    rows, state = derive_merges(identities, carried.state, scope)
+    snapshot = is_snapshot_hour(hour, carried.history_starts)
+    state_bytes = parquet_bytes(encode_state(state, None if snapshot else carried.state))
+    derived = MergedHour(
+        hour=hour, merges=rows, identity_rows=identities.height, state=state_bytes,
+        state_md5=hashlib.md5(state_bytes).hexdigest(), state_stored_as="snapshot" if snapshot else "delta",
+        state_sizes=state.sizes(), started_from=carried.stored,
+        timings={"read_seconds": read_seconds, "derive_seconds": time.perf_counter() - started},
+    )
+    return derived, state

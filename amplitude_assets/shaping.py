@@ -6,9 +6,9 @@ normalizes, drops duplicates (first row wins, decided chunk by chunk by `FirstWi
 applies the event filter, yielding each chunk's exported rows as a Polars frame with the
 hour's extra keys known so far. Memory is bounded by the chunks in flight: reading (and
 decompressing) the next chunk and parsing it run in background threads while the caller
-works on this one. When the iteration ends, the hour's counts, rejects, repairs, identity
-columns (as Parquet) and final list of extra keys are known; the writer needs them for
-the marker.
+works on this one. When the iteration ends, the hour is summed up in an `HourSummary`
+(`ShapedHour.summary()`): its counts, rejects, repairs, identity columns (as Parquet) and
+final list of extra keys, which the writer needs for the side files and the marker.
 
 The tests hold it to a whole-hour reference (the same stages over the whole hour at once):
 the same rows, order and counts.
@@ -29,8 +29,10 @@ from datetime import datetime
 
 import polars as pl
 
+from amplitude_assets.first_wins import FirstWins, SeenKeys  # importable from here too
 from amplitude_assets.line_form import canonical_rows, event_lines
 from amplitude_assets.lines import prefetch
+from amplitude_assets.partitions import partition_key
 from amplitude_assets.schema import DICT_FIELDS, event_schema
 from amplitude_assets.transform import (
     EXTRA,
@@ -91,73 +93,6 @@ class Timer:
                 self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
 
 
-class FirstWins:
-    """Dedup decided one chunk at a time in source order: the first row wins.
-
-    A row is kept when its uuid is null or unseen, then when its ($insert_id,
-    device_id), both non-null, is unseen among the rows kept by uuid. Each chunk is
-    checked against the keys of the chunks before it, held in `SeenKeys`: a uuid as its
-    128 bits, a pair as two 64-bit hashes of its exact text (within a chunk, pairs are
-    compared whole). So the keys take 32 bytes an event, whatever the ids' lengths.
-    """
-
-    def __init__(self) -> None:
-        self.uuids = SeenKeys()
-        self.pairs = SeenKeys()
-
-    def __call__(self, keys: pl.DataFrame) -> pl.Series:
-        """The chunk's mask: True for a row that is the first of its keys in the hour."""
-        uuid = keys["uuid"]
-        first = (uuid.is_null() | uuid.is_first_distinct()).fill_null(True)
-        rows = (first & uuid.is_not_null()).arg_true()
-        digits = uuid.gather(rows).str.replace_all("-", "", literal=True)  # canonical: 32 hex digits
-        high = digits.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64)
-        low = digits.str.slice(16, 16).str.to_integer(base=16, dtype=pl.UInt64)
-        first = first.scatter(rows.filter(self.uuids.check(high, low)), False)
-
-        both = first & keys["$insert_id"].is_not_null() & keys["device_id"].is_not_null()
-        rows = both.arg_true()
-        # One exact string per pair: the first part's length, then both parts.
-        pair = keys.select(
-            pl.concat_str(pl.col("$insert_id").str.len_bytes().cast(pl.String), pl.lit(":"), "$insert_id", "device_id")
-        ).to_series().gather(rows)
-        repeated = ~pair.is_first_distinct()
-        fresh = (~repeated).arg_true()
-        fresh_pairs = pair.gather(fresh)
-        # Across chunks a pair is kept as 128 bits of hash (two seeds): 16 bytes an event
-        # instead of its text, and a false match between two of an hour's millions of
-        # pairs has odds of about 2^-80.
-        seen = self.pairs.check(fresh_pairs.hash(seed=0), fresh_pairs.hash(seed=1))
-        repeated = repeated.scatter(fresh.filter(seen), True)
-        return first.scatter(rows.filter(repeated), False).rename("unique")
-
-
-class SeenKeys:
-    """A set of keys, each a 64-bit `high` part and the rest, in the order they came.
-
-    A chunk's keys are looked up by probing every key seen so far against a hash of
-    the chunk's `high` parts (one pass over the hour's integers, which is cheaper than
-    hashing the hour's keys each time); the few matches are then compared whole.
-    """
-
-    def __init__(self) -> None:
-        self.high = pl.Series("high", [], dtype=pl.UInt64)
-        self.rest: pl.Series | None = None
-
-    def check(self, high: pl.Series, rest: pl.Series) -> pl.Series:
-        """Which keys were seen before; records the others (distinct, as given)."""
-        seen = pl.zeros(len(high), pl.Boolean, eager=True)
-        if len(self.high) and len(high):
-            matches = self.high.is_in(high.implode()).arg_true()
-            if len(matches):
-                known = pl.struct(self.high.gather(matches).alias("h"), self.rest.gather(matches).alias("r"), eager=True)
-                seen = pl.struct(high.alias("h"), rest.alias("r"), eager=True).is_in(known.implode())
-        self.high = self.high.append(high.filter(~seen).rename("high"))
-        fresh = rest.filter(~seen).rename("rest")
-        self.rest = fresh if self.rest is None else self.rest.append(fresh)
-        return seen
-
-
 def packed(frame: pl.DataFrame) -> bytes:
     """A chunk's few kept rows, compressed, for the end of the hour.
 
@@ -182,12 +117,112 @@ class ShapedChunk:
     keys: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class HourSummary:
+    """What a shaped hour leaves once all its chunks were read: what the writer needs after the
+    parts (the side files, the marker, the rebuild of parts that lack a late extra key)."""
+
+    counts: Counts
+    rejects: pl.DataFrame  # `reason`, `line`, in source order
+    repairs: pl.DataFrame  # REPAIR_SCHEMA, in source order
+    identities: bytes  # Parquet of the identity columns of the deduplicated rows, before the filter
+    extras: tuple[str, ...]  # the hour's extra keys, in order of first appearance
+
+
+class HourLedger:
+    """What the chunks of an hour leave behind as they are shaped, until the hour's summary.
+
+    A chunk's rejects and repairs are kept packed, its identities in a file under
+    `workdir`; the tally counts rows at each stage. `FirstWins` decides dedup across chunks.
+    """
+
+    def __init__(self, workdir: str, keep: pl.Expr | None) -> None:
+        self.workdir = workdir
+        self.keep = keep
+        self.dedup = FirstWins()
+        self.present: set[str] = set()  # extra keys that some in-hour row carries
+        self.reject_frames: list[bytes] = []
+        self.repair_frames: list[bytes] = []
+        self.identity_files: list[str] = []  # each chunk's identities, as a file
+        self.tally = {"source_rows": 0, "in_hour": 0, "unique": 0, "exported": 0}
+
+    def reject(self, unparseable: pl.DataFrame, outside: pl.DataFrame, offset: int) -> None:
+        """Keep a chunk's rejected lines, placed by their position in the hour's source."""
+        self.reject_frames.append(packed(pl.concat([unparseable, outside]).with_columns(pl.col("_pos") + offset)))
+
+    def normalize(self, in_hour: pl.DataFrame, chunk_extras: list[str]) -> pl.DataFrame:
+        """A chunk's in-hour rows normalized (a line in the exported form keeps its dicts as
+        sent), with the line, its extras and whether it is written as it came."""
+        carried = [k for k in chunk_extras if in_hour[k].is_not_null().any()]
+        self.present.update(carried)
+        normalized, chunk_repairs = normalize_with_repairs(in_hour, carried)
+        if chunk_repairs.height:
+            self.repair_frames.append(packed(chunk_repairs))
+        self.tally["in_hour"] += normalized.height
+        canon = canonical_rows(in_hour, normalized)
+        normalized = restore_dicts(in_hour, normalized, (in_hour[NO_DICTS] & ~canon).arg_true())
+        return normalized.with_columns(in_hour[LINE], in_hour[EXTRA], canon)
+
+    def exported(self, normalized: pl.DataFrame) -> pl.Series:
+        """The chunk's mask of exported rows: first of their keys in the hour, and kept by the
+        filter. The identities of the first rows are kept, whatever the filter says."""
+        unique = self.dedup(normalized.select(KEY_COLUMNS))
+        path = os.path.join(self.workdir, f"identities-{len(self.identity_files):06d}.arrow")
+        normalized.select(IDENTITY_COLUMNS).filter(unique).write_ipc(path, compression="zstd")
+        self.identity_files.append(path)
+        exported = unique
+        if self.keep is not None:
+            missing = [c for c in self.keep.meta.root_names() if c not in normalized.columns]
+            # with_columns, not select: a condition on an extra field this chunk lacks
+            # is a scalar, which must broadcast to every row.
+            kept = normalized.with_columns(pl.lit(None, pl.String).alias(c) for c in missing).with_columns(
+                self.keep.fill_null(False).alias("_keep")
+            )["_keep"]
+            exported = unique & kept
+        self.tally["unique"] += int(unique.sum())
+        self.tally["exported"] += int(exported.sum())
+        return exported
+
+    def keys(self, known: list[str]) -> tuple[str, ...]:
+        """The hour's extra keys so far, in order: all of the hour's, unless a later chunk
+        brings a new one (the writer then puts it into the lines before)."""
+        return tuple(k for k in known if k in self.present)
+
+    def summary(self, order: dict[str, None]) -> HourSummary:
+        """The hour summed up, once its last chunk is shaped (`order`: its extra keys as parsed)."""
+        rejects = (
+            pl.concat(unpacked(self.reject_frames)).sort("_pos").drop("_pos") if self.reject_frames
+            else pl.DataFrame(schema={"reason": pl.String, "line": pl.String})
+        )
+        repairs = pl.concat(unpacked(self.repair_frames)) if self.repair_frames else no_repairs()
+        tally = self.tally
+        counts = Counts(
+            source_rows=tally["source_rows"],
+            exported=tally["exported"],
+            duplicates=tally["in_hour"] - tally["unique"],
+            filtered=tally["unique"] - tally["exported"],
+            rejected=rejects.height,
+            repaired=repairs.height,
+        )
+        return HourSummary(counts=counts, rejects=rejects, repairs=repairs, identities=self._identities(),
+                           extras=self.keys(list(order)))
+
+    def _identities(self) -> bytes:
+        """The hour's identities in one Parquet file, written as a stream, never whole in memory."""
+        schema = {c: event_schema()[c] for c in IDENTITY_COLUMNS}
+        parquet = os.path.join(self.workdir, "identities.parquet")
+        scanned = pl.scan_ipc(self.identity_files) if self.identity_files else pl.LazyFrame(schema=schema)
+        scanned.sink_parquet(parquet, compression="zstd", statistics=False)
+        with open(parquet, "rb") as file:
+            return file.read()
+
+
 class ShapedHour:
     """One hour's exported rows as Polars frames, a chunk at a time (iterate it once).
 
-    After the iteration: `counts`, `rejects`, `repairs`, `identities` (Parquet bytes of the
-    identity columns of the deduplicated rows, before the filter) and `extras` (the hour's
-    extra keys, in order of first appearance).
+    After the iteration, `summary()` gives the hour's `HourSummary`. The attributes `counts`,
+    `rejects`, `repairs`, `identities` and `extras` read the same summary, and are None
+    until the iteration ends.
     """
 
     def __init__(self, chunks: Iterable[bytes], hour: datetime, *, keep: pl.Expr | None,
@@ -201,11 +236,36 @@ class ShapedHour:
         self.timer = Timer(timings)
         # A line written as it came needs no text of its dict fields, unless the filter reads them.
         self.all_dicts = all_dicts or (keep is not None and bool(set(keep.meta.root_names()) & set(DICT_FIELDS)))
-        self.counts: Counts | None = None
-        self.rejects: pl.DataFrame | None = None
-        self.repairs: pl.DataFrame | None = None
-        self.identities: bytes | None = None
-        self.extras: list[str] | None = None
+        self._summary: HourSummary | None = None
+
+    def summary(self) -> HourSummary:
+        """The hour summed up; known only once every chunk was read."""
+        if self._summary is None:
+            raise RuntimeError(
+                f"the summary of hour {partition_key(self.hour)} is known only once all its chunks were read: "
+                "iterate the ShapedHour to its end first"
+            )
+        return self._summary
+
+    @property
+    def counts(self) -> Counts | None:
+        return self._summary.counts if self._summary else None
+
+    @property
+    def rejects(self) -> pl.DataFrame | None:
+        return self._summary.rejects if self._summary else None
+
+    @property
+    def repairs(self) -> pl.DataFrame | None:
+        return self._summary.repairs if self._summary else None
+
+    @property
+    def identities(self) -> bytes | None:
+        return self._summary.identities if self._summary else None
+
+    @property
+    def extras(self) -> list[str] | None:
+        return list(self._summary.extras) if self._summary else None
 
     def _parsed(self, order: dict[str, None], tally: dict[str, int]) -> Iterator[tuple]:
         """Parse each chunk (in a background thread): (offset, parsed, unparseable, its extras, the hour's so far)."""
@@ -221,74 +281,23 @@ class ShapedHour:
             yield offset, parsed, unparseable, chunk_extras, list(order)
 
     def __iter__(self) -> Iterator[ShapedChunk]:
-        hour, keep, timer = self.hour, self.keep, self.timer
-        dedup = FirstWins()
+        timer = self.timer
         order: dict[str, None] = {}  # extra keys of parsed lines, in order of first appearance
-        present: set[str] = set()  # extra keys that some in-hour row carries
-        reject_frames: list[bytes] = []
-        repair_frames: list[bytes] = []
-        identity_files: list[str] = []  # each chunk's identities, as a file
-        tally = {"source_rows": 0, "in_hour": 0, "unique": 0, "exported": 0}
         with tempfile.TemporaryDirectory(prefix="amplitude-shaped-") as workdir:
+            ledger = HourLedger(workdir, self.keep)
             # The next chunk is parsed while this one is shaped, and no further: two parsed chunks at most.
-            for offset, parsed, unparseable, chunk_extras, known in prefetch(self._parsed(order, tally), handoff=True):
+            for offset, parsed, unparseable, chunk_extras, known in prefetch(self._parsed(order, ledger.tally), handoff=True):
                 with timer("normalize"):
-                    in_hour, outside = reject_outside_hour(parsed, hour)
+                    in_hour, outside = reject_outside_hour(parsed, self.hour)
                     del parsed
-                    reject_frames.append(packed(pl.concat([unparseable, outside]).with_columns(pl.col("_pos") + offset)))
-                    carried = [k for k in chunk_extras if in_hour[k].is_not_null().any()]
-                    present.update(carried)
-                    normalized, chunk_repairs = normalize_with_repairs(in_hour, carried)
-                    if chunk_repairs.height:
-                        repair_frames.append(packed(chunk_repairs))
-                    tally["in_hour"] += normalized.height
-                    canon = canonical_rows(in_hour, normalized)
-                    normalized = restore_dicts(in_hour, normalized, (in_hour[NO_DICTS] & ~canon).arg_true())
-                    normalized = normalized.with_columns(in_hour[LINE], in_hour[EXTRA], canon)
+                    ledger.reject(unparseable, outside, offset)
+                    normalized = ledger.normalize(in_hour, chunk_extras)
                     del in_hour
                 with timer("dedup"):
-                    unique = dedup(normalized.select(KEY_COLUMNS))
-                    path = os.path.join(workdir, f"identities-{len(identity_files):06d}.arrow")
-                    normalized.select(IDENTITY_COLUMNS).filter(unique).write_ipc(path, compression="zstd")
-                    identity_files.append(path)
-                    exported = unique
-                    if keep is not None:
-                        missing = [c for c in keep.meta.root_names() if c not in normalized.columns]
-                        # with_columns, not select: a condition on an extra field this chunk lacks
-                        # is a scalar, which must broadcast to every row.
-                        kept = normalized.with_columns(pl.lit(None, pl.String).alias(c) for c in missing).with_columns(
-                            keep.fill_null(False).alias("_keep")
-                        )["_keep"]
-                        exported = unique & kept
-                    tally["unique"] += int(unique.sum())
-                    tally["exported"] += int(exported.sum())
-                # The hour's extra keys so far, in order: all of the hour's, unless a later
-                # chunk brings a new one (the writer then puts it into the lines before).
-                keys = tuple(k for k in known if k in present)
-                yield ShapedChunk(normalized.filter(exported), keys)
+                    exported = ledger.exported(normalized)
+                yield ShapedChunk(normalized.filter(exported), ledger.keys(known))
                 del normalized
-
-            self.extras = [k for k in order if k in present]
-            self.rejects = (
-                pl.concat(unpacked(reject_frames)).sort("_pos").drop("_pos") if reject_frames
-                else pl.DataFrame(schema={"reason": pl.String, "line": pl.String})
-            )
-            self.repairs = pl.concat(unpacked(repair_frames)) if repair_frames else no_repairs()
-            # The hour's identities go into one Parquet file as a stream, never whole in memory.
-            schema = {c: event_schema()[c] for c in IDENTITY_COLUMNS}
-            parquet = os.path.join(workdir, "identities.parquet")
-            scanned = pl.scan_ipc(identity_files) if identity_files else pl.LazyFrame(schema=schema)
-            scanned.sink_parquet(parquet, compression="zstd", statistics=False)
-            with open(parquet, "rb") as file:
-                self.identities = file.read()
-        self.counts = Counts(
-            source_rows=tally["source_rows"],
-            exported=tally["exported"],
-            duplicates=tally["in_hour"] - tally["unique"],
-            filtered=tally["unique"] - tally["exported"],
-            rejected=self.rejects.height,
-            repaired=self.repairs.height,
-        )
+            self._summary = ledger.summary(order)
 
 
 def process_hour(chunks: Iterable[bytes], hour: datetime, keep: pl.Expr | None = None) -> HourResult:
@@ -299,8 +308,9 @@ def process_hour(chunks: Iterable[bytes], hour: datetime, keep: pl.Expr | None =
     """
     shaped = ShapedHour(chunks, hour, keep=keep, lines_per_chunk=sys.maxsize, chunk_bytes=sys.maxsize, all_dicts=True)
     chunks = list(shaped)  # one chunk, or none for an empty hour
+    summary = shaped.summary()
     frame = chunks[0].frame if chunks else pl.DataFrame(schema=event_schema())
-    lines = event_lines(frame, shaped.extras) if chunks else pl.Series("line", [], dtype=pl.String)
-    identities = pl.read_parquet(io.BytesIO(shaped.identities))
-    return HourResult(hour=hour, frame=frame.drop(RESERVED, strict=False), rejects=shaped.rejects,
-                      identities=identities, counts=shaped.counts, repairs=shaped.repairs, lines=lines)
+    lines = event_lines(frame, summary.extras) if chunks else pl.Series("line", [], dtype=pl.String)
+    identities = pl.read_parquet(io.BytesIO(summary.identities))
+    return HourResult(hour=hour, frame=frame.drop(RESERVED, strict=False), rejects=summary.rejects,
+                      identities=identities, counts=summary.counts, repairs=summary.repairs, lines=lines)

@@ -6,11 +6,11 @@ import gzip
 import io
 import random
 
-from amplitude_assets.destination import writer
+from amplitude_assets.destination import compress, writer
 
 
 def test_the_same_text_gives_the_same_bytes_however_it_arrives(monkeypatch):
-    monkeypatch.setattr(writer, "GZIP_PIECE", 1 << 12)  # many pieces from a small text
+    monkeypatch.setattr(compress, "GZIP_PIECE", 1 << 12)  # many pieces from a small text
     text = "".join(f'{{"n":{i},"s":"{"é" * (i % 7)}{random.Random(i).random()}"}}\n' for i in range(3000)).encode()
     whole = writer.gzip_bytes(text)
     assert gzip.decompress(whole) == text

@@ -119,6 +119,8 @@ def test_sources_never_reach_shaping_or_destination():
 def test_shaping_never_reaches_destination():
     assert _reaching("amplitude_assets.transform", ("amplitude_assets.destination",)) == []
     assert _reaching("amplitude_assets.shaping", ("amplitude_assets.destination",)) == []
+    assert _reaching("amplitude_assets.first_wins", ("amplitude_assets.destination",)) == []
+    assert _reaching("amplitude_assets.hour_outputs", ("amplitude_assets.destination",)) == []
 
 
 def test_destination_never_reaches_sources():

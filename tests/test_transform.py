@@ -11,7 +11,7 @@ import pytest
 
 from amplitude_assets.destination.writer import encode_lines, jsonl_bytes
 from amplitude_assets.schema import DICT_FIELDS, EVENT_FIELD_NAMES
-from amplitude_assets.shaping import process_hour
+from amplitude_assets.shaping import HourSummary, ShapedHour, process_hour
 from amplitude_assets.transform import NOT_UTF8, parse_timestamp
 
 HOUR = datetime(2020, 1, 25, 17, tzinfo=timezone.utc)
@@ -150,6 +150,23 @@ def test_chunking_does_not_change_the_result():
     assert exported(whole) == exported(per_line)
     assert whole.counts == per_line.counts
     assert whole.rejects.equals(per_line.rejects)
+
+
+def test_the_hour_s_summary_comes_once_its_chunks_were_read():
+    shaped = ShapedHour(messy_bytes().splitlines(keepends=True), HOUR, keep=None, lines_per_chunk=3)
+    with pytest.raises(RuntimeError, match="iterate the ShapedHour to its end first"):
+        shaped.summary()
+    assert shaped.counts is None and shaped.extras is None  # the old attributes, before the end
+    rows = sum(chunk.frame.height for chunk in shaped)
+    summary = shaped.summary()
+    assert isinstance(summary, HourSummary)
+    whole = process_hour([messy_bytes()], HOUR)
+    assert summary.counts == whole.counts and summary.counts.exported == rows
+    assert summary.rejects.equals(whole.rejects) and summary.repairs.equals(whole.repairs)
+    assert list(summary.extras) == [c for c in whole.frame.columns if c not in EVENT_FIELD_NAMES]
+    # The old attributes read the same summary.
+    assert (shaped.counts, shaped.identities, shaped.extras) == (summary.counts, summary.identities, list(summary.extras))
+    assert shaped.rejects is summary.rejects and shaped.repairs is summary.repairs
 
 
 def test_property_objects_round_trip_exactly_per_event():

@@ -15,7 +15,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 from isal import igzip
 
-from amplitude_assets.destination.writer import md5_hex
+from amplitude_assets.destination.blobs import md5_hex
 
 BATCH_BYTES = 32 << 20  # decompressed text scanned at a time
 

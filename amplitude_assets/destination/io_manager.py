@@ -22,8 +22,6 @@ as typed polars frames. An hour that was never exported (no marker) fails, namin
 import io
 import json
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,11 +34,12 @@ from amplitude_assets import private_apis
 from amplitude_assets.destination.credentials import AzureStorage
 from amplitude_assets.destination.links import NO_STATE, Link, link_problem, read_link
 from amplitude_assets.destination.merged_writer import merged_hour_extra, write_merged_ids_hour
-from amplitude_assets.destination.writer import Manifest, read_marker, write_events_hour
+from amplitude_assets.destination.manifest import Manifest, read_marker
+from amplitude_assets.destination.writer import write_events_hour
+from amplitude_assets.hour_outputs import HourStream, MergedIdsStream  # the assets' outputs, importable from here too
 from amplitude_assets.identity import MergedHour
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.partitions import hours_in, partition_key, reconciles
-from amplitude_assets.shaping import ShapedHour
 from amplitude_assets.schema import EVENT_FIELDS, EVENT_KINDS, MERGED_ID_FIELDS, POLARS_DTYPES, TIMESTAMP_FORMAT, Kind
 from amplitude_assets.transform import HourResult, extract_json
 
@@ -63,29 +62,6 @@ _TABLE_TYPES = {
     Kind.ARRAY_OR_STRING: "json",  # an array or a string, its JSON text as sent
     Kind.NUMBER: "number",  # a JSON number, its token as sent
 }
-
-
-@dataclass
-class HourStream:
-    """The `events` asset's output: each hour of the step as a `ShapedHour`, its exported rows
-    as Polars frames a chunk at a time. Nothing is read until the IO manager writes the hour."""
-
-    hours: list[datetime]
-    shaped: Callable[[datetime], ShapedHour]  # the hour's shaped rows, made lazily
-    source: str
-
-
-@dataclass
-class MergedIdsStream:
-    """The `merged_ids` asset's output: each hour of the step as a `MergedHour`, oldest first.
-
-    `derived` is lazy: an hour is derived from the state the hour before left only when the
-    IO manager asks for it, after the hour before was written; a failed hour ends the step.
-    """
-
-    hours: list[datetime]
-    derived: Iterable[MergedHour]
-    source: str
 
 
 def column_schema(frame: pl.DataFrame) -> dg.TableSchema:

@@ -18,18 +18,18 @@ from typing import Any
 import polars as pl
 from azure.storage.blob import ContainerClient
 
-from amplitude_assets.destination.lease import hour_lease
-from amplitude_assets.destination.links import Link
-from amplitude_assets.destination.writer import (
+from amplitude_assets.destination.blobs import (
     GZIP_CONTENT,
     JSON_CONTENT,
     PARQUET_CONTENT,
-    Manifest,
     PartInfo,
     delete_if_exists,
-    encode_records,
     upload,
 )
+from amplitude_assets.destination.encoding import encode_records
+from amplitude_assets.destination.lease import hour_lease
+from amplitude_assets.destination.links import Link
+from amplitude_assets.destination.manifest import Manifest
 from amplitude_assets.identity import MergedHour
 from amplitude_assets.layout import MergedIdsLayout
 from amplitude_assets.partitions import manifest_hour, partition_key
