@@ -7,10 +7,10 @@ import os
 import signal
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from amplitude_assets.cli_backfill import BACKFILL_TAG  # noqa: F401 - importable from here as before
-from amplitude_assets.partitions import parse_hour, partition_key
+from amplitude_assets.partitions import hours_between, parse_hour, partition_key
 from amplitude_assets.settings import Settings, SettingsError
 
 LOG_WIDTH = 200  # columns when the output goes to a file or a pipe, where rich would assume 80
@@ -41,11 +41,6 @@ def summary_table(title: str, rows: list[tuple[str, ...]]):
     for row in rows:
         table.add_row(*row)
     return table
-
-
-def _hours(start: datetime, end: datetime) -> list[datetime]:
-    count = int((end - start).total_seconds() // 3600) + 1
-    return [start + timedelta(hours=i) for i in range(count)]
 
 
 def _chunks(hours: list[datetime], size: int) -> list[list[datetime]]:
@@ -142,7 +137,7 @@ def _checked_range(args: argparse.Namespace, settings: Settings, why: str) -> li
         )
     if not os.environ.get("DAGSTER_HOME"):
         raise SettingsError(f"DAGSTER_HOME is not set: {why} in the Dagster instance there, so that the UI shows them")
-    return _hours(start, end)
+    return hours_between(start, end)
 
 
 def _hour_range_arguments(parser: argparse.ArgumentParser) -> None:
