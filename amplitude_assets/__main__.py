@@ -7,13 +7,12 @@ import os
 import signal
 import sys
 import threading
-import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
-from amplitude_assets.partitions import parse_hour, partition_key
+from amplitude_assets.cli_backfill import BACKFILL_TAG  # noqa: F401 - importable from here as before
+from amplitude_assets.partitions import hours_between, parse_hour, partition_key
 from amplitude_assets.settings import Settings, SettingsError
 
-BACKFILL_TAG = "amplitude_assets/cli_backfill"
 LOG_WIDTH = 200  # columns when the output goes to a file or a pipe, where rich would assume 80
 SUMMARY_COLUMNS = ("rows", "parts", "bytes", "dups", "filtered", "rejected", "merges")
 
@@ -44,48 +43,21 @@ def summary_table(title: str, rows: list[tuple[str, ...]]):
     return table
 
 
-def _hours(start: datetime, end: datetime) -> list[datetime]:
-    count = int((end - start).total_seconds() // 3600) + 1
-    return [start + timedelta(hours=i) for i in range(count)]
-
-
 def _chunks(hours: list[datetime], size: int) -> list[list[datetime]]:
     return [hours[i : i + size] for i in range(0, len(hours), size)]
 
 
-def _hour_report(storage, settings: Settings, hour: datetime, since: datetime) -> dict:
-    """What landed for an hour, read from its markers (the container is the truth)."""
-    from amplitude_assets.layout import EventsLayout, MergedIdsLayout
-    from amplitude_assets.destination.manifest import read_marker
-
-    events = read_marker(
-        storage.container(settings.events_container),
-        EventsLayout(settings.events_prefix, settings.project_id).marker(hour),
-    )
-    merged = read_marker(
-        storage.container(settings.merged_ids_container),
-        MergedIdsLayout(settings.merged_ids_prefix, settings.merged_ids_scope).marker(hour),
-    )
-
-    def fresh(manifest: dict | None) -> bool:
-        if not manifest:
-            return False
-        exported = datetime.strptime(manifest["exported_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-        return exported >= since.replace(microsecond=0)
-
-    return {"events": events if fresh(events) else None, "merged_ids": merged if fresh(merged) else None}
-
-
 def backfill(args: argparse.Namespace) -> int:
+    """Exports a range of hours in the DAGSTER_HOME instance, one range run per
+    AMPLITUDE_HOURS_PER_RUN hours (`cli_backfill`), then prints what landed."""
     import dagster as dg
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = output_console()
     settings = Settings.from_env()
     hours = _checked_range(args, settings, "the backfill records its runs")
 
+    from amplitude_assets.cli_backfill import RangeRuns, follow_markers, run_chunks, summary
     from amplitude_assets.definitions import defs
-    from amplitude_assets.partitions import RANGE_END, RANGE_START
 
     instance = dg.DagsterInstance.get()
     job = defs.resolve_implicit_global_asset_job_def()
@@ -93,78 +65,16 @@ def backfill(args: argparse.Namespace) -> int:
     selection = [k for k in (dg.AssetKey("events"), dg.AssetKey("merged_ids")) if k in available]
     chunks = _chunks(hours, settings.hours_per_run)
     started_at = datetime.now(timezone.utc)
-    backfill_id = uuid.uuid4().hex[:8]
-    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    runs = RangeRuns(job, instance, selection)
     names = " and ".join(k.to_user_string() for k in selection)
     console.print(
         f"Exporting {len(hours)} hour(s) of {names}, {args.start} to {args.end}, "
         f"in {len(chunks)} run(s) of up to {settings.hours_per_run} hours (AMPLITUDE_HOURS_PER_RUN)"
     )
-    failed_runs = []
-    in_failed_run: set[datetime] = set()  # hours whose run failed (an export or a blocking check)
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("hours"),
-        TimeElapsedColumn(), console=console, transient=False,
-    ) as progress:
-        task = progress.add_task("exporting", total=len(hours))
-        done = 0
-        for chunk in chunks:
-            run_id = str(uuid.uuid4())
-            keys = (partition_key(chunk[0]), partition_key(chunk[-1]))
-            tags = {
-                RANGE_START: keys[0],
-                RANGE_END: keys[1],
-                BACKFILL_TAG: backfill_id,
-            }
-            outcome: dict = {}
-
-            def run() -> None:
-                try:
-                    outcome["result"] = job.execute_in_process(
-                        run_config=quiet, instance=instance, asset_selection=selection, tags=tags,
-                        run_id=run_id, raise_on_error=False,
-                    )
-                except Exception as exc:  # reported in the summary, never a traceback of secrets
-                    outcome["error"] = exc
-
-            worker = threading.Thread(target=run, daemon=True)
-            worker.start()
-            while worker.is_alive():
-                worker.join(0.5)
-                exported = sum(
-                    1
-                    for record in instance.all_logs(run_id)
-                    if record.dagster_event is None and record.user_message.startswith("exported hour")
-                ) if instance.has_run(run_id) else 0
-                progress.update(task, completed=done + min(exported, len(chunk)), description=f"run {keys[0]} .. {keys[1]}")
-            done += len(chunk)
-            progress.update(task, completed=done)
-            result = outcome.get("result")
-            if outcome.get("error") or not (result and result.success):
-                failed_runs.append(run_id)
-                in_failed_run.update(chunk)
+    failed_runs, in_failed_run = run_chunks(console, runs, chunks, follow_markers(defs, settings))
 
     storage = defs.resources["storage"].process_config_and_initialize()  # resolves the EnvVars
-    rows = []
-    failures = 0
-    for hour in hours:
-        report = _hour_report(storage, settings, hour, started_at)
-        events, merged = report["events"], report["merged_ids"]
-        landed = events is not None and (merged is not None or len(selection) == 1)
-        ok = landed and hour not in in_failed_run
-        failures += not ok
-        counts = (events or {}).get("counts", {})
-        rows.append((
-            partition_key(hour),
-            "[green]ok" if ok else ("[red]FAILED (run)" if landed else "[red]FAILED"),
-            str(events["rows"]) if events else "-",
-            str(len(events["parts"])) if events else "-",
-            str(sum(p["bytes"] for p in events["parts"])) if events else "-",
-            str(counts.get("duplicates", "-")),
-            str(counts.get("filtered", "-")),
-            str(counts.get("rejected", "-")),
-            str(merged["rows"]) if merged else "-",
-        ))
+    rows, failures = summary(storage, settings, hours, started_at, in_failed_run, len(selection))
     console.print(summary_table(f"What landed ({settings.events_container}/{settings.events_prefix or ''})", rows))
     if failed_runs:
         console.print(f"[red]{len(failed_runs)} run(s) failed: {', '.join(failed_runs)}; open them in the Dagster UI (Runs) for the errors")
@@ -227,7 +137,13 @@ def _checked_range(args: argparse.Namespace, settings: Settings, why: str) -> li
         )
     if not os.environ.get("DAGSTER_HOME"):
         raise SettingsError(f"DAGSTER_HOME is not set: {why} in the Dagster instance there, so that the UI shows them")
-    return _hours(start, end)
+    return hours_between(start, end)
+
+
+def _hour_range_arguments(parser: argparse.ArgumentParser) -> None:
+    """--start and --end, an inclusive range of hours (read by `_checked_range`)."""
+    parser.add_argument("--start", required=True, help="first hour, e.g. 2024-01-01-00:00")
+    parser.add_argument("--end", required=True, help="last hour (included), e.g. 2024-01-01-23:00")
 
 
 def check_destination(args: argparse.Namespace) -> int:
@@ -300,16 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         help="export an inclusive range of hours (events, then merged_ids, with their checks) "
         "in the DAGSTER_HOME instance, replacing hours already exported",
     )
-    fill.add_argument("--start", required=True, help="first hour, e.g. 2024-01-01-00:00")
-    fill.add_argument("--end", required=True, help="last hour (included), e.g. 2024-01-01-23:00")
+    _hour_range_arguments(fill)
     fill.set_defaults(run=backfill)
     deep = verbs.add_parser(
         "deep-check",
         help="read an inclusive range of exported hours back and run the events checks on every line "
         "(the export validates what it writes; this re-reads it), in the DAGSTER_HOME instance",
     )
-    deep.add_argument("--start", required=True, help="first hour, e.g. 2024-01-01-00:00")
-    deep.add_argument("--end", required=True, help="last hour (included), e.g. 2024-01-01-23:00")
+    _hour_range_arguments(deep)
     deep.set_defaults(run=deep_check)
     alert = verbs.add_parser("test-alert", help="send one test message to AMPLITUDE_ALERT_WEBHOOK_URL")
     alert.set_defaults(run=test_alert)

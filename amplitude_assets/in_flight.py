@@ -9,23 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 import dagster as dg
 
 from amplitude_assets.backfills import hours_in_backfills
-from amplitude_assets.partitions import PARTITION, RANGE_END, RANGE_START, UNFINISHED, parse_hour, partition_key
+from amplitude_assets.partitions import (  # hours_between: importable from here as before
+    PARTITION, RANGE_END, RANGE_START, UNFINISHED, hours_between, parse_hour, partition_key,
+)
 
 
 @dataclass(frozen=True)
 class RunInFlight:
     run: dg.DagsterRun
     hours: tuple[str, ...]  # the partition keys it covers, oldest first
-
-
-def hours_between(first: datetime, last: datetime) -> list[datetime]:
-    """The hours from `first` to `last`, both included."""
-    return [first + timedelta(hours=n) for n in range(int((last - first).total_seconds() // 3600) + 1)]
 
 
 def run_hours(tags: dict[str, str]) -> tuple[str, ...]:

@@ -77,6 +77,11 @@ def hours_in(window: dg.TimeWindow) -> list[datetime]:
     return [start + i * HOUR for i in range(count)]
 
 
+def hours_between(first: datetime, last: datetime) -> list[datetime]:
+    """The hours from `first` to `last`, both included."""
+    return [first + timedelta(hours=n) for n in range(int((last - first).total_seconds() // 3600) + 1)]
+
+
 def hours_of(context: dg.AssetExecutionContext) -> list[datetime]:
     """The UTC hours of the step's partition range, oldest first."""
     return hours_in(context.partition_time_window)

@@ -3,9 +3,9 @@
 On each tick it:
   1. takes the hours that closed at least AMPLITUDE_EXPORT_DELAY_MINUTES ago, from the later
      of AMPLITUDE_START and AMPLITUDE_CATCH_UP_HOURS ago (from the partitions definition);
-  2. lists the events and merged-IDs markers, one listing per day and destination; the
-     merged-IDs markers' blob metadata tells which hours are stale (`chain.py`), and those
-     count as missing;
+  2. lists the events and merged-IDs markers, one listing per day and destination
+     (`exported.py`); the merged-IDs markers' blob metadata tells which hours are stale
+     (`chain.py`), and those count as missing;
   3. drops hours that a queued or running run, or an in-progress backfill, already covers
      (sensor, backfill, automation or UI);
   4. requests the rest, oldest first, consecutive hours batched into range runs of at most
@@ -25,16 +25,21 @@ number from the cursor.
 """
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
-from azure.core.exceptions import ResourceNotFoundError
 
 from amplitude_assets.alerts.sensors import notify_gave_up
-from amplitude_assets.destination.links import Link, stale_hours
 from amplitude_assets.destination.credentials import AzureStorage
+from amplitude_assets.exported import (  # re-exported: importable from here as before
+    Exported,
+    exported_hours,
+    listed_exported,
+    marker_links,
+    present_markers,
+)
 from amplitude_assets.in_flight import hours_in_flight
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.partitions import RANGE_END, RANGE_START, parse_hour, partition_key
@@ -77,67 +82,6 @@ def due_hours(settings: Settings, partitions: dg.TimeWindowPartitionsDefinition,
         if partitions.time_window_for_partition_key(k).end <= ready
         and partitions.time_window_for_partition_key(k).start >= lower
     ]
-
-
-def present_markers(client, prefixes: Iterable[str], markers: set[str]) -> set[str]:
-    """Which of `markers` exist: one listing per prefix; a missing container holds none."""
-    found: set[str] = set()
-    for prefix in sorted(set(prefixes)):
-        try:
-            found |= {b.name for b in client.list_blobs(name_starts_with=prefix) if b.name in markers}
-        except ResourceNotFoundError:
-            return set()
-    return found
-
-
-def marker_links(client, layout: MergedIdsLayout, hours: list[datetime]) -> dict[datetime, Link | None]:
-    """hour -> the chain link its merged-IDs marker carries (None: a marker without one), for markers present.
-
-    One listing per day, with blob metadata; a missing container holds none.
-    """
-    markers = {layout.marker(h): h for h in hours}
-    found: dict[datetime, Link | None] = {}
-    for prefix in sorted({layout.day_prefix(h) for h in hours}):
-        try:
-            for blob in client.list_blobs(name_starts_with=prefix, include=["metadata"]):
-                if blob.name in markers:
-                    found[markers[blob.name]] = Link.from_blob_metadata(blob.metadata)
-        except ResourceNotFoundError:
-            return {}
-    return found
-
-
-@dataclass(frozen=True)
-class Exported:
-    """What the container says about the hours a tick looks at."""
-
-    events: set[str]  # hours with an events marker
-    merged_ids: set[str]  # hours with a merged-IDs marker that is not stale
-    stale: dict[str, str]  # hours whose merged IDs are stale, and why
-
-    @property
-    def done(self) -> set[str]:
-        return self.events & self.merged_ids
-
-
-def exported_hours(settings: Settings, storage: AzureStorage, keys: list[str]) -> Exported:
-    """Which of `keys` have their events marker, and a merged-IDs marker that is not stale (`chain.py`)."""
-    hours = {k: parse_hour(k) for k in keys}
-    events_layout = EventsLayout(settings.events_prefix, settings.project_id)
-    markers = {events_layout.marker(h): k for k, h in hours.items()}
-    found = present_markers(
-        storage.container(settings.events_container), (events_layout.day_prefix(h) for h in hours.values()), set(markers)
-    )
-    events = {markers[name] for name in found}
-    layout = MergedIdsLayout(settings.merged_ids_prefix, settings.merged_ids_scope)
-    # The hour before the first one too: the first hour is judged against it.
-    looked_at = sorted(hours.values())
-    links = marker_links(storage.container(settings.merged_ids_container), layout,
-                         [looked_at[0] - timedelta(hours=1), *looked_at] if looked_at else [])
-    known = {h: link for h, link in links.items() if link is not None}  # a marker without digests is trusted
-    stale = {key: reason for hour, reason in stale_hours(known).items() if (key := partition_key(hour)) in hours}
-    merged = {k for k, h in hours.items() if h in links and k not in stale}
-    return Exported(events=events, merged_ids=merged, stale=stale)
 
 
 def merged_ids_chain(settings: Settings) -> str:
@@ -198,6 +142,181 @@ def load_cursor(text: str | None) -> dict:
             "given_up": list(cursor.get("given_up", [])), "seq": int(cursor.get("seq", 0))}
 
 
+@dataclass
+class Attempts:
+    """The cursor of a tick: runs requested per hour and asset, the hours given up, the run sequence.
+
+    Attempts are counted per asset: an hour whose events landed starts afresh for its merged
+    IDs. An hour seen exported starts afresh (a marker that vanishes later is requested
+    again); hours that fell out of the catch-up window are forgotten."""
+
+    events: dict[str, int]
+    merged_ids: dict[str, int]
+    given_up: list[str]
+    seq: int
+
+    @classmethod
+    def carried(cls, cursor: dict, needs_events: list[str], needs_merged: list[str]) -> "Attempts":
+        """What the last tick's cursor says about the hours still missing."""
+        missing = {*needs_events, *needs_merged}
+        return cls(
+            events={k: n for k, n in cursor["attempts"].items() if k in set(needs_events)},
+            merged_ids={k: n for k, n in cursor["merged_attempts"].items() if k in set(needs_merged)},
+            given_up=[k for k in cursor["given_up"] if k in missing],
+            seq=cursor["seq"],
+        )
+
+    def to_cursor(self) -> str:
+        return json.dumps({"attempts": self.events, "merged_attempts": self.merged_ids,
+                           "given_up": sorted(self.given_up), "seq": self.seq}, sort_keys=True)
+
+
+def available(keys: list[str], counts: dict[str, int], busy: set[str], max_attempts: int,
+              given_up: list[str]) -> tuple[list[str], list[str]]:
+    """(the hours of `keys` to request now, those newly given up): an hour is requested when no
+    run covers it and it has not spent its `max_attempts`; one that has is given up."""
+    chosen: list[str] = []
+    newly_given_up: list[str] = []
+    for key in keys:
+        if key in busy:
+            continue
+        if counts.get(key, 0) >= max_attempts:
+            if key not in given_up:
+                newly_given_up.append(key)
+            continue
+        chosen.append(key)
+    return chosen, newly_given_up
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """The hours a tick requests, per asset, and those it leaves for now."""
+
+    events: list[str]  # hours to request events for
+    merged_ids: list[str]  # hours to request merged IDs for, each after the hour before
+    waiting: list[str]  # hours of merged IDs that wait for the hour before
+    newly_given_up: list[str]  # hours that spent their last attempt, events' first
+
+    @property
+    def hours(self) -> list[str]:
+        return [*self.events, *self.merged_ids]
+
+
+def wanted_hours(settings: Settings, due: list[str], found: Exported, needs_events: list[str],
+                 needs_merged: list[str], busy: set[str], attempts: Attempts) -> Wanted:
+    """Which missing hours to request, per asset; `attempts.given_up` gains the hours given up."""
+    events, events_given_up = available(needs_events, attempts.events, busy, settings.sensor_max_attempts,
+                                        attempts.given_up)
+    attempts.given_up.extend(events_given_up)
+    merged, merged_given_up = available(needs_merged, attempts.merged_ids, busy, settings.sensor_max_attempts,
+                                        attempts.given_up)
+    attempts.given_up.extend(merged_given_up)
+    ready, waiting = merged_ids_ready(merged, due, found.merged_ids)
+    return Wanted(events=events, merged_ids=ready, waiting=waiting, newly_given_up=[*events_given_up, *merged_given_up])
+
+
+def run_requests(selection: list[dg.AssetKey], keys: list[str], counts: dict[str, int], seq: int,
+                 hours_per_run: int, tags: dict[str, str]) -> tuple[list[dg.RunRequest], dict[str, int], int]:
+    """(the runs of `keys`, oldest first, the attempts counted with them, the last run sequence number).
+
+    A retried hour runs alone: one bad hour that failed its batch must not spend the
+    attempts of the healthy hours beside it on every later tick."""
+    counts = dict(counts)
+    requests = []
+    fresh = [k for k in keys if not counts.get(k)]
+    retried = [[k] for k in keys if counts.get(k)]
+    for run in sorted([*batches(fresh, hours_per_run), *retried], key=lambda run: run[0]):
+        seq += 1
+        for key in run:
+            counts[key] = counts.get(key, 0) + 1
+        attempt = max(counts[k] for k in run)
+        requests.append(dg.RunRequest(
+            run_key=f"{run[0]}...{run[-1]}#attempt{attempt}#{seq}",
+            asset_selection=selection,
+            tags={RANGE_START: run[0], RANGE_END: run[-1], ATTEMPT: str(attempt), **tags},
+        ))
+    return requests, counts, seq
+
+
+def request_runs(settings: Settings, wanted: Wanted, attempts: Attempts, destination: str,
+                 chain: str) -> list[dg.RunRequest]:
+    """The tick's runs: events first, then merged IDs (tagged with the chain); `attempts` counts them."""
+    events, attempts.events, attempts.seq = run_requests(
+        [EVENTS], wanted.events, attempts.events, attempts.seq, settings.hours_per_run, {DESTINATION: destination},
+    )
+    merged, attempts.merged_ids, attempts.seq = run_requests(
+        [MERGED_IDS], wanted.merged_ids, attempts.merged_ids, attempts.seq, settings.hours_per_run,
+        {DESTINATION: destination, MERGED_IDS_CHAIN: chain, PRIORITY: MERGED_IDS_PRIORITY},
+    )
+    return [*events, *merged]
+
+
+def tick_notes(settings: Settings, log, missing: list[str], busy: set[str], found: Exported, wanted: Wanted,
+               given_up: list[str], requests: list[dg.RunRequest]) -> list[str]:
+    """What the tick says of the hours it does not request, logged as it goes (the skip message)."""
+    notes = []
+    if given_up:
+        notes.append(
+            f"gave up on {len(given_up)} hour(s) after {settings.sensor_max_attempts} failed runs each: "
+            f"{', '.join(sorted(given_up))}; re-run them by hand (the sensor tries again once one is exported)"
+        )
+        log.warning(notes[-1])
+    notify_gave_up(settings, wanted.newly_given_up, log)
+    skipped_busy = [k for k in missing if k in busy]
+    if skipped_busy:
+        notes.append(f"{len(skipped_busy)} hour(s) already have a run queued or in progress")
+    if wanted.waiting:
+        notes.append(
+            f"{len(wanted.waiting)} hour(s) of merged_ids wait for the hour before, from {wanted.waiting[0]} "
+            "(merged_ids_automation requests them once it lands)"
+        )
+    stale_wanted = [k for k in wanted.hours if k in found.stale]
+    if stale_wanted:
+        notes.append(f"{len(stale_wanted)} stale hour(s) of merged_ids re-exported from {stale_wanted[0]}")
+    if requests:
+        log.info(
+            f"requesting {len(wanted.hours)} hour(s) in {len(requests)} run(s): "
+            + ", ".join(f"{r.tags[RANGE_START]}...{r.tags[RANGE_END]}" for r in requests)
+        )
+    return notes
+
+
+def gave_up_observations(settings: Settings, keys: list[str]) -> list[dg.AssetObservation]:
+    """An observation on each asset of each hour the sensor just gave up on, for the UI."""
+    return [
+        dg.AssetObservation(
+            asset_key=asset, partition=key,
+            metadata={"sensor_gave_up": dg.MetadataValue.text(
+                f"hourly_export_sensor gave up after {settings.sensor_max_attempts} failed runs; "
+                "re-run this hour by hand")},
+        )
+        for key in keys for asset in ASSETS
+    ]
+
+
+def evaluate_tick(context: dg.SensorEvaluationContext, settings: Settings, due: list[str], found: Exported,
+                  cursor: dict, destination: str, chain: str) -> dg.SensorResult:
+    """One tick, once the due hours and what the container holds of them are known."""
+    # Stale merged IDs are re-exported like missing ones, oldest first.
+    missing = [k for k in due if k not in found.done]
+    if found.stale:
+        first = min(found.stale)
+        context.log.info(f"{len(found.stale)} hour(s) of merged_ids are stale, from {first}: {found.stale[first]}")
+    busy = hours_in_flight(context.instance, set(ASSETS))
+    needs_events = [k for k in missing if k not in found.events]
+    needs_merged = [k for k in missing if k in found.events]
+    attempts = Attempts.carried(cursor, needs_events, needs_merged)
+    wanted = wanted_hours(settings, due, found, needs_events, needs_merged, busy, attempts)
+    requests = request_runs(settings, wanted, attempts, destination, chain)
+    notes = tick_notes(settings, context.log, missing, busy, found, wanted, attempts.given_up, requests)
+    observations = gave_up_observations(settings, wanted.newly_given_up)
+    if not requests:
+        summary = "; ".join(notes) or f"all {len(due)} hour(s) since {due[0]} are exported"
+        return dg.SensorResult(skip_reason=dg.SkipReason(summary), cursor=attempts.to_cursor(),
+                               asset_events=observations)
+    return dg.SensorResult(run_requests=requests, cursor=attempts.to_cursor(), asset_events=observations)
+
+
 def build_hourly_export_sensor(
     settings: Settings,
     partitions: dg.TimeWindowPartitionsDefinition,
@@ -224,110 +343,7 @@ def build_hourly_export_sensor(
         due = due_hours(settings, partitions, now())
         if not due:
             return dg.SkipReason("no closed hour is old enough to export yet")
-        try:
-            found = exported_hours(settings, storage, due)
-        except Exception as exc:  # fail the tick with a message that carries no secret
-            raise Exception(
-                f"could not list the markers at {storage.endpoint}: "
-                + storage.redact(f"{type(exc).__name__}: {exc}")
-            ) from None
-        # Stale merged IDs are re-exported like missing ones, oldest first.
-        missing = [k for k in due if k not in found.done]
-        if found.stale:
-            first = min(found.stale)
-            context.log.info(f"{len(found.stale)} hour(s) of merged_ids are stale, from {first}: {found.stale[first]}")
-        busy = hours_in_flight(context.instance, set(ASSETS))
-
-        # Attempts are counted per asset: an hour whose events landed starts afresh for its
-        # merged IDs. An hour seen exported starts afresh (a marker that vanishes later is
-        # requested again); hours that fell out of the catch-up window are forgotten.
-        needs_events = [k for k in missing if k not in found.events]
-        needs_merged = [k for k in missing if k in found.events]
-        attempts = {k: n for k, n in cursor["attempts"].items() if k in set(needs_events)}
-        merged_attempts = {k: n for k, n in cursor["merged_attempts"].items() if k in set(needs_merged)}
-        given_up = [k for k in cursor["given_up"] if k in set(missing)]
-
-        def available(keys: list[str], counts: dict[str, int]) -> list[str]:
-            """The hours of `keys` to request now: not busy, and not given up (newly given up ones noted)."""
-            chosen = []
-            for key in keys:
-                if key in busy:
-                    continue
-                if counts.get(key, 0) >= settings.sensor_max_attempts:
-                    if key not in given_up:
-                        given_up.append(key)
-                        newly_given_up.append(key)
-                    continue
-                chosen.append(key)
-            return chosen
-
-        newly_given_up: list[str] = []
-        events_wanted = available(needs_events, attempts)
-        merged_wanted, waiting = merged_ids_ready(
-            available(needs_merged, merged_attempts), due, found.merged_ids
-        )
-
-        requests = []
-        seq = cursor["seq"]
-        for selection, keys, counts, tags in (
-            ([EVENTS], events_wanted, attempts, {}),
-            ([MERGED_IDS], merged_wanted, merged_attempts, {MERGED_IDS_CHAIN: chain, PRIORITY: MERGED_IDS_PRIORITY}),
-        ):
-            # A retried hour runs alone: one bad hour that failed its batch must not spend the
-            # attempts of the healthy hours beside it on every later tick.
-            fresh = [k for k in keys if not counts.get(k)]
-            retried = [[k] for k in keys if counts.get(k)]
-            for run in sorted([*batches(fresh, settings.hours_per_run), *retried], key=lambda run: run[0]):
-                seq += 1
-                for key in run:
-                    counts[key] = counts.get(key, 0) + 1
-                attempt = max(counts[k] for k in run)
-                requests.append(dg.RunRequest(
-                    run_key=f"{run[0]}...{run[-1]}#attempt{attempt}#{seq}",
-                    asset_selection=selection,
-                    tags={RANGE_START: run[0], RANGE_END: run[-1], ATTEMPT: str(attempt), DESTINATION: destination,
-                          **tags},
-                ))
-        wanted = [*events_wanted, *merged_wanted]
-
-        notes = []
-        if given_up:
-            notes.append(
-                f"gave up on {len(given_up)} hour(s) after {settings.sensor_max_attempts} failed runs each: "
-                f"{', '.join(sorted(given_up))}; re-run them by hand (the sensor tries again once one is exported)"
-            )
-            context.log.warning(notes[-1])
-        notify_gave_up(settings, newly_given_up, context.log)
-        skipped_busy = [k for k in missing if k in busy]
-        if skipped_busy:
-            notes.append(f"{len(skipped_busy)} hour(s) already have a run queued or in progress")
-        if waiting:
-            notes.append(
-                f"{len(waiting)} hour(s) of merged_ids wait for the hour before, from {waiting[0]} "
-                "(merged_ids_automation requests them once it lands)"
-            )
-        stale_wanted = [k for k in wanted if k in found.stale]
-        if stale_wanted:
-            notes.append(f"{len(stale_wanted)} stale hour(s) of merged_ids re-exported from {stale_wanted[0]}")
-        if requests:
-            context.log.info(
-                f"requesting {len(wanted)} hour(s) in {len(requests)} run(s): "
-                + ", ".join(f"{r.tags[RANGE_START]}...{r.tags[RANGE_END]}" for r in requests)
-            )
-        observations = [
-            dg.AssetObservation(
-                asset_key=asset, partition=key,
-                metadata={"sensor_gave_up": dg.MetadataValue.text(
-                    f"hourly_export_sensor gave up after {settings.sensor_max_attempts} failed runs; "
-                    "re-run this hour by hand")},
-            )
-            for key in newly_given_up for asset in ASSETS
-        ]
-        new_cursor = json.dumps({"attempts": attempts, "merged_attempts": merged_attempts,
-                                 "given_up": sorted(given_up), "seq": seq}, sort_keys=True)
-        if not requests:
-            summary = "; ".join(notes) or f"all {len(due)} hour(s) since {due[0]} are exported"
-            return dg.SensorResult(skip_reason=dg.SkipReason(summary), cursor=new_cursor, asset_events=observations)
-        return dg.SensorResult(run_requests=requests, cursor=new_cursor, asset_events=observations)
+        found = listed_exported(settings, storage, due)
+        return evaluate_tick(context, settings, due, found, cursor, destination, chain)
 
     return hourly_export_sensor

@@ -114,6 +114,64 @@ def export(config: dict) -> dict:
     }
 
 
+# -- parts of JSON lines, stdlib gzip level 6, one upload each: the baseline and the naive exporter
+
+
+class _GzipParts:
+    """Writes an hour's lines into parts of `max_rows` lines, each gzipped with the stdlib at
+    level 6 and uploaded whole once full, then the marker (`close`).
+
+    `mtime` goes into every gzip header (None: the time of writing, as gzip does by default);
+    `content_md5` sends each part's MD5 with it; `timings["upload"]`, when given, adds up the uploads."""
+
+    def __init__(self, container, layout, hour: datetime, max_rows: int, *, mtime: int | None = None,
+                 content_md5: bool = False, timings: dict | None = None):
+        self.container, self.layout, self.hour, self.max_rows = container, layout, hour, max_rows
+        self.mtime, self.content_md5, self.timings = mtime, content_md5, timings
+        self.parts: list[dict] = []
+        self.rows = 0
+        self._open()
+
+    def _open(self) -> None:
+        self.buffer, self.rows_in_part = io.BytesIO(), 0
+        self.gzip = gzip.GzipFile(fileobj=self.buffer, mode="wb", compresslevel=6, mtime=self.mtime)
+
+    def write(self, line: str) -> None:
+        """One line, without its newline."""
+        self.gzip.write((line + "\n").encode())
+        self.rows_in_part += 1
+        self.rows += 1
+        if self.rows_in_part == self.max_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        from azure.storage.blob import ContentSettings
+
+        self.gzip.close()
+        data = self.buffer.getvalue()
+        name = self.layout.part(self.hour, len(self.parts))
+        md5 = {"content_md5": bytearray(hashlib.md5(data).digest())} if self.content_md5 else {}
+        started = time.perf_counter()
+        self.container.upload_blob(name, data, overwrite=True,
+                                   content_settings=ContentSettings(content_type="application/gzip", **md5))
+        if self.timings is not None:
+            self.timings["upload"] += time.perf_counter() - started
+        self.parts.append({"name": name, "rows": self.rows_in_part, "bytes": len(data)})
+        self._open()
+
+    def close(self) -> None:
+        """The last part, if it has lines, then the marker."""
+        if self.rows_in_part:
+            self._flush()
+        _upload_marker(self.container, self.layout, self.hour, self.parts)
+
+
+def _upload_marker(container, layout, hour: datetime, parts: list[dict]) -> None:
+    """The hour's marker: its parts and their rows, as the bench's exporters write it."""
+    container.upload_blob(layout.marker(hour), json.dumps({"parts": parts, "rows": sum(p["rows"] for p in parts)}),
+                          overwrite=True)
+
+
 # -- the straightforward way -----------------------------------------------------------
 
 
@@ -184,8 +242,6 @@ def _lines(chunks) -> Iterator[str]:
 
 def baseline(config: dict) -> dict:
     """json.loads / json.dumps per row, stdlib gzip level 6, one upload per part."""
-    from azure.storage.blob import ContentSettings
-
     from amplitude_assets.layout import EventsLayout
     from amplitude_assets.schema import EVENT_KINDS
 
@@ -218,22 +274,10 @@ def baseline(config: dict) -> dict:
 
     # Pass 2: parse, reject, normalize, dedup, serialize, gzip, upload part by part.
     seen_uuid, seen_pair = set(), set()
-    part, rows_in_part, parts, rows, events_in = io.BytesIO(), 0, [], 0, 0
-    gz = gzip.GzipFile(fileobj=part, mode="wb", compresslevel=6, mtime=0)
+    events_in = 0
+    parts = _GzipParts(container, layout, hour, config["max_rows_per_file"], mtime=0, content_md5=True)
     t = time.perf_counter()
     source2 = Timed(iter(_source(config).iter_lines(hour)), timings, "source (pass 2)", limit)
-
-    def flush():
-        nonlocal part, gz, rows_in_part
-        gz.close()
-        data = part.getvalue()
-        name = layout.part(hour, len(parts))
-        container.upload_blob(name, data, overwrite=True, content_settings=ContentSettings(
-            content_type="application/gzip", content_md5=bytearray(hashlib.md5(data).digest())))
-        parts.append({"name": name, "rows": rows_in_part, "bytes": len(data)})
-        part, rows_in_part = io.BytesIO(), 0
-        gz = gzip.GzipFile(fileobj=part, mode="wb", compresslevel=6, mtime=0)
-
     for line in _lines(source2):
         events_in += 1
         try:
@@ -255,18 +299,12 @@ def baseline(config: dict) -> dict:
             seen_pair.add(pair)
         for key in extras:
             out[key] = row.get(key)
-        gz.write((json.dumps(out, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
-        rows_in_part += 1
-        rows += 1
-        if rows_in_part == config["max_rows_per_file"]:
-            flush()
-    if rows_in_part:
-        flush()
-    container.upload_blob(layout.marker(hour), json.dumps({"parts": parts, "rows": rows}), overwrite=True)
+        parts.write(json.dumps(out, ensure_ascii=False, separators=(",", ":")))
+    parts.close()
     timings["pass 2 (shape, serialize, gzip, upload)"] = time.perf_counter() - t - timings["source (pass 2)"]
     return {
-        "seconds": time.perf_counter() - started, "stages": timings, "events_in": events_in, "rows_out": rows,
-        "parts": len(parts), "bytes_in": source2.bytes, "bytes_out": sum(p["bytes"] for p in parts),
+        "seconds": time.perf_counter() - started, "stages": timings, "events_in": events_in, "rows_out": parts.rows,
+        "parts": len(parts.parts), "bytes_in": source2.bytes, "bytes_out": sum(p["bytes"] for p in parts.parts),
         "peak_rss": _peak_rss(),
     }
 
@@ -440,7 +478,7 @@ def floor(config: dict) -> dict:
     if uploads.error is not None:
         raise uploads.error
     rows = sum(p["rows"] for p in parts)
-    container.upload_blob(layout.marker(hour), json.dumps({"parts": parts, "rows": rows}), overwrite=True)
+    _upload_marker(container, layout, hour, parts)
     return {
         "seconds": time.perf_counter() - started, "stages": timings, "events_in": events, "rows_out": rows,
         "invalid_lines": invalid, "parts": len(parts), "bytes_in": bytes_in,
@@ -454,8 +492,6 @@ def floor(config: dict) -> dict:
 def naive(config: dict) -> dict:
     """What a first version would do: json.loads per line, dedup by uuid,
     json.dumps(row, sort_keys=True, separators=(",", ":")), stdlib gzip level 6, one upload per part."""
-    from azure.storage.blob import ContentSettings
-
     from amplitude_assets.layout import EventsLayout
 
     hour = datetime.fromisoformat(config["hour"])
@@ -466,23 +502,8 @@ def naive(config: dict) -> dict:
     archive = _download(config, timings)
     t = time.perf_counter()
     seen: set = set()
-    parts: list[dict] = []
-    events = rows = rows_in_part = 0
-    part = io.BytesIO()
-    gz = gzip.GzipFile(fileobj=part, mode="wb", compresslevel=6)
-
-    def flush() -> None:
-        nonlocal part, gz, rows_in_part
-        gz.close()
-        data = part.getvalue()
-        name = layout.part(hour, len(parts))
-        u = time.perf_counter()
-        container.upload_blob(name, data, overwrite=True, content_settings=ContentSettings(content_type="application/gzip"))
-        timings["upload"] += time.perf_counter() - u
-        parts.append({"name": name, "rows": rows_in_part, "bytes": len(data)})
-        part, rows_in_part = io.BytesIO(), 0
-        gz = gzip.GzipFile(fileobj=part, mode="wb", compresslevel=6)
-
+    events = 0
+    parts = _GzipParts(container, layout, hour, config["max_rows_per_file"], timings=timings)
     with zipfile.ZipFile(archive) as zf:
         for info in zf.infolist():
             with gzip.open(zf.open(info), "rt", encoding="utf-8") as entry:
@@ -494,18 +515,12 @@ def naive(config: dict) -> dict:
                     if row.get("uuid") in seen:
                         continue
                     seen.add(row.get("uuid"))
-                    gz.write((json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n").encode())
-                    rows += 1
-                    rows_in_part += 1
-                    if rows_in_part == config["max_rows_per_file"]:
-                        flush()
-    if rows_in_part:
-        flush()
-    container.upload_blob(layout.marker(hour), json.dumps({"parts": parts, "rows": rows}), overwrite=True)
+                    parts.write(json.dumps(row, sort_keys=True, separators=(",", ":")))
+    parts.close()
     timings["parse, dedup, serialize, gzip"] = time.perf_counter() - t - timings["upload"]
     return {
-        "seconds": time.perf_counter() - started, "stages": timings, "events_in": events, "rows_out": rows,
-        "parts": len(parts), "bytes_in": archive.seek(0, 2), "bytes_out": sum(p["bytes"] for p in parts),
+        "seconds": time.perf_counter() - started, "stages": timings, "events_in": events, "rows_out": parts.rows,
+        "parts": len(parts.parts), "bytes_in": archive.seek(0, 2), "bytes_out": sum(p["bytes"] for p in parts.parts),
         "peak_rss": _peak_rss(),
     }
 

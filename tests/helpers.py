@@ -11,15 +11,17 @@ import gzip
 import json
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import dagster as dg
 
 from amplitude_assets.definitions import build_definitions
 from amplitude_assets.partitions import hourly_partitions
 from amplitude_assets.settings import Settings
+from amplitude_assets.sources.files import FilesSource
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -85,6 +87,18 @@ def lines_of(gz: bytes) -> list[dict]:
 
 def keys_in_order(line: str) -> list[str]:
     return list(json.loads(line, object_pairs_hook=lambda pairs: dict(pairs)).keys())
+
+
+def read_as_export_files(root: Path, project: str, lines: list[str], hour: datetime) -> Iterator[bytes]:
+    """`lines` written under `root` as Amplitude's export files of `hour` (two parts, as Amplitude
+    splits an hour, and its non-gzip marker), then read back by the `files` source."""
+    folder = root / project
+    folder.mkdir()
+    stem = f"{project}_{hour:%Y-%m-%d}_{hour.hour}"
+    (folder / f"{stem}#0.json.gz").write_bytes(gzip.compress(("\n".join(lines[:2]) + "\n").encode()))
+    (folder / f"{stem}#1.json.gz").write_bytes(gzip.compress(("\n".join(lines[2:]) + "\n").encode()))
+    (folder / f"{stem}_complete").write_bytes(b"")
+    return FilesSource(str(root), project).iter_lines(hour)
 
 
 class LoopbackHTTP:

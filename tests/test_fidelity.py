@@ -45,7 +45,7 @@ from amplitude_assets.sources.files import FilesSource
 from amplitude_assets.transform import raw_json_value, sent_json
 from amplitude_assets.shaping import process_hour
 from tests.reference import whole_hour
-from tests.helpers import part_slices
+from tests.helpers import part_slices, read_as_export_files
 from tests.test_export_api import ExportServer, Reply, make_zip, source
 
 CORPUS = Path(__file__).parent / "fidelity"
@@ -152,14 +152,7 @@ def test_the_corpus_has_the_shapes_of_real_exports():
 @pytest.mark.parametrize("name", list(HOURS))
 def test_files_source_round_trips_every_key_and_value(client, tmp_path, name):
     hour, lines = HOURS[name], corpus_lines(name)
-    folder = tmp_path / PROJECT
-    folder.mkdir()
-    stem = f"{PROJECT}_{hour:%Y-%m-%d}_{hour.hour}"
-    # Two parts, as Amplitude splits an hour, and its non-gzip marker.
-    (folder / f"{stem}#0.json.gz").write_bytes(gzip.compress(("\n".join(lines[:2]) + "\n").encode()))
-    (folder / f"{stem}#1.json.gz").write_bytes(gzip.compress(("\n".join(lines[2:]) + "\n").encode()))
-    (folder / f"{stem}_complete").write_bytes(b"")
-    manifest, result, written = export(client, FilesSource(str(tmp_path), PROJECT).iter_lines(hour), hour)
+    manifest, result, written = export(client, read_as_export_files(tmp_path, PROJECT, lines, hour), hour)
     assert_round_trip(lines, written)
     assert manifest.counts == {"source_rows": len(lines), "exported": len(lines), "duplicates": 0, "filtered": 0,
                                "rejected": 0, "repaired": 0}

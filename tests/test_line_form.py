@@ -8,7 +8,6 @@ timestamps and the uuid canonical, nothing to repair.
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import re
@@ -20,7 +19,7 @@ import pytest
 from amplitude_assets.line_form import insert_null_key, top_level_key_at
 from amplitude_assets.schema import EVENT_FIELD_NAMES, EVENT_FIELDS, TIMESTAMP_PATTERN, UUID_PATTERN, Kind, line_keys
 from amplitude_assets.shaping import process_hour
-from amplitude_assets.sources.files import FilesSource
+from tests.helpers import read_as_export_files
 from tests.test_export_api import ExportServer, Reply, make_zip, source
 from tests.test_fidelity import HOURS, PROJECT, assert_round_trip, corpus_lines, export, extras_of
 from tests.test_fidelity import client  # noqa: F401  (the fixture)
@@ -81,13 +80,7 @@ def hour_keys(lines: list[str]) -> list[str]:
 
 
 def written_by_files(client, tmp_path, lines: list[str], hour: datetime) -> list[str]:
-    folder = tmp_path / PROJECT
-    folder.mkdir()
-    stem = f"{PROJECT}_{hour:%Y-%m-%d}_{hour.hour}"
-    (folder / f"{stem}#0.json.gz").write_bytes(gzip.compress(("\n".join(lines[:2]) + "\n").encode()))
-    (folder / f"{stem}#1.json.gz").write_bytes(gzip.compress(("\n".join(lines[2:]) + "\n").encode()))
-    (folder / f"{stem}_complete").write_bytes(b"")
-    return export(client, FilesSource(str(tmp_path), PROJECT).iter_lines(hour), hour)[2]
+    return export(client, read_as_export_files(tmp_path, PROJECT, lines, hour), hour)[2]
 
 
 def written_by_export_api(client, lines: list[str], hour: datetime) -> list[str]:

@@ -106,6 +106,48 @@ def test_command_line_backfill_records_runs_in_dagster_home(env, tmp_path, setti
         assert all(r.tags.get("amplitude_assets/cli_backfill") for r in runs)
 
 
+# The backfill with its runs' "exported hour ..." log lines worded otherwise, and each update
+# of the progress bar made while a run executes noted in a file: the progress comes from the
+# hours' markers in the container, so it still reaches every hour of the run.
+REWORDED = (
+    "import sys\n"
+    "import dagster as dg\n"
+    "from rich.progress import Progress\n"
+    "info, update = dg.DagsterLogManager.info, Progress.update\n"
+    "def reworded(self, msg, *args, **kwargs):\n"
+    "    msg = msg.replace('exported hour', 'wrote hour') if isinstance(msg, str) else msg\n"
+    "    return info(self, msg, *args, **kwargs)\n"
+    "def noted(self, task, **fields):\n"
+    "    if fields.get('description', '').startswith('run '):\n"
+    "        with open(sys.argv[1], 'a') as notes:\n"
+    "            notes.write(f\"{fields['completed']}\\n\")\n"
+    "    return update(self, task, **fields)\n"
+    "dg.DagsterLogManager.info, Progress.update = reworded, noted\n"
+    "from amplitude_assets.__main__ import main\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
+
+
+def test_command_line_progress_counts_the_markers_not_the_log_lines(env, tmp_path, settings_env):
+    home = tmp_path / "home"
+    home.mkdir()
+    notes = tmp_path / "progress"
+    done = subprocess.run(
+        [sys.executable, "-c", REWORDED, str(notes), "backfill", "--start", "2020-01-25-05:00", "--end", "2020-01-25-06:00"],
+        cwd=ROOT, env=settings_env(DAGSTER_HOME=home, AMPLITUDE_HOURS_PER_RUN=2), capture_output=True, text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "All 2 hour(s) exported." in done.stdout
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (run,) = instance.get_runs()
+        messages = [r.user_message for r in instance.all_logs(run.run_id) if r.dagster_event is None]
+    assert any(m.startswith("wrote hour") for m in messages)  # the rewording took
+    assert not any(m.startswith("exported hour") for m in messages)
+    shown = [float(line) for line in notes.read_text().split()]
+    assert max(shown) == 2, shown  # both hours, seen while the run was still being followed
+
+
 def test_command_line_backfill_fails_when_an_hour_fails(env, tmp_path, settings_env):
     # The container is not created: every write fails.
     environment = settings_env(DAGSTER_HOME=tmp_path, AZURE_EVENTS_CONTAINER="no-such-container")

@@ -34,6 +34,7 @@ from amplitude_assets.sources.export_client import (  # re-exported: importable 
     HOUR_FORMAT,
     ExportApiAuthError,
     ExportApiError,
+    ExportApiOptions,
     ExportClient,
     Window,
     archive_entries,
@@ -44,8 +45,8 @@ from amplitude_assets.sources.export_client import (  # re-exported: importable 
 )
 
 __all__ = [
-    "DOWNLOAD_BLOCK", "HOUR_FORMAT", "ExportApiAuthError", "ExportApiError", "ExportApiSource", "ExportClient",
-    "Window", "check_archive", "entry_order", "log", "retry_after_seconds", "split_by_upload_hour",
+    "DOWNLOAD_BLOCK", "HOUR_FORMAT", "ExportApiAuthError", "ExportApiError", "ExportApiOptions", "ExportApiSource",
+    "ExportClient", "Window", "check_archive", "entry_order", "log", "retry_after_seconds", "split_by_upload_hour",
 ]
 
 
@@ -57,24 +58,19 @@ class ExportApiSource:
 
     def __init__(
         self,
-        base_url: str,
-        api_key: str,
-        secret_key: str,
-        max_attempts: int = 6,
-        timeout_seconds: float = 600,
-        *,
-        base_delay: float = 2.0,
-        max_delay: float = 120.0,
-        max_retry_after: float = 900.0,
-        connect_timeout: float = 30.0,
+        *args,
         chunk_bytes: int = CHUNK_BYTES,
         window_hours: int = 24,
         session: requests.Session | None = None,
+        **fields,
     ):
-        self.client = ExportClient(
-            base_url, api_key, secret_key, max_attempts, timeout_seconds, base_delay=base_delay,
-            max_delay=max_delay, max_retry_after=max_retry_after, connect_timeout=connect_timeout, session=session,
-        )
+        """`args` and `fields` are those of `ExportApiOptions` (`base_url`, `api_key`, `secret_key`,
+        `max_attempts`, ...), written there once for the source and its client; or one `ExportApiOptions`."""
+        if len(args) == 1 and not fields and isinstance(args[0], ExportApiOptions):
+            options = args[0]
+        else:
+            options = ExportApiOptions(*args, **fields)
+        self.client = ExportClient(options, session=session)
         self.chunk_bytes = chunk_bytes
         self.window_hours = max(1, int(window_hours))
         # Range runs (see prefetch): the planned window of each hour, and the split results.

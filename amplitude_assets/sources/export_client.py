@@ -23,7 +23,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import IO
@@ -142,30 +142,34 @@ def archive_entries(archive: IO[bytes], chunk_bytes: int) -> Iterator[tuple[str,
                     yield info.filename, line_chunks(entry, chunk_bytes)
 
 
+@dataclass(frozen=True)
+class ExportApiOptions:
+    """Where the Export API is, the project's credentials, and how patiently to ask it.
+
+    The first five fields may be given by position, in this order; the rest by keyword."""
+
+    base_url: str
+    api_key: str = field(repr=False)  # never shown
+    secret_key: str = field(repr=False)
+    max_attempts: int = 6
+    timeout_seconds: float = 600  # the longest wait for the response's next bytes (read timeout)
+    base_delay: float = field(default=2.0, kw_only=True)  # the first retry's backoff, doubled each retry
+    max_delay: float = field(default=120.0, kw_only=True)
+    max_retry_after: float = field(default=900.0, kw_only=True)  # the longest Retry-After honoured
+    connect_timeout: float = field(default=30.0, kw_only=True)
+
+
 class ExportClient:
     """Fetches windows of hours from the Export API as checked ZIPs in temporary files."""
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str,
-        secret_key: str,
-        max_attempts: int = 6,
-        timeout_seconds: float = 600,
-        *,
-        base_delay: float = 2.0,
-        max_delay: float = 120.0,
-        max_retry_after: float = 900.0,
-        connect_timeout: float = 30.0,
-        session: requests.Session | None = None,
-    ):
-        self.base_url = base_url.rstrip("/")
-        self._auth = (api_key, secret_key)
-        self.max_attempts = max(1, int(max_attempts))
-        self.timeout = (connect_timeout, timeout_seconds)
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self.max_retry_after = max_retry_after
+    def __init__(self, options: ExportApiOptions, session: requests.Session | None = None):
+        self.base_url = options.base_url.rstrip("/")
+        self._auth = (options.api_key, options.secret_key)
+        self.max_attempts = max(1, int(options.max_attempts))
+        self.timeout = (options.connect_timeout, options.timeout_seconds)
+        self.base_delay = options.base_delay
+        self.max_delay = options.max_delay
+        self.max_retry_after = options.max_retry_after
         self._session = session or requests.Session()
 
     def __repr__(self) -> str:  # never show the credentials
