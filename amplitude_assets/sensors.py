@@ -33,13 +33,7 @@ import dagster as dg
 
 from amplitude_assets.alerts.sensors import notify_gave_up
 from amplitude_assets.destination.credentials import AzureStorage
-from amplitude_assets.exported import (  # re-exported: importable from here as before
-    Exported,
-    exported_hours,
-    listed_exported,
-    marker_links,
-    present_markers,
-)
+from amplitude_assets.exported import Exported, listed_exported
 from amplitude_assets.in_flight import hours_in_flight
 from amplitude_assets.layout import EventsLayout, MergedIdsLayout
 from amplitude_assets.partitions import RANGE_END, RANGE_START, parse_hour, partition_key

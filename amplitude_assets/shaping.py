@@ -29,7 +29,7 @@ from datetime import datetime
 
 import polars as pl
 
-from amplitude_assets.first_wins import FirstWins, SeenKeys  # importable from here too
+from amplitude_assets.first_wins import FirstWins
 from amplitude_assets.line_form import canonical_rows, event_lines
 from amplitude_assets.lines import prefetch
 from amplitude_assets.partitions import partition_key

@@ -27,21 +27,12 @@ from pathlib import Path
 
 from azure.storage.blob import BlobServiceClient
 
-from scripts.topology import ROOT, free_port, wait_for_port
-
-AZURITE = ROOT / "node_modules" / ".bin" / "azurite"
-ACCOUNT = "devstoreaccount1"
-KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+from scripts.topology import ROOT, connection_string, free_port, start_azurite
 STEPS = (
     ("a range across a day boundary", "2024-01-01-21:00", "2024-01-02-02:00"),
     ("a re-export of an hour inside it", "2024-01-01-23:00", "2024-01-01-23:00"),
     ("an earlier hour than the latest merged IDs, again", "2024-01-02-00:00", "2024-01-02-00:00"),
 )
-
-
-def connection_string(port: int) -> str:
-    return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};")
 
 
 def export(checkout: Path, container: str, port: int, home: Path) -> None:
@@ -91,13 +82,8 @@ def main() -> int:
         subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline],
                        cwd=ROOT, check=True, capture_output=True)
         port = free_port()
-        azurite = subprocess.Popen(
-            [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-             "--skipApiVersionCheck", "--disableTelemetry", "--loose", "--silent"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        azurite = start_azurite(port, None)
         try:
-            wait_for_port(port, process=azurite)
             print(f"exporting with {args.baseline} and with the working tree")
             export(baseline, "before", port, work / "home-before")
             export(ROOT, "after", port, work / "home-after")

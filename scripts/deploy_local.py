@@ -20,7 +20,7 @@ from pathlib import Path
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
-from scripts.topology import ROOT, Postgres, Topology, default_pg_folder, free_port, wait_for_port
+from scripts.topology import ROOT, Postgres, Topology, default_pg_folder, wait_for_port
 
 STATE = ROOT / ".deploy"
 AZURITE = ROOT / "node_modules" / ".bin" / "azurite-blob"

@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from amplitude_assets.destination.credentials import EMULATOR_KEY
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
 DEPLOY = ROOT / "deploy"
@@ -33,6 +35,9 @@ PG_BIN_CANDIDATES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=Tr
 PG_USER = "postgres"
 PG_DB = "dagster"
 PG_PASSWORD = "dagster"  # local only: the cluster trusts loopback connections
+AZURITE = ROOT / "node_modules" / ".bin" / "azurite-blob"
+ACCOUNT = "devstoreaccount1"
+ACCOUNT_KEY = EMULATOR_KEY
 
 
 def free_port() -> int:
@@ -54,6 +59,28 @@ def wait_for_port(port: int, timeout: float = 60.0, process: subprocess.Popen | 
         except OSError:
             time.sleep(0.3)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+def connection_string(port: int) -> str:
+    """Azurite's well-known account on 127.0.0.1:port."""
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};"
+    )
+
+
+def start_azurite(port: int, location: Path | None, *extra: str) -> subprocess.Popen:
+    """Azurite on 127.0.0.1:port; data under `location`, or in memory when it is None."""
+    if not AZURITE.exists():
+        raise RuntimeError(f"{AZURITE} is missing: run `make bootstrap` (npm install) first")
+    process = subprocess.Popen(
+        [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port),
+         *(["--location", str(location)] if location else ["--inMemoryPersistence"]),
+         "--skipApiVersionCheck", "--disableTelemetry", "--loose", "--silent", *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port, process=process)
+    return process
 
 
 def pg_bin(name: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,24 +21,22 @@ import dagster as dg
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-# free_port and wait_for_port ship in scripts/topology.py; bench/ imports them from here too.
-from scripts.topology import free_port, wait_for_port  # noqa: F401
-
-ROOT = Path(__file__).resolve().parent.parent
-AZURITE = ROOT / "node_modules" / ".bin" / "azurite-blob"
-ACCOUNT = "devstoreaccount1"
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+# The loopback helpers and Azurite ship in scripts/topology.py (scripts.compare_exports uses
+# them too); bench/ and the tests import them from here.
+from scripts.topology import (  # noqa: F401
+    ACCOUNT,
+    ACCOUNT_KEY,
+    AZURITE,
+    ROOT,
+    connection_string,
+    free_port,
+    start_azurite,
+    wait_for_port,
+)
 WRONG_KEY = base64.b64encode(b"this is not the account key, not at all!").decode()
 
 # The code location's settings: cleared for every test that sets any, so a developer's shell cannot leak in.
 SETTING_PREFIXES = ("AMPLITUDE_", "AZURE_")
-
-
-def connection_string(port: int) -> str:
-    return (
-        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-        f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};"
-    )
 
 
 def blob_endpoint(connection: str) -> str:
@@ -58,20 +55,6 @@ def environment(*, clear: tuple[str, ...] = SETTING_PREFIXES, **settings: str) -
     env = {k: v for k, v in os.environ.items() if not k.startswith(clear)}
     env.update(settings)
     return env
-
-
-def start_azurite(port: int, location: Path | None, *extra: str) -> subprocess.Popen:
-    """Azurite on 127.0.0.1:port; data under `location`, or in memory when it is None."""
-    if not AZURITE.exists():
-        raise RuntimeError(f"{AZURITE} is missing: run `make bootstrap` (npm install) first")
-    process = subprocess.Popen(
-        [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port),
-         *(["--location", str(location)] if location else ["--inMemoryPersistence"]),
-         "--skipApiVersionCheck", "--disableTelemetry", "--loose", "--silent", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(port, process=process)
-    return process
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
