@@ -39,6 +39,7 @@ from amplitude_assets.transform import (
     IDENTITY_COLUMNS,
     LINE,
     NO_DICTS,
+    POS,
     RESERVED,
     Counts,
     HourResult,
@@ -49,6 +50,7 @@ from amplitude_assets.transform import (
     reject_outside_hour,
     restore_dicts,
 )
+from amplitude_assets.transform.in_form import InForm, normalized_in_form, readable, split_in_form
 
 CHUNK_LINES = 250_000
 CHUNK_BYTES = 96 << 20  # a chunk ends at whichever limit comes first
@@ -161,7 +163,18 @@ class HourLedger:
         self.tally["in_hour"] += normalized.height
         canon = canonical_rows(in_hour, normalized)
         normalized = restore_dicts(in_hour, normalized, (in_hour[NO_DICTS] & ~canon).arg_true())
-        return normalized.with_columns(in_hour[LINE], in_hour[EXTRA], canon)
+        return normalized.with_columns(in_hour[POS], in_hour[LINE], in_hour[EXTRA], canon)
+
+    def with_in_form(self, normalized: pl.DataFrame, in_form: pl.DataFrame, extras: tuple[str, ...],
+                     fields: list[str]) -> pl.DataFrame:
+        """The chunk's normalized rows with its in-hour lines in the form among them, in source order."""
+        if not in_form.height:
+            return normalized
+        self.present.update(extras)
+        self.tally["in_hour"] += in_form.height
+        rows = normalized_in_form(InForm(in_form, extras), fields)
+        both = pl.concat([normalized, rows], how="diagonal")
+        return both.sort(POS) if normalized.height else both
 
     def exported(self, normalized: pl.DataFrame) -> pl.Series:
         """The chunk's mask of exported rows: first of their keys in the hour, and kept by the
@@ -227,7 +240,7 @@ class ShapedHour:
 
     def __init__(self, chunks: Iterable[bytes], hour: datetime, *, keep: pl.Expr | None,
                  lines_per_chunk: int = CHUNK_LINES, chunk_bytes: int = CHUNK_BYTES,
-                 timings: dict | None = None, all_dicts: bool = False) -> None:
+                 timings: dict | None = None, all_dicts: bool = False, in_form: bool = True) -> None:
         self.chunks = chunks
         self.hour = hour
         self.keep = keep
@@ -236,6 +249,9 @@ class ShapedHour:
         self.timer = Timer(timings)
         # A line written as it came needs no text of its dict fields, unless the filter reads them.
         self.all_dicts = all_dicts or (keep is not None and bool(set(keep.meta.root_names()) & set(DICT_FIELDS)))
+        # The fields read from lines in the form (`transform.in_form`); None where every line is parsed in full.
+        needed = [*KEY_COLUMNS, *IDENTITY_COLUMNS, *(keep.meta.root_names() if keep is not None else [])]
+        self.in_form_fields = list(dict.fromkeys(needed)) if in_form and not self.all_dicts and readable(needed) else None
         self._summary: HourSummary | None = None
 
     def summary(self) -> HourSummary:
@@ -268,17 +284,26 @@ class ShapedHour:
         return list(self._summary.extras) if self._summary else None
 
     def _parsed(self, order: dict[str, None], tally: dict[str, int]) -> Iterator[tuple]:
-        """Parse each chunk (in a background thread): (offset, parsed, unparseable, its extras, the hour's so far)."""
+        """Parse each chunk (in a background thread): (offset, parsed, unparseable, its extras,
+        its lines in the form, the hour's extras so far).
+
+        The lines in the form (`transform.in_form`) have only the fields the hour needs read;
+        the others are parsed in full.
+        """
         for chunk in prefetch(line_batches(self.chunks, self.lines_per_chunk, self.chunk_bytes)):
             with self.timer("parse"):
                 lines = read_lines(chunk)
                 del chunk
-                parsed, unparseable, chunk_extras = parse(lines, all_dicts=self.all_dicts)
+                in_form, others = split_in_form(lines, self.in_form_fields) if self.in_form_fields else (None, None)
+                if in_form is None:
+                    parsed, unparseable, chunk_extras = parse(lines, all_dicts=self.all_dicts)
+                else:
+                    parsed, unparseable, chunk_extras = _parsed_at(lines, others, self.all_dicts)
             offset = tally["source_rows"]
             tally["source_rows"] += len(lines)
             del lines
-            order.update(dict.fromkeys(chunk_extras))
-            yield offset, parsed, unparseable, chunk_extras, list(order)
+            order.update(dict.fromkeys(first_appearance(parsed, chunk_extras, in_form)))
+            yield offset, parsed, unparseable, chunk_extras, in_form, list(order)
 
     def __iter__(self) -> Iterator[ShapedChunk]:
         timer = self.timer
@@ -286,18 +311,46 @@ class ShapedHour:
         with tempfile.TemporaryDirectory(prefix="amplitude-shaped-") as workdir:
             ledger = HourLedger(workdir, self.keep)
             # The next chunk is parsed while this one is shaped, and no further: two parsed chunks at most.
-            for offset, parsed, unparseable, chunk_extras, known in prefetch(self._parsed(order, ledger.tally), handoff=True):
+            for offset, parsed, unparseable, chunk_extras, in_form, known in prefetch(self._parsed(order, ledger.tally), handoff=True):
                 with timer("normalize"):
                     in_hour, outside = reject_outside_hour(parsed, self.hour)
                     del parsed
+                    if in_form is not None:
+                        form_in_hour, form_outside = reject_outside_hour(in_form.frame, self.hour)
+                        outside = pl.concat([outside, form_outside])
                     ledger.reject(unparseable, outside, offset)
                     normalized = ledger.normalize(in_hour, chunk_extras)
                     del in_hour
+                    if in_form is not None:
+                        normalized = ledger.with_in_form(normalized, form_in_hour, in_form.extras, self.in_form_fields)
+                        del in_form, form_in_hour
                 with timer("dedup"):
                     exported = ledger.exported(normalized)
                 yield ShapedChunk(normalized.filter(exported), ledger.keys(known))
                 del normalized
             self._summary = ledger.summary(order)
+
+
+def _parsed_at(lines: pl.Series, rows: pl.Series, all_dicts: bool) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
+    """`parse` of the chunk's lines at `rows`, with positions in the whole chunk."""
+    parsed, unparseable, extras = parse(lines.gather(rows), all_dicts=all_dicts)
+    return (parsed.with_columns(rows.gather(parsed[POS]).alias(POS)),
+            unparseable.with_columns(rows.gather(unparseable["_pos"]).alias("_pos")), extras)
+
+
+def first_appearance(parsed: pl.DataFrame, extras: list[str], in_form: InForm | None) -> list[str]:
+    """The chunk's extra keys in order of first appearance: those of the parsed lines (`extras`,
+    already in that order) and those of its lines in the form, which all have the same."""
+    if in_form is None or not in_form.height or not in_form.extras:
+        return extras
+    first: dict[str, tuple[int, int]] = {}
+    for i, key in enumerate(extras):
+        rows = parsed[key].is_not_null().arg_true()
+        first[key] = (int(parsed[POS][int(rows[0])]), i)
+    at = int(in_form.frame[POS][0])
+    for j, key in enumerate(in_form.extras):
+        first[key] = min(first.get(key, (at, j)), (at, j))
+    return sorted(first, key=first.__getitem__)
 
 
 def process_hour(chunks: Iterable[bytes], hour: datetime, keep: pl.Expr | None = None) -> HourResult:

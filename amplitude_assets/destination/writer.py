@@ -85,10 +85,12 @@ def export_events_hour(
     lock_wait_seconds: float = Settings.hour_lock_wait_seconds,
     holder: str | None = None,
     notify: Callable[[str], None] | None = None,
+    in_form: bool = True,
 ) -> tuple[Manifest, HourResult]:
     """Shape and export one hour from its source chunks, in bounded memory: `write_events_hour`
-    of the hour's `ShapedHour`."""
-    shaped = ShapedHour(chunks, hour, keep=keep, lines_per_chunk=lines_per_chunk, timings=timings)
+    of the hour's `ShapedHour`. Without `in_form`, every line is parsed in full (the same
+    bytes, more slowly: `transform.in_form`)."""
+    shaped = ShapedHour(chunks, hour, keep=keep, lines_per_chunk=lines_per_chunk, timings=timings, in_form=in_form)
     return write_events_hour(container, layout, shaped, source=source, max_rows_per_file=max_rows_per_file,
                              lock_wait_seconds=lock_wait_seconds, holder=holder, notify=notify)
 
