@@ -1,7 +1,8 @@
 """An hour of events shaped chunk by chunk: the rows to export, as Polars frames.
 
 `ShapedHour` is what the `events` asset produces for each hour: iterating it reads the
-source's chunks, parses them (DuckDB), rejects lines that are not events of the hour,
+source's chunks, parses them (lines already in the form only for the fields the hour
+needs, `transform.in_form`; the others in full with DuckDB), rejects lines that are not events of the hour,
 normalizes, drops duplicates (first row wins, decided chunk by chunk by `FirstWins`) and
 applies the event filter, yielding each chunk's exported rows as a Polars frame with the
 hour's extra keys known so far. Memory is bounded by the chunks in flight: reading (and

@@ -103,9 +103,10 @@ def invalid_lines(lines: pl.Series, expected: list[str]) -> list[str]:
 class Validation:
     """What the writing step establishes about the exact text of the hour's lines (SPEC section 7).
 
-    A line written as it came was validated as it was read: its keys, their order and its
-    fields' JSON types by DuckDB's JSON functions, its timestamps and uuid by pattern
-    (`transform.canonical_rows`). A line the encoder wrote is validated after encoding,
+    A line written as it came was validated as it was read: most by one anchored
+    expression of the hour's keys and their fields' forms, with DuckDB's JSON parser
+    reading the line (`transform.in_form`), the others by DuckDB's JSON functions and
+    patterns (`line_form.canonical_rows`). A line the encoder wrote is validated after encoding,
     by the `schema` check's own rules on DuckDB (`invalid_lines`), which share
     nothing with the polars encoder. A line that fails means a bug: the export stops
     before anything in the container changes. The record goes into the marker, beside

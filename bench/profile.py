@@ -16,6 +16,7 @@ import hashlib
 import io
 import statistics
 import sys
+import tempfile
 import time
 import zipfile
 
@@ -23,10 +24,10 @@ from isal import igzip
 
 from amplitude_assets import shaping
 from amplitude_assets.destination import writer
-import polars as pl
 
 from amplitude_assets import line_form, transform, validation
-from amplitude_assets.transform import normalize_with_repairs, parse, read_lines, reject_outside_hour
+from amplitude_assets.transform import normalize_with_repairs, read_lines, reject_outside_hour
+from amplitude_assets.transform.in_form import split_in_form
 from bench import data
 
 
@@ -62,18 +63,26 @@ def main() -> None:
         lines = lines.head(shaping.CHUNK_LINES)
     basis[0] = len(lines)
     rows[-1] = (*rows[-1][:3], len(lines))
-    source = pl.DataFrame({"_pos": pl.int_range(len(lines), eager=True, dtype=pl.Int64), "line": lines})
-    stage("scan (DuckDB: keys, their hash, the 49 fields' types)", lambda: transform._scan(source))
-    parsed, _, extras = stage("parse (the scan, then DuckDB json_transform)", lambda: parse(lines, all_dicts=False))
+    fields = shaping.ShapedHour([], data.HOUR, keep=None).in_form_fields
+    found, others = stage("lines in the form (one expression; DuckDB reads their few fields)",
+                          lambda: split_in_form(lines, fields))
+    parsed, _, extras = stage(f"parse the other {len(others) / len(lines):.1%} in full (DuckDB)",
+                              lambda: shaping._parsed_at(lines, others, all_dicts=False))
     in_hour, _ = stage("reject outside the hour", lambda: reject_outside_hour(parsed, data.HOUR))
-    normalized, _ = stage("normalize", lambda: normalize_with_repairs(in_hour, extras))
-    canon = stage("lines already in the form", lambda: line_form.canonical_rows(in_hour, normalized))
-    shaped = normalized.with_columns(in_hour[transform.LINE], in_hour[transform.EXTRA], canon)
-    keys = normalized.select("uuid", "$insert_id", "device_id")
+    form_in_hour, _ = stage("reject outside the hour (lines in the form)", lambda: reject_outside_hour(found.frame, data.HOUR))
+    normalized, _ = stage("normalize the others", lambda: normalize_with_repairs(in_hour, extras))
+    canon = stage("which of the others are in the form", lambda: line_form.canonical_rows(in_hour, normalized))
+    others_shaped = normalized.with_columns(in_hour[transform.POS], in_hour[transform.LINE], in_hour[transform.EXTRA], canon)
+    workdir = tempfile.mkdtemp(prefix="amplitude-profile-")
+    shaped = stage("join the lines in the form to them", lambda: shaping.HourLedger(workdir, None).with_in_form(
+        others_shaped, form_in_hour, found.extras, fields))
+    keys = shaped.select("uuid", "$insert_id", "device_id")
     stage("dedup (first of a chunk, nothing seen)", lambda: shaping.FirstWins()(keys))
+    hour_keys = shaping.first_appearance(parsed, extras, found)
+    canon = shaped[transform.CANON]
     encoded = stage(f"exported lines ({1 - canon.mean():.1%} encoded)",
-                    lambda: line_form.event_lines(shaped, extras).to_frame())
-    stage("validate the encoded lines", lambda: validation.Validation().add(canon, encoded, extras))
+                    lambda: line_form.event_lines(shaped, hour_keys).to_frame())
+    stage("validate the encoded lines", lambda: validation.Validation().add(canon, encoded, hour_keys))
 
     def csv() -> bytes:
         buffer = io.BytesIO()
