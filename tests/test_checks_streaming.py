@@ -147,9 +147,13 @@ def test_duckdb_limits_follow_the_cgroup_and_the_settings(tmp_path, settings_env
         con = duck.connect()
         memory, threads = con.sql("SELECT current_setting('memory_limit'), current_setting('threads')").fetchall()[0]
         assert threads == 1 and memory.endswith("MiB") and 280 <= float(memory.split()[0]) <= 300
-        # connections opened side by side share the limit
-        memory = duck.connect(threads=1, share=2).sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
-        assert memory.endswith("MiB") and 135 <= float(memory.split()[0]) <= 150
+        # connections opened side by side are cursors of one database: they share its limit
+        first, second = duck.connect(threads=1), duck.connect(threads=1)
+        memory = first.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        assert memory.endswith("MiB") and 280 <= float(memory.split()[0]) <= 300
+        first.execute("CREATE OR REPLACE TABLE shared_probe AS SELECT 1 AS x")
+        assert second.sql("SELECT x FROM shared_probe").fetchall() == [(1,)]
+        first.execute("DROP TABLE shared_probe")
         assert duck.size_bytes("1.5GB") == 1_500_000_000 and duck.size_bytes("512MiB") == 512 << 20
         settings_env(AMPLITUDE_DUCKDB_THREADS=0)
         duck.limits.cache_clear()

@@ -337,14 +337,14 @@ def test_parsing_in_parts_side_by_side_gives_what_one_query_gives(monkeypatch):
     shares = []
     connect = transform.duck.connect
 
-    def counted(threads=None, share=1):
-        shares.append(share)
-        return connect(threads=threads, share=share)
+    def counted(threads=None):
+        shares.append(threads)
+        return connect(threads=threads)
 
     monkeypatch.setattr(transform.duck, "limits", lambda: {"memory_limit": "512MB", "threads": 3})
     monkeypatch.setattr(parsing, "SIDE_BY_SIDE_ROWS", 50)
     monkeypatch.setattr(transform.duck, "connect", counted)
     parts = [transform.parse(series, all_dicts=flag) for flag in (True, False)]
-    assert shares.count(3) == 12  # the scan and the transform, in three parts each, twice
+    assert shares.count(1) == 12  # the scan and the transform, in three parts of one thread each, twice
     for (a_fields, a_rejects, a_extras), (b_fields, b_rejects, b_extras) in zip(whole, parts):
         assert a_fields.equals(b_fields) and a_rejects.equals(b_rejects) and a_extras == b_extras

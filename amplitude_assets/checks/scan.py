@@ -55,8 +55,8 @@ def scan_files(client: ContainerClient, names: list[str], rules: LineRules, *, s
 
 
 class Connections:
-    """A DuckDB connection per thread that asks for one, single-threaded, the pod's limit shared
-    among `workers` of them; all closed together."""
+    """A DuckDB connection per thread that asks for one, single-threaded, all of them sharing the
+    one database and its memory limit (`duck.connect`); all closed together."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -65,7 +65,7 @@ class Connections:
 
     def get(self):
         if not hasattr(self.local, "con"):
-            self.local.con = duck.connect(threads=1, share=self.workers)
+            self.local.con = duck.connect(threads=1)
             self.opened.append(self.local.con)
         return self.local.con
 

@@ -155,9 +155,9 @@ def split_in_form(lines: pl.Series, fields: Sequence[str]) -> tuple[InForm | Non
     def look(start: int) -> pl.DataFrame:
         part = lines.slice(start, size)
         taken = part.str.contains(pattern) & ~part.str.contains(",}", literal=True) & ~part.str.contains(",]", literal=True)
-        rows = taken.arg_true()
-        found = pl.DataFrame({POS: rows.cast(pl.Int64) + start, LINE: part.gather(rows)})
-        return _read_fields(found, names, workers)
+        found = pl.DataFrame({POS: pl.int_range(start, start + len(part), eager=True, dtype=pl.Int64).filter(taken),
+                              LINE: part.filter(taken)})
+        return _read_fields(found, names)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="amplitude-form") as pool:
         found = pl.concat(list(pool.map(look, range(0, len(lines), size))))
@@ -166,12 +166,12 @@ def split_in_form(lines: pl.Series, fields: Sequence[str]) -> tuple[InForm | Non
     return InForm(found, extras), others
 
 
-def _read_fields(found: pl.DataFrame, names: list[str], share: int) -> pl.DataFrame:
+def _read_fields(found: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     """`found` with each field's text, for the lines DuckDB parses (the others are dropped)."""
     if not found.height:
         return found.with_columns(pl.lit(None, pl.String).alias(n) for n in names)
     paths = ", ".join(_sql_text(_json_path(n)) for n in names)
-    con = duck.connect(threads=1, share=share)
+    con = duck.connect(threads=1)
     try:
         con.register("found", _arrow(found.select(pl.col(LINE).alias("line"))))
         values = con.sql(f"SELECT try(json_extract_string(line, [{paths}])) AS v FROM found").pl()["v"]

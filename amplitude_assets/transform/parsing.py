@@ -63,13 +63,13 @@ def side_by_side(frame: pl.DataFrame, table: str, query: Callable) -> pl.DataFra
 
     A chunk of the hour is smaller than the row group DuckDB splits a scan by, so one query
     over it would keep one core busy, however many DuckDB may use. Each part gets a
-    connection of its own with one thread (and its share of the memory limit); DuckDB
+    connection of its own with one thread (sharing one database and its memory limit); DuckDB
     releases the GIL while it works.
     """
     workers = max(1, min(int(duck.limits()["threads"]), frame.height // SIDE_BY_SIDE_ROWS))
 
     def run(part: pl.DataFrame) -> pl.DataFrame:
-        con = duck.connect(threads=1, share=workers)
+        con = duck.connect(threads=1)
         try:
             con.register(table, _arrow(part))
             return query(con)
