@@ -23,7 +23,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -55,6 +57,7 @@ from amplitude_assets.transform.in_form import InForm, normalized_in_form, reada
 
 CHUNK_LINES = 250_000
 CHUNK_BYTES = 96 << 20  # a chunk ends at whichever limit comes first
+PARSERS = 2  # chunks parsed side by side, each in a thread of its own
 KEY_COLUMNS = ("uuid", "$insert_id", "device_id")
 
 
@@ -284,34 +287,54 @@ class ShapedHour:
     def extras(self) -> list[str] | None:
         return list(self._summary.extras) if self._summary else None
 
-    def _parsed(self, order: dict[str, None], tally: dict[str, int]) -> Iterator[tuple]:
-        """Parse each chunk (in a background thread): (offset, parsed, unparseable, its extras,
-        its lines in the form, the hour's extras so far).
+    def _parse(self, chunk: list[bytes]) -> tuple:
+        """One chunk's lines parsed: (its line count, parsed, unparseable, its extras, its lines in the form).
 
         The lines in the form (`transform.in_form`) have only the fields the hour needs read;
         the others are parsed in full.
         """
-        for chunk in prefetch(line_batches(self.chunks, self.lines_per_chunk, self.chunk_bytes)):
-            with self.timer("parse"):
-                lines = read_lines(chunk)
-                del chunk
-                in_form, others = split_in_form(lines, self.in_form_fields) if self.in_form_fields else (None, None)
-                if in_form is None:
-                    parsed, unparseable, chunk_extras = parse(lines, all_dicts=self.all_dicts)
-                else:
-                    parsed, unparseable, chunk_extras = _parsed_at(lines, others, self.all_dicts)
-            offset = tally["source_rows"]
-            tally["source_rows"] += len(lines)
-            del lines
-            order.update(dict.fromkeys(first_appearance(parsed, chunk_extras, in_form)))
-            yield offset, parsed, unparseable, chunk_extras, in_form, list(order)
+        with self.timer("parse"):
+            lines = read_lines(chunk)
+            del chunk
+            in_form, others = split_in_form(lines, self.in_form_fields) if self.in_form_fields else (None, None)
+            if in_form is None:
+                parsed, unparseable, chunk_extras = parse(lines, all_dicts=self.all_dicts)
+            else:
+                parsed, unparseable, chunk_extras = _parsed_at(lines, others, self.all_dicts)
+            return len(lines), parsed, unparseable, chunk_extras, in_form
+
+    def _parsed(self, order: dict[str, None], tally: dict[str, int]) -> Iterator[tuple]:
+        """Parse the chunks, PARSERS at a time in background threads, and hand them on in order:
+        (offset, parsed, unparseable, its extras, its lines in the form, the hour's extras so far)."""
+        batches = prefetch(line_batches(self.chunks, self.lines_per_chunk, self.chunk_bytes))
+        with ThreadPoolExecutor(max_workers=PARSERS, thread_name_prefix="amplitude-parse") as pool:
+            pending: deque = deque()
+
+            def handed() -> tuple:
+                count, parsed, unparseable, chunk_extras, in_form = pending.popleft().result()
+                offset = tally["source_rows"]
+                tally["source_rows"] += count
+                order.update(dict.fromkeys(first_appearance(parsed, chunk_extras, in_form)))
+                return offset, parsed, unparseable, chunk_extras, in_form, list(order)
+
+            try:
+                for chunk in batches:
+                    pending.append(pool.submit(self._parse, chunk))
+                    del chunk
+                    if len(pending) >= PARSERS:
+                        yield handed()
+                while pending:
+                    yield handed()
+            finally:
+                for future in pending:
+                    future.cancel()
 
     def __iter__(self) -> Iterator[ShapedChunk]:
         timer = self.timer
         order: dict[str, None] = {}  # extra keys of parsed lines, in order of first appearance
         with tempfile.TemporaryDirectory(prefix="amplitude-shaped-") as workdir:
             ledger = HourLedger(workdir, self.keep)
-            # The next chunk is parsed while this one is shaped, and no further: two parsed chunks at most.
+            # The next chunks are parsed while this one is shaped: PARSERS being parsed, one handed on.
             for offset, parsed, unparseable, chunk_extras, in_form, known in prefetch(self._parsed(order, ledger.tally), handoff=True):
                 with timer("normalize"):
                     in_hour, outside = reject_outside_hour(parsed, self.hour)
