@@ -22,10 +22,7 @@ from typing import IO
 
 from isal import igzip
 
-from amplitude_assets import allocator
 from bench.worker_io import container, download, peak_rss, upload_marker
-
-allocator.tune()  # the same allocator as the export, so the floor is no softer for lack of it
 
 FLOOR_READ = 16 << 20  # decompressed bytes read at a time
 FLOOR_BLOCK = 8 << 20  # compressed bytes per staged block
