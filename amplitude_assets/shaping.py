@@ -23,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -33,12 +32,15 @@ from datetime import datetime
 import polars as pl
 
 from amplitude_assets.first_wins import FirstWins
-from amplitude_assets.line_form import canonical_rows, event_lines
+from amplitude_assets.line_form import canonical_rows, encode_events, event_lines
 from amplitude_assets.lines import prefetch
 from amplitude_assets.partitions import partition_key
 from amplitude_assets.schema import DICT_FIELDS, event_schema
 from amplitude_assets.transform import (
+    CANON,
+    ENCODED,
     EXTRA,
+    KEY_SEPARATOR,
     IDENTITY_COLUMNS,
     LINE,
     NO_DICTS,
@@ -57,7 +59,7 @@ from amplitude_assets.transform.in_form import InForm, normalized_in_form, reada
 
 CHUNK_LINES = 250_000
 CHUNK_BYTES = 96 << 20  # a chunk ends at whichever limit comes first
-PARSERS = 2  # chunks parsed side by side, each in a thread of its own
+PARSERS = 2  # chunks parsed side by side: the one handed on next and the one after it
 KEY_COLUMNS = ("uuid", "$insert_id", "device_id")
 
 
@@ -170,15 +172,34 @@ class HourLedger:
         return normalized.with_columns(in_hour[POS], in_hour[LINE], in_hour[EXTRA], canon)
 
     def with_in_form(self, normalized: pl.DataFrame, in_form: pl.DataFrame, extras: tuple[str, ...],
-                     fields: list[str]) -> pl.DataFrame:
-        """The chunk's normalized rows with its in-hour lines in the form among them, in source order."""
+                     fields: list[str], known: list[str]) -> pl.DataFrame:
+        """The chunk's rows to export, its in-hour lines in the form among the others, in source order.
+
+        Only the columns the hour still needs are joined (`fields`, the line, its extra
+        keys, whether it is written as it came): the other rows' lines that need encoding
+        are encoded here, with the extra keys known so far, exactly as the writer would
+        encode them, and marked ENCODED, so the writer validates them.
+        """
         if not in_form.height:
             return normalized
         self.present.update(extras)
         self.tally["in_hour"] += in_form.height
-        rows = normalized_in_form(InForm(in_form, extras), fields)
-        both = pl.concat([normalized, rows], how="diagonal")
-        return both.sort(POS) if normalized.height else both
+        rows = normalized_in_form(InForm(in_form, extras), fields).with_columns(pl.lit(False).alias(ENCODED))
+        if normalized.height:
+            keys = self.keys(known)
+            encode = ~normalized[CANON]
+            if encode.any():
+                rows_to_encode = encode.arg_true()
+                text = encode_events(normalized.filter(encode), keys)["line"]
+                normalized = normalized.with_columns(
+                    normalized[LINE].scatter(rows_to_encode, text),
+                    normalized[EXTRA].scatter(rows_to_encode, KEY_SEPARATOR.join(sorted(keys))),
+                    pl.lit(True).alias(CANON), encode.alias(ENCODED))
+            else:
+                normalized = normalized.with_columns(pl.lit(False).alias(ENCODED))
+        slim = normalized.select(rows.columns) if normalized.height else rows.clear()
+        both = pl.concat([slim, rows])
+        return both.sort(POS) if slim.height else both
 
     def exported(self, normalized: pl.DataFrame) -> pl.Series:
         """The chunk's mask of exported rows: first of their keys in the hour, and kept by the
@@ -303,31 +324,33 @@ class ShapedHour:
                 parsed, unparseable, chunk_extras = _parsed_at(lines, others, self.all_dicts)
             return len(lines), parsed, unparseable, chunk_extras, in_form
 
+    def _submitted(self, pool: ThreadPoolExecutor) -> Iterator:
+        """Each chunk's parse, submitted to `pool` as the chunk is read."""
+        for chunk in prefetch(line_batches(self.chunks, self.lines_per_chunk, self.chunk_bytes)):
+            future = pool.submit(self._parse, chunk)
+            del chunk
+            yield future
+
     def _parsed(self, order: dict[str, None], tally: dict[str, int]) -> Iterator[tuple]:
-        """Parse the chunks, PARSERS at a time in background threads, and hand them on in order:
-        (offset, parsed, unparseable, its extras, its lines in the form, the hour's extras so far)."""
-        batches = prefetch(line_batches(self.chunks, self.lines_per_chunk, self.chunk_bytes))
+        """The chunks parsed, two side by side, handed on in order as each is done: (offset,
+        parsed, unparseable, its extras, its lines in the form, the hour's extras so far).
+
+        The next chunk's parse is submitted once this one's is taken (`handoff`), so a
+        chunk is handed on as soon as it is parsed, even while the source waits for more.
+        """
         with ThreadPoolExecutor(max_workers=PARSERS, thread_name_prefix="amplitude-parse") as pool:
-            pending: deque = deque()
-
-            def handed() -> tuple:
-                count, parsed, unparseable, chunk_extras, in_form = pending.popleft().result()
-                offset = tally["source_rows"]
-                tally["source_rows"] += count
-                order.update(dict.fromkeys(first_appearance(parsed, chunk_extras, in_form)))
-                return offset, parsed, unparseable, chunk_extras, in_form, list(order)
-
+            futures = prefetch(self._submitted(pool), handoff=True)
             try:
-                for chunk in batches:
-                    pending.append(pool.submit(self._parse, chunk))
-                    del chunk
-                    if len(pending) >= PARSERS:
-                        yield handed()
-                while pending:
-                    yield handed()
+                for future in futures:
+                    count, parsed, unparseable, chunk_extras, in_form = future.result()
+                    del future
+                    offset = tally["source_rows"]
+                    tally["source_rows"] += count
+                    order.update(dict.fromkeys(first_appearance(parsed, chunk_extras, in_form)))
+                    yield offset, parsed, unparseable, chunk_extras, in_form, list(order)
             finally:
-                for future in pending:
-                    future.cancel()
+                futures.close()
+                pool.shutdown(cancel_futures=True)
 
     def __iter__(self) -> Iterator[ShapedChunk]:
         timer = self.timer
@@ -346,7 +369,7 @@ class ShapedHour:
                     normalized = ledger.normalize(in_hour, chunk_extras)
                     del in_hour
                     if in_form is not None:
-                        normalized = ledger.with_in_form(normalized, form_in_hour, in_form.extras, self.in_form_fields)
+                        normalized = ledger.with_in_form(normalized, form_in_hour, in_form.extras, self.in_form_fields, known)
                         del in_form, form_in_hour
                 with timer("dedup"):
                     exported = ledger.exported(normalized)

@@ -74,12 +74,17 @@ def main() -> None:
     canon = stage("which of the others are in the form", lambda: line_form.canonical_rows(in_hour, normalized))
     others_shaped = normalized.with_columns(in_hour[transform.POS], in_hour[transform.LINE], in_hour[transform.EXTRA], canon)
     workdir = tempfile.mkdtemp(prefix="amplitude-profile-")
-    shaped = stage("join the lines in the form to them", lambda: shaping.HourLedger(workdir, None).with_in_form(
-        others_shaped, form_in_hour, found.extras, fields))
+    hour_keys = shaping.first_appearance(parsed, extras, found)
+
+    def join():
+        ledger = shaping.HourLedger(workdir, None)
+        ledger.present.update(hour_keys)
+        return ledger.with_in_form(others_shaped, form_in_hour, found.extras, fields, hour_keys)
+
+    shaped = stage("join the lines in the form to them, encode the others", join)
     keys = shaped.select("uuid", "$insert_id", "device_id")
     stage("dedup (first of a chunk, nothing seen)", lambda: shaping.FirstWins()(keys))
-    hour_keys = shaping.first_appearance(parsed, extras, found)
-    canon = shaped[transform.CANON]
+    canon = writer.as_sent(shaped)
     encoded = stage(f"exported lines ({1 - canon.mean():.1%} encoded)",
                     lambda: line_form.event_lines(shaped, hour_keys).to_frame())
     stage("validate the encoded lines", lambda: validation.Validation().add(canon, encoded, hour_keys))

@@ -209,5 +209,8 @@ def test_both_paths_write_the_same_blobs(client):
         manifest, _ = export_events_hour(client, layout, chunks, HOUR, keep=None, source="synthetic",
                                          max_rows_per_file=200, lines_per_chunk=150, in_form=in_form)
         parts = [client.download_blob(layout.folder + p.name).readall() for p in manifest.parts]
-        written.append((parts, manifest.counts))
+        written.append((parts, manifest.counts, manifest.extra["validated"]))
     assert written[0] == written[1] and len(written[0][0]) >= 3
+    # the lines encoded in the shaping are counted, and validated, as encoded
+    validated = written[0][2]
+    assert validated["encoded"] > 0 and validated["as_sent"] + validated["encoded"] == validated["lines"]

@@ -46,7 +46,7 @@ from amplitude_assets.partitions import partition_key
 from amplitude_assets.schema import event_schema
 from amplitude_assets.settings import Settings
 from amplitude_assets.shaping import CHUNK_LINES, HourSummary, ShapedHour
-from amplitude_assets.transform import CANON, IDENTITY_COLUMNS, HourResult
+from amplitude_assets.transform import CANON, ENCODED, IDENTITY_COLUMNS, HourResult
 from amplitude_assets.validation import Validation
 
 # -- streaming export: big hours in bounded memory ------------------------------------------
@@ -146,7 +146,7 @@ def _write_events_hour(
         for chunk in shaped:
             with timer("serialize"):
                 lines = event_lines(chunk.frame, chunk.keys).to_frame("line")
-                validated.add(chunk.frame[CANON], lines, chunk.keys)
+                validated.add(as_sent(chunk.frame), lines, chunk.keys)
             parts.add(lines, chunk.keys)
             del chunk, lines
         summary = shaped.summary()
@@ -160,6 +160,12 @@ def _write_events_hour(
         source, summary.repairs, lease=lease, validated=validated.record(),
     )
     return manifest, hour_result(hour, summary)
+
+
+def as_sent(frame: pl.DataFrame) -> pl.Series:
+    """Which of a shaped chunk's lines are written as they came (the others were encoded:
+    here, or in the shaping, where ENCODED marks them)."""
+    return frame[CANON] & ~frame[ENCODED] if ENCODED in frame.columns else frame[CANON]
 
 
 def hour_result(hour: datetime, summary: HourSummary) -> HourResult:

@@ -21,6 +21,7 @@ One module a stage:
 from amplitude_assets import duck
 from amplitude_assets.transform.columns import (
     CANON,
+    ENCODED,
     EXTRA,
     KEY_SEPARATOR,
     KEYHASH,
@@ -58,7 +59,7 @@ from amplitude_assets.transform.reject import reject_outside_hour
 from amplitude_assets.transform.sent import raw_json_value, sent_json
 
 __all__ = [
-    "BOM", "CANON", "EXTRA", "IDENTITY_COLUMNS", "KEYHASH", "KEY_SEPARATOR", "LINE", "NOT_UTF8",
+    "BOM", "CANON", "ENCODED", "EXTRA", "IDENTITY_COLUMNS", "KEYHASH", "KEY_SEPARATOR", "LINE", "NOT_UTF8",
     "NO_DICTS", "NUL_TEXT", "POS", "REPAIR_SCHEMA", "RESERVED", "SORTED", "TYPED", "Counts",
     "HourResult", "_scan", "duck", "extract_json", "json_fields", "no_repairs", "normalize",
     "normalize_expr", "normalize_with_repairs", "parse", "parse_timestamp", "raw_json_value",

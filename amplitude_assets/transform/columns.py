@@ -15,7 +15,8 @@ EXTRA = "\x00extra"  # the line's keys beyond the 49, in order, joined by chr(31
 SORTED = "\x00sorted"  # the line's keys are in code-point order, each once, the 49 among them
 NO_DICTS = "\x00nodicts"  # the dict fields were not read (`parse` without `all_dicts`)
 CANON = "\x00canon"  # the line is in the exported form but for null extra keys: written as it came
-RESERVED = (POS, LINE, KEYHASH, TYPED, EXTRA, SORTED, NO_DICTS, CANON)
+ENCODED = "\x00encoded"  # LINE is the exporter's encoding of the row, made in the shaping (CANON is then true too)
+RESERVED = (POS, LINE, KEYHASH, TYPED, EXTRA, SORTED, NO_DICTS, CANON, ENCODED)
 KEY_SEPARATOR = "\x1f"
 
 
