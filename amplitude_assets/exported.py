@@ -7,7 +7,7 @@ their blob metadata, whose chain links tell which hours' merged IDs are stale (`
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -19,14 +19,15 @@ from amplitude_assets.partitions import parse_hour, partition_key
 from amplitude_assets.settings import Settings
 
 
-def present_markers(client, prefixes: Iterable[str], markers: set[str]) -> set[str]:
-    """Which of `markers` exist: one listing per prefix; a missing container holds none."""
-    found: set[str] = set()
+def present_markers(client, prefixes: Iterable[str], markers: set[str]) -> dict[str, datetime]:
+    """Which of `markers` exist, and when each was last written (the listing's Last-Modified):
+    one listing per prefix; a missing container holds none."""
+    found: dict[str, datetime] = {}
     for prefix in sorted(set(prefixes)):
         try:
-            found |= {b.name for b in client.list_blobs(name_starts_with=prefix) if b.name in markers}
+            found |= {b.name: b.last_modified for b in client.list_blobs(name_starts_with=prefix) if b.name in markers}
         except ResourceNotFoundError:
-            return set()
+            return {}
     return found
 
 
@@ -54,6 +55,7 @@ class Exported:
     events: set[str]  # hours with an events marker
     merged_ids: set[str]  # hours with a merged-IDs marker that is not stale
     stale: dict[str, str]  # hours whose merged IDs are stale, and why
+    events_landed: dict[str, datetime] = field(default_factory=dict)  # hour -> when its events marker was written
 
     @property
     def done(self) -> set[str]:
@@ -69,6 +71,7 @@ def exported_hours(settings: Settings, storage: AzureStorage, keys: list[str]) -
         storage.container(settings.events_container), (events_layout.day_prefix(h) for h in hours.values()), set(markers)
     )
     events = {markers[name] for name in found}
+    landed = {markers[name]: written for name, written in found.items()}
     layout = MergedIdsLayout(settings.merged_ids_prefix, settings.merged_ids_scope)
     # The hour before the first one too: the first hour is judged against it.
     looked_at = sorted(hours.values())
@@ -77,7 +80,7 @@ def exported_hours(settings: Settings, storage: AzureStorage, keys: list[str]) -
     known = {h: link for h, link in links.items() if link is not None}  # a marker without digests is trusted
     stale = {key: reason for hour, reason in stale_hours(known).items() if (key := partition_key(hour)) in hours}
     merged = {k for k, h in hours.items() if h in links and k not in stale}
-    return Exported(events=events, merged_ids=merged, stale=stale)
+    return Exported(events=events, merged_ids=merged, stale=stale, events_landed=landed)
 
 
 def listed_exported(settings: Settings, storage: AzureStorage, due: list[str]) -> Exported:

@@ -15,7 +15,11 @@ On each tick it:
      - hours whose events are in place but whose merged IDs are missing or stale get runs
        of `merged_ids` alone, tagged with the chain (a run-queue limit of 1 runs them one
        after the other), and only once the hour before has its merged IDs: an hour that
-       waits for the hour before is not requested, and not counted as an attempt.
+       waits for the hour before is not requested, and not counted as an attempt;
+     - an hour whose events landed less than AUTOMATION_TURN ago and whose merged IDs are
+       missing (not stale) is left to `merged_ids_automation`, whose next tick requests it:
+       the two never race for the same hour, and the sensor requests it only once the
+       automation has let it be (turned off, or its run failed).
 
 The cursor (JSON) counts the runs requested per hour since the hour was last seen exported.
 An hour whose marker is still missing once its run is over is requested again, in a run
@@ -50,6 +54,9 @@ MERGED_IDS_CHAIN = "amplitude_assets/merged_ids_chain"
 # hour by hour, rather than after its last run.
 PRIORITY = "dagster/priority"
 MERGED_IDS_PRIORITY = "1"
+# How long the sensor leaves an hour whose events just landed to merged_ids_automation (it
+# ticks every 30 s; once it has requested the hour, its backfill covers the hour).
+AUTOMATION_TURN = timedelta(minutes=5)
 EVENTS = dg.AssetKey("events")
 MERGED_IDS = dg.AssetKey("merged_ids")
 ASSETS = (EVENTS, MERGED_IDS)
@@ -130,6 +137,14 @@ def merged_ids_ready(keys: list[str], due: list[str], merged_done: set[str]) -> 
     return ready, waiting
 
 
+def automation_turn(keys: list[str], found: Exported, now: datetime) -> list[str]:
+    """The hours of `keys` that merged_ids_automation still has to request: their events landed
+    less than AUTOMATION_TURN before `now` (a real clock, as the markers' Last-Modified is),
+    and their merged IDs are missing, not stale (a stale hour is the sensor's alone)."""
+    return [k for k in keys if k not in found.stale and k in found.events_landed
+            and now - found.events_landed[k] < AUTOMATION_TURN]
+
+
 def load_cursor(text: str | None) -> dict:
     cursor = json.loads(text) if text else {}
     return {"attempts": dict(cursor.get("attempts", {})), "merged_attempts": dict(cursor.get("merged_attempts", {})),
@@ -189,6 +204,7 @@ class Wanted:
     events: list[str]  # hours to request events for
     merged_ids: list[str]  # hours to request merged IDs for, each after the hour before
     waiting: list[str]  # hours of merged IDs that wait for the hour before
+    automation: list[str]  # hours of merged IDs left to merged_ids_automation for now
     newly_given_up: list[str]  # hours that spent their last attempt, events' first
 
     @property
@@ -202,11 +218,13 @@ def wanted_hours(settings: Settings, due: list[str], found: Exported, needs_even
     events, events_given_up = available(needs_events, attempts.events, busy, settings.sensor_max_attempts,
                                         attempts.given_up)
     attempts.given_up.extend(events_given_up)
-    merged, merged_given_up = available(needs_merged, attempts.merged_ids, busy, settings.sensor_max_attempts,
-                                        attempts.given_up)
+    automation = automation_turn([k for k in needs_merged if k not in busy], found, utc_now())
+    merged, merged_given_up = available([k for k in needs_merged if k not in automation], attempts.merged_ids,
+                                        busy, settings.sensor_max_attempts, attempts.given_up)
     attempts.given_up.extend(merged_given_up)
     ready, waiting = merged_ids_ready(merged, due, found.merged_ids)
-    return Wanted(events=events, merged_ids=ready, waiting=waiting, newly_given_up=[*events_given_up, *merged_given_up])
+    return Wanted(events=events, merged_ids=ready, waiting=waiting, automation=automation,
+                  newly_given_up=[*events_given_up, *merged_given_up])
 
 
 def run_requests(selection: list[dg.AssetKey], keys: list[str], counts: dict[str, int], seq: int,
@@ -259,6 +277,11 @@ def tick_notes(settings: Settings, log, missing: list[str], busy: set[str], foun
     skipped_busy = [k for k in missing if k in busy]
     if skipped_busy:
         notes.append(f"{len(skipped_busy)} hour(s) already have a run queued or in progress")
+    if wanted.automation:
+        notes.append(
+            f"{len(wanted.automation)} hour(s) of merged_ids left to merged_ids_automation, from "
+            f"{wanted.automation[0]}: their events landed under {AUTOMATION_TURN.seconds // 60} min ago"
+        )
     if wanted.waiting:
         notes.append(
             f"{len(wanted.waiting)} hour(s) of merged_ids wait for the hour before, from {wanted.waiting[0]} "

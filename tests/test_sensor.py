@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import pytest
 
+from amplitude_assets import sensors
 from amplitude_assets.sensors import RANGE_END, RANGE_START, build_hourly_export_sensor
 from tests.conftest import unique_name
 from tests.helpers import Ticker, add_run, definitions, materialize
@@ -24,6 +25,16 @@ def env(container, settings_env):
         AMPLITUDE_HOURS_PER_RUN=4, AMPLITUDE_EXPORT_DELAY_MINUTES=10, AMPLITUDE_SENSOR_MAX_ATTEMPTS=2,
     )
     return container
+
+
+@pytest.fixture
+def later(monkeypatch):
+    """Moves the sensor's real clock (the one it compares the markers' Last-Modified with) on
+    past merged_ids_automation's turn: `later()` once, and the hours just landed are the sensor's."""
+    def move_on():
+        moved = datetime.now(timezone.utc) + sensors.AUTOMATION_TURN + timedelta(seconds=1)
+        monkeypatch.setattr(sensors, "utc_now", lambda: moved)
+    return move_on
 
 
 def hourly_sensor(instance: dg.DagsterInstance, now: datetime = NOW) -> Ticker:
@@ -57,7 +68,7 @@ def test_first_tick_requests_the_closed_unexported_hours_in_range_runs(env, inst
     assert json.loads(result.cursor)["attempts"] == {k: 1 for k in DUE}
 
 
-def test_exported_hours_are_not_requested_and_a_vanished_marker_is(env, instance, blobs):
+def test_exported_hours_are_not_requested_and_a_vanished_marker_is(env, instance, blobs, later):
     ticker = hourly_sensor(instance)
     assert ranges(ticker.tick()) == [(DUE[0], DUE[3]), (DUE[4], DUE[4])]
     assert materialize(definitions(), ["events", "merged_ids"], start=DUE[0], end=DUE[4]).success
@@ -75,7 +86,29 @@ def test_exported_hours_are_not_requested_and_a_vanished_marker_is(env, instance
     assert materialize(definitions(), ["events", "merged_ids"], partition=DUE[2]).success
     assert ranges(ticker.tick()) == []
     client.delete_blob(f"merged_ids/{PROJECT}/{PROJECT}_2020-01-26_10_complete")
+    later()  # its events landed over AUTOMATION_TURN ago: the sensor's, not the automation's
     assert ranges(ticker.tick()) == [(DUE[4], DUE[4])]
+
+
+def test_merged_ids_of_hours_whose_events_just_landed_are_left_to_the_automation(env, instance, later):
+    """merged_ids_automation requests an hour's merged IDs on its next tick after the events land;
+    the sensor, ticking at the same moment, must not race it for the hour (a run of each, one of
+    them deriving nothing), so it leaves the hour for AUTOMATION_TURN, without spending an attempt."""
+    assert materialize(definitions(), ["events"], start=DUE[0], end=DUE[4]).success
+    ticker = hourly_sensor(instance)
+    first = ticker.tick()
+    assert ranges(first) == []
+    assert (f"5 hour(s) of merged_ids left to merged_ids_automation, from {DUE[0]}: their events landed "
+            "under 5 min ago") in skip_text(first)
+    assert json.loads(first.cursor)["merged_attempts"] == {}
+
+    later()  # the automation is off, or its run failed: the sensor requests them, in the chain's order
+    second = ticker.tick()
+    assert ranges(second) == [(DUE[0], DUE[3]), (DUE[4], DUE[4])]
+    assert all(set(r.asset_selection) == {dg.AssetKey("merged_ids")} for r in second.run_requests)
+    assert all(r.tags["amplitude_assets/merged_ids_chain"] == f"{env}/merged_ids/{PROJECT}/"
+               for r in second.run_requests)
+    assert json.loads(second.cursor)["merged_attempts"] == {k: 1 for k in DUE}
 
 
 def test_hours_with_a_run_queued_or_in_progress_are_not_requested(env, instance):
@@ -118,11 +151,12 @@ def test_a_failed_hour_is_retried_then_given_up(env, instance):
     assert not again.asset_events
 
 
-def test_merged_ids_wait_for_the_hour_before_and_are_not_counted(env, instance, azurite):
+def test_merged_ids_wait_for_the_hour_before_and_are_not_counted(env, instance, azurite, later):
     """Hours whose events landed but whose hour before has no merged IDs yet are left to the
     automation: no run is requested for them, and no attempt is spent."""
     assert materialize(definitions(), ["events"], start=DUE[1], end=DUE[4]).success
     assert materialize(definitions(), ["events", "merged_ids"], partition=DUE[3]).success
+    later()
     add_run(instance, dg.DagsterRunStatus.STARTED, {"dagster/partition": DUE[1]})
     ticker = hourly_sensor(instance)
     result = ticker.tick()
